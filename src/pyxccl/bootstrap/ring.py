@@ -1,0 +1,335 @@
+"""The bootstrap ring (NCCL's ``bootstrapInit`` / ``bootstrapSend`` / ``bootstrapAllGather``).
+
+Each rank listens on this namespace's interface address, tells the root (:mod:`.root`) its
+address, learns its successor's, then ring-allgathers every rank's address. After that any
+rank can send small tagged messages to any other.
+
+Wire format of a connection (big-endian): the listener sends a challenge and the connector
+answers HMAC-SHA256(secret, ``pyxccl-ring`` + nonce) followed by its rank (``!i``); then
+frames ``!IiqQ`` (magic, source rank, tag, length) + payload, length <= 1 GiB. A listener
+thread accepts; one reader thread per incoming connection files frames into mailboxes keyed
+by (source, tag), FIFO. Send connections are cached per peer, one lock each.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import struct
+import threading
+
+from .. import config, log
+from ..errors import Aborted, CollectiveTimeout, InvalidArgument, PeerLostError, TransportError
+from . import net
+from .root import rendezvous
+from .uid import UniqueId
+
+RING_LABEL = b"pyxccl-ring"
+FRAME = struct.Struct("!IiqQ")
+FRAME_MAGIC = 0x50584246  # "PXBF"
+RANK = struct.Struct("!i")
+MAX_MESSAGE = 1 << 30
+MAX_TAG = (1 << 62) - 1
+TAG_ADDRS, TAG_ALLGATHER, TAG_BCAST, TAG_BARRIER = -1, -2, -3, -4
+_SMALL = 64 * 1024
+_HANDSHAKE_SECONDS = 10.0
+
+
+class Bootstrap:
+    """One rank's bootstrap network: tagged send/recv, allgather, broadcast, barrier.
+
+    ``Bootstrap(uid, rank, nranks, timeout=None)`` blocks until the ring is up (every rank
+    constructed its Bootstrap with the same uid and nranks). ``timeout`` (default
+    PYXCCL_TIMEOUT) bounds the setup and is the default of every later wait.
+    """
+
+    def __init__(self, uid: UniqueId, rank: int, nranks: int, timeout: float | None = None) -> None:
+        if not isinstance(uid, UniqueId):
+            raise InvalidArgument(f"uid must be a UniqueId, got {type(uid).__name__}")
+        if not isinstance(nranks, int) or nranks < 1:
+            raise InvalidArgument(f"nranks must be a positive int, got {nranks!r}")
+        if not isinstance(rank, int) or not 0 <= rank < nranks:
+            raise InvalidArgument(f"rank must be in 0..{nranks - 1}, got {rank!r}")
+        self._rank, self._nranks = rank, nranks
+        self._uid = uid
+        self.timeout = float(config.get().timeout if timeout is None else timeout)
+        if self.timeout <= 0:
+            raise InvalidArgument(f"timeout must be positive, got {timeout!r}")
+        self._cond = threading.Condition()
+        self._mail: dict[tuple[int, int], collections.deque[bytes]] = {}
+        self._lost: dict[int, str] = {}
+        self._live: dict[int, int] = {}
+        self._closed = False
+        self._send_socks: dict[int, socket.socket] = {}
+        self._send_locks = [threading.Lock() for _ in range(nranks)]
+        self._addrs: list[tuple[str, int] | None] = [None] * nranks
+        host = net.select_address(config.get().socket_ifname)
+        lsock = net.listen(host, 0)
+        self.address: tuple[str, int] = (host, int(lsock.getsockname()[1]))
+        """This rank's listen address ``(host, port)``."""
+        self._addrs[rank] = self.address
+        self._listener = net.Listener(lsock, self._reader, f"pyxccl-bootstrap-{rank}")
+        try:
+            self._setup(net.Deadline(self.timeout))
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, deadline: net.Deadline) -> None:
+        me = net.pack_addr(*self.address)
+        nxt = rendezvous(self._uid.secret, self._uid.host, self._uid.port, self._rank,
+                         self._nranks, me, deadline)
+        n = self._nranks
+        self._addrs[(self._rank + 1) % n] = nxt
+        # ring allgather of listen addresses: step i forwards the address of rank (rank - i)
+        cur = me
+        for i in range(n - 1):
+            self._send(self.next, TAG_ADDRS, cur, deadline)
+            cur = self._recv(self.prev, TAG_ADDRS, deadline)
+            src = (self._rank - i - 1) % n
+            try:
+                host, port, end = net.unpack_addr(cur)
+                if end != len(cur):
+                    raise ValueError("trailing bytes")
+            except ValueError as exc:
+                raise TransportError(f"rank {self._rank}: bad address of rank {src} from rank "
+                                     f"{self.prev}: {exc}") from None
+            if self._addrs[src] is None:
+                self._addrs[src] = (host, port)
+        log.info("bootstrap rank %d/%d up, listening on %s", self._rank, n,
+                 net.fmt_addr(*self.address), rank=self._rank)
+
+    # ------------------------------------------------------------ properties
+    @property
+    def rank(self) -> int:
+        """This rank."""
+        return self._rank
+
+    @property
+    def nranks(self) -> int:
+        """Number of ranks."""
+        return self._nranks
+
+    @property
+    def next(self) -> int:
+        """Ring successor."""
+        return (self._rank + 1) % self._nranks
+
+    @property
+    def prev(self) -> int:
+        """Ring predecessor."""
+        return (self._rank - 1) % self._nranks
+
+    def peer_addresses(self) -> list[tuple[str, int]]:
+        """Every rank's bootstrap listen address, by rank."""
+        return [a for a in self._addrs if a is not None]
+
+    # ------------------------------------------------------------ listener side
+    def _reader(self, conn: socket.socket, where: str) -> None:
+        src = -1
+        try:
+            dl = net.Deadline(min(_HANDSHAKE_SECONDS, self.timeout))
+            ok = net.auth_accept(conn, self._uid.secret, RING_LABEL, dl, f"connection from {where}")
+            if ok:
+                (src,) = RANK.unpack(net.recv_exact(conn, RANK.size, dl, where))
+            if not ok or not 0 <= src < self._nranks:
+                log.warn("bootstrap rank %d: connection from %s failed authentication "
+                         "(wrong unique id secret or bad rank); closed", self._rank, where,
+                         rank=self._rank)
+                return
+            conn.settimeout(None)
+            with self._cond:
+                self._lost.pop(src, None)
+                self._live[src] = self._live.get(src, 0) + 1
+            what = f"rank {src}"
+            while True:
+                magic, frm, tag, length = FRAME.unpack(net.recv_exact(conn, FRAME.size, None, what))
+                if magic != FRAME_MAGIC or frm != src or length > MAX_MESSAGE:
+                    log.warn("bootstrap rank %d: bad frame from rank %d (magic %#x, src %d, "
+                             "length %d); connection closed", self._rank, src, magic, frm, length,
+                             rank=self._rank)
+                    self._mark_lost(src, f"rank {src} sent a bad frame")
+                    return
+                data = bytes(net.recv_exact(conn, length, None, what)) if length else b""
+                with self._cond:
+                    self._mail.setdefault((src, tag), collections.deque()).append(data)
+                    self._cond.notify_all()
+        except (PeerLostError, CollectiveTimeout, OSError) as exc:
+            if src >= 0:
+                self._mark_lost(src, str(exc))
+            elif not self._closed:
+                log.warn("bootstrap rank %d: dropped connection from %s: %s", self._rank, where,
+                         exc, rank=self._rank)
+        finally:
+            net.close_quietly(conn)
+
+    def _mark_lost(self, src: int, why: str) -> None:
+        with self._cond:
+            self._live[src] = self._live.get(src, 1) - 1
+            if not self._closed and self._live[src] <= 0:
+                self._lost[src] = why
+                self._cond.notify_all()
+
+    # ------------------------------------------------------------ send / recv
+    def _check_peer(self, peer: int) -> None:
+        if isinstance(peer, bool) or not isinstance(peer, int) or not 0 <= peer < self._nranks:
+            raise InvalidArgument(f"peer must be a rank in 0..{self._nranks - 1}, got {peer!r}")
+
+    @staticmethod
+    def _check_tag(tag: int) -> None:
+        if isinstance(tag, bool) or not isinstance(tag, int) or not 0 <= tag <= MAX_TAG:
+            raise InvalidArgument(f"tag must be an int in 0..2**62-1 (negative tags are the "
+                                  f"bootstrap's own), got {tag!r}")
+
+    def send(self, peer: int, tag: int, data: bytes) -> None:
+        """Send ``data`` (at most 1 GiB) to ``peer`` under ``tag`` (>= 0); returns once written."""
+        self._check_peer(peer)
+        self._check_tag(tag)
+        self._send(peer, tag, data, net.Deadline(self.timeout))
+
+    def recv(self, peer: int, tag: int, timeout: float | None = None) -> bytes:
+        """The oldest message from ``peer`` with ``tag``; waits at most ``timeout`` seconds."""
+        self._check_peer(peer)
+        self._check_tag(tag)
+        return self._recv(peer, tag, net.Deadline(self.timeout if timeout is None else timeout))
+
+    def _send(self, peer: int, tag: int, data: bytes, deadline: net.Deadline) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidArgument(f"data must be bytes-like, got {type(data).__name__}")
+        view = memoryview(data).cast("B")
+        if view.nbytes > MAX_MESSAGE:
+            raise InvalidArgument(f"message of {view.nbytes} bytes exceeds the bootstrap's 1 GiB")
+        if self._closed:
+            raise Aborted(f"bootstrap rank {self._rank} is closed; cannot send to rank {peer}")
+        if peer == self._rank:
+            with self._cond:
+                self._mail.setdefault((peer, tag), collections.deque()).append(bytes(view))
+                self._cond.notify_all()
+            return
+        header = FRAME.pack(FRAME_MAGIC, self._rank, tag, view.nbytes)
+        with self._send_locks[peer]:
+            sock = self._send_socks.get(peer) or self._connect(peer, deadline)
+            try:
+                sock.settimeout(max(0.001, deadline.remaining()))
+                if view.nbytes <= _SMALL:
+                    sock.sendall(header + view)
+                else:
+                    sock.sendall(header)
+                    sock.sendall(view)
+            except socket.timeout:
+                self._drop_send(peer)
+                raise CollectiveTimeout(f"rank {self._rank}: timed out after {deadline.seconds:g}s "
+                                        f"sending tag {tag} to rank {peer}") from None
+            except OSError as exc:
+                self._drop_send(peer)
+                if self._closed:
+                    raise Aborted(f"bootstrap rank {self._rank} was closed while sending tag "
+                                  f"{tag} to rank {peer}") from None
+                raise PeerLostError(f"rank {self._rank}: lost rank {peer} while sending tag "
+                                    f"{tag}: {exc}") from None
+
+    def _drop_send(self, peer: int) -> None:
+        net.close_quietly(self._send_socks.pop(peer, None))
+
+    def _connect(self, peer: int, deadline: net.Deadline) -> socket.socket:
+        addr = self._addrs[peer]
+        if addr is None:
+            raise TransportError(f"rank {self._rank}: address of rank {peer} not known yet")
+        what = f"rank {peer}"
+        sock = net.connect(addr[0], addr[1], deadline, what)
+        try:
+            mac = net.auth_connect(sock, self._uid.secret, RING_LABEL, deadline, what)
+            sock.sendall(mac + RANK.pack(self._rank))
+        except BaseException:
+            net.close_quietly(sock)
+            raise
+        with self._cond:
+            if self._closed:
+                net.close_quietly(sock)
+                raise Aborted(f"bootstrap rank {self._rank} closed while connecting to {what}")
+            self._send_socks[peer] = sock
+        return sock
+
+    def _recv(self, peer: int, tag: int, deadline: net.Deadline) -> bytes:
+        key = (peer, tag)
+        with self._cond:
+            while True:
+                box = self._mail.get(key)
+                if box:
+                    data = box.popleft()
+                    if not box:
+                        del self._mail[key]
+                    return data
+                if self._closed:
+                    raise Aborted(f"bootstrap rank {self._rank} was closed while waiting for "
+                                  f"rank {peer} tag {tag}")
+                if peer in self._lost:
+                    raise PeerLostError(f"rank {self._rank}: lost rank {peer} while waiting for "
+                                        f"tag {tag}: {self._lost[peer]}")
+                left = deadline.remaining()
+                if left <= 0:
+                    raise CollectiveTimeout(f"rank {self._rank}: timed out after "
+                                            f"{deadline.seconds:g}s waiting for a message from "
+                                            f"rank {peer} with tag {tag}")
+                self._cond.wait(left)
+
+    # ------------------------------------------------------------ collectives
+    def allgather(self, data: bytes) -> list[bytes]:
+        """Every rank's ``data``, by rank (ring algorithm: nranks-1 steps, sizes may differ)."""
+        n, me = self._nranks, self._rank
+        dl = net.Deadline(self.timeout)
+        out: list[bytes] = [b""] * n
+        out[me] = cur = bytes(data)
+        for i in range(n - 1):
+            self._send(self.next, TAG_ALLGATHER, cur, dl)
+            cur = self._recv(self.prev, TAG_ALLGATHER, dl)
+            out[(me - i - 1) % n] = cur
+        return out
+
+    def broadcast(self, data: bytes | None, root: int) -> bytes:
+        """``root``'s ``data`` on every rank (root sends to each rank directly)."""
+        self._check_peer(root)
+        dl = net.Deadline(self.timeout)
+        if self._rank == root:
+            if data is None:
+                raise InvalidArgument(f"broadcast root {root} must pass data")
+            payload = bytes(data)
+            for peer in range(self._nranks):
+                if peer != root:
+                    self._send(peer, TAG_BCAST, payload, dl)
+            return payload
+        return self._recv(root, TAG_BCAST, dl)
+
+    def barrier(self) -> None:
+        """Return once every rank entered the barrier (dissemination: ceil(log2 n) rounds)."""
+        n, me = self._nranks, self._rank
+        dl = net.Deadline(self.timeout)
+        k = 1
+        while k < n:
+            self._send((me + k) % n, TAG_BARRIER, b"", dl)
+            self._recv((me - k) % n, TAG_BARRIER, dl)
+            k <<= 1
+
+    # ------------------------------------------------------------ teardown
+    def close(self) -> None:
+        """Stop the listener and readers, close every socket (idempotent, local)."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+            socks = list(self._send_socks.values())
+            self._send_socks.clear()
+        self._listener.close()
+        for s in socks:
+            net.close_quietly(s)
+
+    def __enter__(self) -> "Bootstrap":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Bootstrap(rank={self._rank}, nranks={self._nranks}, "
+                f"address={net.fmt_addr(*self.address)})")

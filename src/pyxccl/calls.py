@@ -1,0 +1,184 @@
+"""Argument checking and buffer plans for every collective, before anything is sent.
+
+Each ``plan_*`` function turns a call's arguments on this rank into a :class:`Call`:
+the flat input and output arrays the program runs on (in-place calls alias them the
+way NCCL does), the per-block element count, and what to hand back to the caller.
+Bad arguments raise :class:`~pyxccl.errors.InvalidArgument` naming the argument.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .arrays import Buffer, as_buffer
+from .dtypes import SUM, DType, ReduceOp, check_op_dtype, op_of
+from .errors import InvalidArgument
+
+
+@dataclass
+class Call:
+    """One collective call on this rank, checked and laid out for the executor."""
+
+    collective: str
+    count: int
+    """elements per block (per rank for allgather/reducescatter/gather/scatter, per peer for alltoall)"""
+    dtype: DType
+    input: np.ndarray
+    output: np.ndarray
+    inplace: bool
+    result: Any
+    op: ReduceOp = SUM
+    root: int | None = None
+    reduced: list[np.ndarray] = field(default_factory=list)
+    """this rank's arrays that hold reduced results (avg divides them at the end)"""
+
+    def describe(self) -> str:
+        root = f" root={self.root}" if self.root is not None else ""
+        return f"{self.collective}(count={self.count}, dtype={self.dtype}, op={self.op}{root})"
+
+
+def check_rank(value: int, nranks: int, name: str) -> int:
+    """``value`` as a rank in ``0 .. nranks-1``, else InvalidArgument naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidArgument(f"{name}={value!r} must be an int rank")
+    if not 0 <= int(value) < nranks:
+        raise InvalidArgument(f"{name}={value} is out of range: the communicator has ranks 0..{nranks - 1}")
+    return int(value)
+
+
+def _same_type(a: Buffer, b: Buffer, bname: str) -> None:
+    if a.dtype != b.dtype:
+        raise InvalidArgument(f"{bname}: dtype {b.dtype} differs from the input's {a.dtype}; they must match")
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise InvalidArgument(msg)
+
+
+def _op(op: Any, dtype: DType) -> ReduceOp:
+    rop = op_of(op)
+    check_op_dtype(rop, dtype)
+    return rop
+
+
+def plan_elementwise(coll: str, rank: int, nranks: int, input: Any, output: Any, op: Any = None,
+                     root: int | None = None) -> Call:
+    """allreduce, broadcast and reduce: input and output hold the same count."""
+    if root is not None:
+        root = check_rank(root, nranks, "root")
+    # broadcast's input matters on the root only; reduce's output on the root only
+    inb = as_buffer(input, "input", writable=output is None)
+    if output is None:
+        outb, inplace = inb, True
+    else:
+        outb = as_buffer(output, "output", writable=True)
+        _same_type(inb, outb, "output")
+        _need(outb.count == inb.count,
+              f"output: has {outb.count} elements but input has {inb.count}; {coll} needs equal counts")
+        inplace = outb.array is inb.array or (outb.overlaps(inb) and _same_start(inb, outb))
+        _need(inplace or not outb.overlaps(inb), "output: overlaps input partially; use the same buffer or disjoint ones")
+    rop = _op(op, inb.dtype) if op is not None else SUM
+    reduced = [outb.array] if coll == "allreduce" or (coll == "reduce" and rank == root) else []
+    return Call(coll, inb.count, inb.dtype, inb.array, outb.array, inplace, outb.obj, rop, root, reduced)
+
+
+def _same_start(a: Buffer, b: Buffer) -> bool:
+    return a.array.__array_interface__["data"][0] == b.array.__array_interface__["data"][0]
+
+
+def plan_gatherlike(coll: str, rank: int, nranks: int, input: Any, output: Any, root: int | None = None) -> Call:
+    """allgather and gather: output holds nranks blocks of the input's count (gather: on the root)."""
+    if root is not None:
+        root = check_rank(root, nranks, "root")
+    has_output = coll == "allgather" or rank == root
+    if has_output:
+        if output is None:
+            raise InvalidArgument(f"output: {coll} needs an output buffer of nranks * count elements on rank {rank}")
+        outb = as_buffer(output, "output", writable=True)
+    if input is None:
+        if not has_output:
+            raise InvalidArgument("input: is required on ranks other than the root")
+        _need(outb.count % nranks == 0,
+              f"output: {outb.count} elements is not a multiple of nranks={nranks}")
+        count = outb.count // nranks
+        inarr, inplace = outb.array[rank * count:(rank + 1) * count], True
+        dtype = outb.dtype
+    else:
+        inb = as_buffer(input, "input")
+        count, dtype, inarr = inb.count, inb.dtype, inb.array
+        inplace = False
+        if has_output:
+            _same_type(inb, outb, "output")
+            _need(outb.count == count * nranks,
+                  f"output: has {outb.count} elements; {coll} of {count} elements per rank over {nranks} "
+                  f"ranks needs {count * nranks}")
+            if outb.overlaps(inb):
+                block = outb.array[rank * count:(rank + 1) * count]
+                _need(_same_start(Buffer(None, block, dtype), inb) and count > 0,
+                      f"input: overlaps output but is not output's block of rank {rank} (the in-place layout)")
+                inarr, inplace = block, True
+    if has_output:
+        return Call(coll, count, dtype, inarr, outb.array, inplace, outb.obj, root=root)
+    return Call(coll, count, dtype, inarr, np.empty(count * nranks, dtype.np), False, None, root=root)
+
+
+def plan_scatterlike(coll: str, rank: int, nranks: int, input: Any, output: Any, op: Any = None,
+                     root: int | None = None) -> Call:
+    """reducescatter and scatter: input holds nranks blocks of the output's count (scatter: on the root)."""
+    if root is not None:
+        root = check_rank(root, nranks, "root")
+    has_input = coll == "reducescatter" or rank == root
+    if has_input:
+        if input is None:
+            raise InvalidArgument(f"input: {coll} needs an input buffer of nranks * count elements on rank {rank}")
+        inb = as_buffer(input, "input", writable=output is None)
+    if output is None:
+        if not has_input:
+            raise InvalidArgument("output: is required on ranks other than the root")
+        _need(inb.count % nranks == 0, f"input: {inb.count} elements is not a multiple of nranks={nranks}")
+        count = inb.count // nranks
+        outarr, inplace, dtype = inb.array[rank * count:(rank + 1) * count], True, inb.dtype
+        result = inb.slice(rank * count, count)
+    else:
+        outb = as_buffer(output, "output", writable=True)
+        count, dtype, outarr, inplace, result = outb.count, outb.dtype, outb.array, False, outb.obj
+        if has_input:
+            _same_type(inb, outb, "output")
+            _need(inb.count == count * nranks,
+                  f"input: has {inb.count} elements; {coll} to {count} elements per rank over {nranks} "
+                  f"ranks needs {count * nranks}")
+            if outb.overlaps(inb):
+                block = inb.array[rank * count:(rank + 1) * count]
+                _need(_same_start(Buffer(None, block, dtype), outb) and count > 0,
+                      f"output: overlaps input but is not input's block of rank {rank} (the in-place layout)")
+                outarr, inplace = block, True
+    inarr = inb.array if has_input else np.empty(count * nranks, dtype.np)
+    rop = _op(op, dtype) if op is not None else SUM
+    reduced = [outarr] if coll == "reducescatter" else []
+    return Call(coll, count, dtype, inarr, outarr, inplace, result, rop, root, reduced)
+
+
+def plan_alltoall(rank: int, nranks: int, input: Any, output: Any) -> Call:
+    """alltoall: input and output hold nranks blocks; block q goes to rank q."""
+    inb = as_buffer(input, "input", writable=output is None)
+    _need(inb.count % nranks == 0,
+          f"input: {inb.count} elements is not a multiple of nranks={nranks} (one equal block per peer)")
+    if output is None:
+        outb, inplace = inb, True
+    else:
+        outb = as_buffer(output, "output", writable=True)
+        _same_type(inb, outb, "output")
+        _need(outb.count == inb.count, f"output: has {outb.count} elements but input has {inb.count}; they must match")
+        inplace = outb.overlaps(inb)
+        _need(not inplace or _same_start(inb, outb), "output: overlaps input partially")
+    return Call("alltoall", inb.count // nranks, inb.dtype, inb.array, outb.array, inplace, outb.obj)
+
+
+def plan_p2p(buf: Any, peer: int, nranks: int, name: str, writable: bool) -> Buffer:
+    """send/recv: the buffer and a checked peer."""
+    check_rank(peer, nranks, "peer")
+    return as_buffer(buf, name, writable=writable)

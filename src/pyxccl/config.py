@@ -1,0 +1,161 @@
+"""Every ``PYXCCL_*`` environment variable, typed, defaulted and documented in one place.
+
+Nothing else in pyxccl reads ``os.environ`` for a ``PYXCCL_*`` variable: call
+:func:`get` for the process-wide configuration (read once, then cached) or
+:func:`load` with an explicit mapping.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping
+
+from .errors import ConfigError
+
+
+def _parse_bytes(text: str) -> int:
+    """Parse ``4096``, ``64K``, ``1M``, ``2G`` (powers of 1024) into bytes."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = 1
+    if t and t[-1] in "KMG":
+        mult = 1024 ** ("KMG".index(t[-1]) + 1)
+        t = t[:-1]
+    value = int(float(t) * mult)
+    if value <= 0:
+        raise ValueError("must be positive")
+    return value
+
+
+def _parse_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in ("WARN", "INFO", "TRACE"):
+        raise ValueError("one of WARN, INFO, TRACE")
+    return level
+
+
+def _parse_transport(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("auto", "socket", "shm", "local"):
+        raise ValueError("one of auto, socket, shm, local")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError("must be positive")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be positive")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+@dataclass(frozen=True)
+class Config:
+    """The typed configuration; each field documents its variable."""
+
+    debug: str = "WARN"
+    """PYXCCL_DEBUG: WARN, INFO (what init decided) or TRACE (every call)."""
+    timeout: float = 300.0
+    """PYXCCL_TIMEOUT: seconds any blocking wait may take before it raises."""
+    transport: str = "auto"
+    """PYXCCL_TRANSPORT: auto (shm on one host, socket across), or force socket/shm/local."""
+    slot_bytes: int = 512 * 1024
+    """PYXCCL_SLOT_BYTES: bytes of one transport slot (NCCL's step buffer)."""
+    nslots: int = 4
+    """PYXCCL_NSLOTS: slots in flight per connector (NCCL's NCCL_STEPS)."""
+    nchannels: int = 1
+    """PYXCCL_NCHANNELS: channels the built-in algorithms use."""
+    spin_us: float = 1000.0
+    """PYXCCL_SPIN_US: microseconds a waiter spins before it sleeps in the kernel."""
+    socket_ifname: str = ""
+    """PYXCCL_SOCKET_IFNAME: interface(s) for sockets, NCCL syntax (``eth0``, ``^docker,lo``, ``=eth0``)."""
+    socket_nstreams: int = 1
+    """PYXCCL_SOCKET_NSTREAMS: TCP streams per peer and channel."""
+    comm_id: str = ""
+    """PYXCCL_COMM_ID: ``host:port`` for the bootstrap root (like NCCL_COMM_ID)."""
+    hostid: str = ""
+    """PYXCCL_HOSTID: override the host identity used to pick shm vs socket per peer."""
+
+
+_PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "debug": ("PYXCCL_DEBUG", _parse_level),
+    "timeout": ("PYXCCL_TIMEOUT", _positive_float),
+    "transport": ("PYXCCL_TRANSPORT", _parse_transport),
+    "slot_bytes": ("PYXCCL_SLOT_BYTES", _parse_bytes),
+    "nslots": ("PYXCCL_NSLOTS", _positive_int),
+    "nchannels": ("PYXCCL_NCHANNELS", _positive_int),
+    "spin_us": ("PYXCCL_SPIN_US", _non_negative_float),
+    "socket_ifname": ("PYXCCL_SOCKET_IFNAME", str),
+    "socket_nstreams": ("PYXCCL_SOCKET_NSTREAMS", _positive_int),
+    "comm_id": ("PYXCCL_COMM_ID", str),
+    "hostid": ("PYXCCL_HOSTID", str),
+}
+
+assert set(_PARSERS) == {f.name for f in fields(Config)}
+
+
+def load(env: Mapping[str, str] | None = None) -> Config:
+    """Build a :class:`Config` from ``env`` (default ``os.environ``); bad values raise ConfigError."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for name, (var, parse) in _PARSERS.items():
+        raw = env.get(var)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[name] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{var}={raw!r} is invalid: {exc}") from None
+    return Config(**values)
+
+
+_cached: Config | None = None
+
+
+def get() -> Config:
+    """The process-wide configuration, read from the environment on first use."""
+    global _cached
+    if _cached is None:
+        _cached = load()
+    return _cached
+
+
+def reset() -> None:
+    """Forget the cached configuration (tests that change the environment call this)."""
+    global _cached
+    _cached = None
+
+
+def variables() -> list[tuple[str, str, Any]]:
+    """(variable, description, default) for every ``PYXCCL_*`` variable, for docs and tools."""
+    out = []
+    docs = _field_docs()
+    for f in fields(Config):
+        out.append((_PARSERS[f.name][0], docs.get(f.name, ""), f.default))
+    return out
+
+
+def _field_docs() -> dict[str, str]:
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(Config))
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
+            docs[node.target.id] = nxt.value.value.split(": ", 1)[-1]  # type: ignore[union-attr]
+    return docs

@@ -1,0 +1,77 @@
+"""``with pyxccl.group():`` — NCCL's group semantics for batching calls.
+
+Inside a group, calls are recorded instead of run; when the outermost group ends,
+each communicator runs its recorded calls in issue order, with consecutive
+point-to-point calls merged into one batch that progresses all of them at once (so
+every rank may send and receive inside one group without deadlock). Blocking calls
+made inside the group are complete when the group ends; ``async_op=True`` calls
+return a Work to wait on.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from .work import Work
+
+_state = threading.local()
+
+
+def active() -> bool:
+    """True inside ``with group():`` on this thread."""
+    return getattr(_state, "depth", 0) > 0
+
+
+def record(comm: Any, kind: str, payload: Any, work: Work, blocking: bool) -> Work:
+    """Remember one call of ``comm`` (kind "p2p" or "call") until the group ends."""
+    _state.calls.append((comm, kind, payload, work, blocking))
+    return work
+
+
+@contextmanager
+def group() -> Iterator[None]:
+    """Batch the calls made inside (NCCL's ncclGroupStart / ncclGroupEnd)."""
+    depth = getattr(_state, "depth", 0)
+    if depth == 0:
+        _state.calls = []
+    _state.depth = depth + 1
+    try:
+        yield
+    except BaseException:
+        if depth == 0:
+            for _, _, _, work, _ in _state.calls:
+                work._finish(exc=RuntimeError("the group was left by an exception; its calls did not run"))
+            _state.calls = []
+        raise
+    finally:
+        _state.depth = depth
+    if depth == 0:
+        calls, _state.calls = _state.calls, []
+        _flush(calls)
+
+
+def _flush(calls: list) -> None:
+    comms: dict[int, Any] = {}
+    for comm, *_ in calls:
+        comms.setdefault(id(comm), comm)
+    blocking: list[Work] = []
+    for comm in comms.values():
+        mine = [c for c in calls if c[0] is comm]
+        batch: list = []
+        for item in mine + [None]:
+            if item is not None and item[1] == "p2p":
+                batch.append(item)
+                continue
+            if batch:
+                comm._launch_p2p([b[2] for b in batch], [b[3] for b in batch])
+                blocking += [b[3] for b in batch if b[4]]
+                batch = []
+            if item is not None:
+                fn: Callable[[], Any] = item[2]
+                comm._stream.submit(fn, item[3])
+                if item[4]:
+                    blocking.append(item[3])
+    for work in blocking:
+        work.wait()

@@ -1,0 +1,228 @@
+"""The socket transport's connectors: the executor's side of the slots.
+
+Each field is written by one thread only (the executor or the progress thread), so
+plain attribute and list-element stores (atomic under the GIL) suffice:
+
+- sender: ``posted`` (executor) and ``credited`` (progress) count slots; credits left
+  are ``nslots - (posted - credited)``; ``busy[i]`` is set by the executor on post and
+  cleared by the progress thread once the staging slot has been written to the kernel.
+- receiver: ``done_seq[i]`` (progress) is the sequence number of the slot completed in
+  local slot ``i``; ``tail`` (executor) counts released slots, so slot ``tail % nslots``
+  is ready when ``done_seq[tail % nslots] == tail``; ``owed`` (executor) and ``paid``
+  (progress) count credits that had to go through the progress thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ...errors import InvalidArgument
+from ..base import RecvConnector, SendConnector
+from .wire import chunk_range, frames_per_slot
+
+if TYPE_CHECKING:
+    from .progress import Progress, Stream
+
+_CREDIT = b"\x01"
+
+
+def _slots(slot_bytes: int, nslots: int) -> list[np.ndarray]:
+    data = np.zeros(slot_bytes * nslots, dtype=np.uint8)
+    return [data[i * slot_bytes:(i + 1) * slot_bytes] for i in range(nslots)]
+
+
+class _Base:
+    """What both connector kinds share: identity, failure state, streams."""
+
+    def __init__(self, peer: int, channel: int, slot_bytes: int, nslots: int, progress: "Progress", who: str):
+        self.peer, self.channel = peer, channel
+        self.slot_bytes, self.nslots = slot_bytes, nslots
+        self.progress = progress
+        self.who = who
+        """e.g. ``rank 3 on host-b, channel 1, recv`` for messages"""
+        self.failure: Exception | None = None
+        self.streams: list["Stream | None"] = []
+        self.nstreams = 0
+        self.lock = threading.Lock()
+        """held around socket sends from the executor and socket closes from the progress thread"""
+        self.closed = False
+
+    def _check(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def close(self) -> None:
+        """Drop this connector's connections (the peer sees them close); idempotent."""
+        if not self.closed:
+            self.closed = True
+            self.progress.submit(("close", self))
+
+
+class SocketSendConnector(_Base, SendConnector):
+    """Sending end: staging slots written to the TCP stream(s) by the progress thread."""
+
+    def __init__(self, peer: int, channel: int, slot_bytes: int, nslots: int, progress: "Progress", who: str,
+                 nstreams: int):
+        super().__init__(peer, channel, slot_bytes, nslots, progress, who)
+        self.nstreams = nstreams
+        self.staging = _slots(slot_bytes, nslots)
+        self.sizes = [0] * nslots
+        self.busy = [False] * nslots
+        self.pending = [0] * nslots  # frames of a slot not yet written (progress thread only)
+        self.posted = 0
+        self.credited = 0
+
+    def ready(self) -> bool:
+        if self.failure is not None:
+            raise self.failure
+        posted = self.posted
+        return posted - self.credited < self.nslots and not self.busy[posted % self.nslots]
+
+    def buffer(self) -> np.ndarray:
+        return self.staging[self.posted % self.nslots]
+
+    def post(self, nbytes: int) -> None:
+        self._check()
+        if not 0 <= nbytes <= self.slot_bytes:
+            raise InvalidArgument(f"socket: post of {nbytes} bytes into a slot of {self.slot_bytes}")
+        seq = self.posted
+        i = seq % self.nslots
+        self.sizes[i] = nbytes
+        self.busy[i] = True
+        self.posted = seq + 1
+        self.progress.submit(("send", self, seq))
+
+    def in_flight(self) -> int:
+        """Slots posted and not yet credited back by the receiver."""
+        return self.posted - self.credited
+
+    # progress thread side
+
+    def frames(self, seq: int) -> list[tuple[int, memoryview]]:
+        """(stream, bytes) of each frame of slot ``seq``; records how many are pending."""
+        i = seq % self.nslots
+        nbytes = self.sizes[i]
+        view = memoryview(self.staging[i])
+        out = []
+        for j in range(self.nstreams):
+            lo, hi = chunk_range(nbytes, self.nstreams, j)
+            if j == 0 or hi > lo:
+                out.append((j, view[lo:hi]))
+        self.pending[i] = len(out)
+        return out
+
+    def frame_sent(self, seq: int) -> bool:
+        """Count one frame of slot ``seq`` written; True when the staging slot became free."""
+        i = seq % self.nslots
+        self.pending[i] -= 1
+        if self.pending[i] == 0:
+            self.busy[i] = False
+            return True
+        return False
+
+    def add_credits(self, n: int) -> None:
+        """Credits returned by the receiver; ValueError when more than were posted."""
+        credited = self.credited + n
+        if credited > self.posted:
+            raise ValueError(f"{credited} credits for {self.posted} slots posted")
+        self.credited = credited
+
+
+class SocketRecvConnector(_Base, RecvConnector):
+    """Receiving end: local slots filled by the progress thread straight from the socket(s)."""
+
+    def __init__(self, peer: int, channel: int, slot_bytes: int, nslots: int, progress: "Progress", who: str):
+        super().__init__(peer, channel, slot_bytes, nslots, progress, who)
+        self.slots = _slots(slot_bytes, nslots)
+        self.views = [memoryview(s) for s in self.slots]
+        self.seq_of = [-1] * nslots  # progress thread only
+        self.remaining = [0] * nslots  # progress thread only
+        self.size = [0] * nslots
+        self.done_seq = [-1] * nslots
+        self.tail = 0
+        self.owed = 0
+        self.paid = 0
+        self.bound = 0  # streams attached (progress thread only)
+
+    def ready(self) -> bool:
+        tail = self.tail
+        if self.done_seq[tail % self.nslots] == tail:
+            return True
+        if self.failure is not None:  # slots completed before the loss are still delivered
+            raise self.failure
+        return False
+
+    def buffer(self) -> np.ndarray:
+        i = self.tail % self.nslots
+        return self.slots[i][:self.size[i]]
+
+    def release(self) -> None:
+        """Free the slot and send the sender one credit (a 1-byte non-blocking send).
+
+        Never raises for a lost peer: the data was delivered, and the loss shows at the
+        next ``ready()`` once no completed slot is left.
+        """
+        self.tail += 1
+        if self.failure is not None:
+            return
+        stream = self.streams[0] if self.streams else None
+        if stream is None:
+            return
+        with self.lock:
+            if stream.closed:
+                return
+            try:
+                if self.owed == self.paid and stream.sock.send(_CREDIT) == 1:
+                    return
+            except BlockingIOError:
+                pass
+            except OSError:
+                return  # the progress thread sees the reset or EOF and fails the connector
+        self.owed += 1
+        self.progress.submit(("credit", self))
+
+    # progress thread side
+
+    def begin_frame(self, stream: int, seq: int, nbytes: int) -> memoryview:
+        """Where the frame (``seq``, ``nbytes``) arriving on ``stream`` goes; ValueError when it may not."""
+        if nbytes > self.slot_bytes:
+            raise ValueError(f"frame of {nbytes} bytes for slots of {self.slot_bytes}")
+        tail = self.tail
+        if not tail <= seq < tail + self.nslots:
+            raise ValueError(f"frame for slot {seq} outside the credit window [{tail}, {tail + self.nslots})")
+        i = seq % self.nslots
+        if self.seq_of[i] != seq:
+            self.seq_of[i] = seq
+            self.size[i] = nbytes
+            self.remaining[i] = frames_per_slot(nbytes, self.nstreams)
+        elif self.size[i] != nbytes:
+            raise ValueError(f"streams disagree on the length of slot {seq}")
+        lo, hi = chunk_range(nbytes, self.nstreams, stream)
+        if stream and hi <= lo:
+            raise ValueError(f"stream {stream} sent an empty chunk of slot {seq}")
+        return self.views[i][lo:hi]
+
+    def frame_done(self, seq: int) -> bool:
+        """Count one frame of slot ``seq`` received; True when the slot became ready."""
+        i = seq % self.nslots
+        self.remaining[i] -= 1
+        if self.remaining[i] == 0:
+            self.done_seq[i] = seq
+            return True
+        return False
+
+
+def mismatch(conn: Any, slot_bytes: int, nslots: int, nstreams: int) -> str | None:
+    """Why a hello's parameters cannot work with ``conn`` (None when they can)."""
+    if slot_bytes != conn.slot_bytes or nslots != conn.nslots:
+        return (f"{conn.who}: the peer uses slots of {slot_bytes} bytes x {nslots}, this rank "
+                f"{conn.slot_bytes} x {conn.nslots}; set PYXCCL_SLOT_BYTES and PYXCCL_NSLOTS alike on every rank")
+    if conn.nstreams and nstreams != conn.nstreams:
+        return f"{conn.who}: the peer's streams disagree on their number ({nstreams} vs {conn.nstreams})"
+    return None
+
+
+__all__ = ["SocketRecvConnector", "SocketSendConnector", "mismatch"]

@@ -1,0 +1,162 @@
+"""The socket transport's wire formats: connect info, hello, frame headers, chunking.
+
+Connect info (receiver -> sender, through the bootstrap)::
+
+    version u8 | family u8 (4 or 6) | port u16 | token 16 bytes | packed IP (4 or 16)
+
+Hello (first bytes the sender writes on each of a connector's TCP streams)::
+
+    magic "PXSK" | version u8 | stream u8 | nstreams u8 | 0 u8 |
+    slot_bytes u32 | nslots u32 | token 16 bytes | HMAC-SHA256(secret, all before) 32 bytes
+
+Data (sender -> receiver): per slot and stream, a header ``seq u64 | nbytes u32`` (the
+slot's sequence number and total length) then that stream's chunk of the slot (see
+:func:`chunk_range`). Stream 0 carries a header for every slot, even an empty one;
+stream ``j > 0`` only when its chunk is not empty. Credits (receiver -> sender, on
+stream 0 only): single bytes, each the number (1..255) of slots released; every byte
+stands alone, so two threads may write credits to one socket without framing trouble.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import socket
+import struct
+
+VERSION = 1
+MAGIC = b"PXSK"
+TOKEN_BYTES = 16
+
+_INFO = struct.Struct("!BBH16s")
+_HELLO = struct.Struct("!4sBBBxII16s")
+MAC_BYTES = 32
+HELLO_BYTES = _HELLO.size + MAC_BYTES
+FRAME = struct.Struct("!QI")
+"""per-stream frame header: slot sequence number, slot length"""
+
+MIN_CHUNK = 64 * 1024
+"""a slot is split across streams only in chunks of at least this many bytes"""
+_ALIGN = 4096
+
+
+def new_token() -> bytes:
+    """A random token naming one receive connector."""
+    return os.urandom(TOKEN_BYTES)
+
+
+def encode_info(address: str, port: int, token: bytes) -> bytes:
+    """Pack (address, port, token) into the connect info a sender needs."""
+    ip = ipaddress.ip_address(address)
+    family = 6 if ip.version == 6 else 4
+    return _INFO.pack(VERSION, family, port, token) + ip.packed
+
+
+def decode_info(info: bytes) -> tuple[str, int, bytes]:
+    """Unpack connect info into (address, port, token); ValueError when malformed."""
+    if len(info) < _INFO.size:
+        raise ValueError(f"socket connect info too short ({len(info)} bytes)")
+    version, family, port, token = _INFO.unpack_from(info)
+    if version != VERSION or family not in (4, 6):
+        raise ValueError(f"socket connect info of unknown version {version} / family {family}")
+    packed = info[_INFO.size:]
+    if len(packed) != (4 if family == 4 else 16):
+        raise ValueError("socket connect info carries a malformed address")
+    return str(ipaddress.ip_address(packed)), port, token
+
+
+def _mac(secret: bytes, body: bytes) -> bytes:
+    if not secret:
+        return bytes(MAC_BYTES)
+    return hmac.new(secret, body, hashlib.sha256).digest()
+
+
+def make_hello(token: bytes, stream: int, nstreams: int, slot_bytes: int, nslots: int, secret: bytes) -> bytes:
+    """The hello a sender writes first on stream ``stream`` of ``nstreams``."""
+    body = _HELLO.pack(MAGIC, VERSION, stream, nstreams, slot_bytes, nslots, token)
+    return body + _mac(secret, body)
+
+
+class Hello:
+    """A parsed, authenticated hello."""
+
+    __slots__ = ("stream", "nstreams", "slot_bytes", "nslots", "token")
+
+    def __init__(self, stream: int, nstreams: int, slot_bytes: int, nslots: int, token: bytes):
+        self.stream, self.nstreams, self.token = stream, nstreams, token
+        self.slot_bytes, self.nslots = slot_bytes, nslots
+
+
+def parse_hello(data: bytes, secret: bytes) -> Hello:
+    """Check and unpack a hello of :data:`HELLO_BYTES`; ValueError saying what is wrong."""
+    body, mac = data[:_HELLO.size], data[_HELLO.size:HELLO_BYTES]
+    magic, version, stream, nstreams, slot_bytes, nslots, token = _HELLO.unpack(body)
+    if magic != MAGIC:
+        raise ValueError("not a pyxccl socket hello")
+    if version != VERSION:
+        raise ValueError(f"hello of protocol version {version}, expected {VERSION}")
+    if not hmac.compare_digest(mac, _mac(secret, body)):
+        raise ValueError("hello fails authentication (wrong secret)")
+    if not 0 <= stream < nstreams:
+        raise ValueError(f"hello names stream {stream} of {nstreams}")
+    return Hello(stream, nstreams, slot_bytes, nslots, token)
+
+
+def chunk_range(nbytes: int, nstreams: int, stream: int) -> tuple[int, int]:
+    """The byte range [lo, hi) of a slot of ``nbytes`` that stream ``stream`` carries."""
+    if nstreams <= 1 or nbytes <= MIN_CHUNK:
+        return (0, nbytes) if stream == 0 else (nbytes, nbytes)
+    k = min(nstreams, -(-nbytes // MIN_CHUNK))
+    size = -(-nbytes // k)
+    size = -(-size // _ALIGN) * _ALIGN
+    lo = min(nbytes, stream * size)
+    return lo, min(nbytes, lo + size)
+
+
+def carries(nbytes: int, nstreams: int, stream: int) -> bool:
+    """Whether stream ``stream`` sends a frame for a slot of ``nbytes`` (stream 0 always does)."""
+    if stream == 0:
+        return True
+    lo, hi = chunk_range(nbytes, nstreams, stream)
+    return hi > lo
+
+
+def frames_per_slot(nbytes: int, nstreams: int) -> int:
+    """How many frames (over all streams) make up one slot of ``nbytes``."""
+    return sum(1 for j in range(nstreams) if carries(nbytes, nstreams, j))
+
+
+def _sysctl(path: str) -> int:
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_MAX_RCVBUF = _sysctl("/proc/sys/net/core/rmem_max")
+_MAX_SNDBUF = _sysctl("/proc/sys/net/core/wmem_max")
+
+
+def tune(sock: socket.socket, bufbytes: int) -> None:
+    """TCP_NODELAY, keepalive, and ``bufbytes`` socket buffers where the kernel allows them.
+
+    Buffers are set only when ``net.core.[rw]mem_max`` admits the size: a capped explicit
+    size would switch off Linux's autotuning and leave a smaller buffer than no setting.
+    """
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for opt, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 6)):
+        if hasattr(socket, opt):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+            except OSError:
+                pass
+    for opt, limit in ((socket.SO_SNDBUF, _MAX_SNDBUF), (socket.SO_RCVBUF, _MAX_RCVBUF)):
+        if bufbytes <= limit:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, bufbytes)
+            except OSError:
+                pass
