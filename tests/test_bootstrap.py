@@ -90,6 +90,8 @@ def test_uid_round_trips_bytes_and_string():
         assert str(uid).startswith("pyxccl1-") and str(uid).isprintable()
     assert len(UniqueId(b"k" * 16, "10.0.0.1", 1).to_bytes()) == 4 + 16 + 1 + 4 + 2
     assert "secret=<16 bytes>" in repr(uid) and "\\x00" not in repr(uid)
+    with pytest.raises(InvalidArgument, match="host name"):
+        UniqueId(b"k" * 16, "h" * 300, 1).to_bytes()
 
 
 @pytest.mark.parametrize("raw, why", [
@@ -119,10 +121,12 @@ def test_garbage_uid_strings_raise_invalid_argument():
         UniqueId(b"short", "1.2.3.4", 5)
 
 
-def test_get_unique_id_advertises_this_namespaces_address():
+def test_get_unique_id_defaults_to_loopback_or_the_given_host():
     uid = get_unique_id(timeout=2.0)
-    assert uid.host == net.select_address(config.get().socket_ifname)
-    assert uid.host in {i.address for i in net.list_interfaces()} | {"127.0.0.1"}
+    expect = net.select_address(config.get().socket_ifname) if config.get().socket_ifname else "127.0.0.1"
+    assert uid.host == expect
+    assert get_unique_id(timeout=2.0, host="127.0.0.1").host == "127.0.0.1"
+    assert net.route_address("127.0.0.1") == "127.0.0.1"
     assert 0 < uid.port < 65536 and len(uid.secret) == 16
     assert get_unique_id(timeout=2.0).secret != uid.secret
 
@@ -384,3 +388,59 @@ def test_bootstrap_across_processes():
     want = [b"proc0", b"proc1", b"proc2"]
     assert got == want and msg == b"hello from 2"
     assert res == [(1, want, b"hello from 0"), (2, want, b"hello from 1")]
+
+
+def _netns_ok() -> bool:
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return False
+    name = f"pxchk{os.getpid() % 100000}"
+    ok = subprocess.run(["ip", "netns", "add", name], capture_output=True).returncode == 0
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return ok
+
+
+@pytest.mark.skipif(not _netns_ok(), reason="needs root and iproute2 network namespaces")
+def test_rank_in_another_network_namespace(monkeypatch):
+    """A rank in its own namespace advertises that namespace's interface address."""
+    import os
+    import subprocess
+    import sys
+
+    tag = os.getpid() % 100000
+    ns, va, vb = f"pxns{tag}", f"pxa{tag}", f"pxb{tag}"
+    sh = [["ip", "netns", "add", ns], ["ip", "link", "add", va, "type", "veth", "peer", "name", vb],
+          ["ip", "link", "set", vb, "netns", ns], ["ip", "addr", "add", "10.213.0.1/24", "dev", va],
+          ["ip", "link", "set", va, "up"],
+          ["ip", "netns", "exec", ns, "ip", "addr", "add", "10.213.0.2/24", "dev", vb],
+          ["ip", "netns", "exec", ns, "ip", "link", "set", vb, "up"],
+          ["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]]
+    try:
+        for cmd in sh:
+            subprocess.run(cmd, check=True, capture_output=True)
+        monkeypatch.setenv("PYXCCL_SOCKET_IFNAME", "=" + va)
+        config.reset()
+        uid = get_unique_id(timeout=10.0)
+        assert uid.host == "10.213.0.1"
+        code = ("import sys; from pyxccl.bootstrap import Bootstrap, UniqueId; "
+                "b = Bootstrap(UniqueId.from_string(sys.argv[1]), 1, 2, timeout=10.0); "
+                "g = b.allgather(b'ns'); b.barrier(); b.close(); print(g[0].decode())")
+        env = {k: v for k, v in os.environ.items() if k != "PYXCCL_SOCKET_IFNAME"}
+        env["PYTHONPATH"] = os.pathsep.join(sys.path)
+        child = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", code, str(uid)],
+                                 env=env, stdout=subprocess.PIPE, text=True)
+        b = Bootstrap(uid, 0, 2, timeout=10.0)
+        got = b.allgather(b"root")
+        b.barrier()
+        addrs = b.peer_addresses()
+        b.close()
+        out, _ = child.communicate(timeout=10.0)
+        assert child.returncode == 0 and out.strip() == "root"
+        assert got == [b"root", b"ns"] and addrs[1][0] == "10.213.0.2"
+    finally:
+        config.reset()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", va], capture_output=True)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -48,7 +53,7 @@ class Pair:
 
     def close(self) -> None:
         for t in self.tr:
-            t.close()
+            t.close(flush_timeout=0)  # an abort: tests may leave slots unreleased
 
 
 @pytest.fixture
@@ -198,7 +203,7 @@ def test_sender_stalls_without_releases(pair):
         time.sleep(0.001)
 
 
-def wait_raises(conn, exc_type, within: float = 1.0) -> float:
+def wait_raises(conn, exc_type, within: float = 1.0) -> tuple[float, Exception]:
     t0 = time.monotonic()
     while time.monotonic() - t0 < within:
         try:
@@ -230,11 +235,64 @@ def test_received_slots_survive_peer_close(pair):
     while not r.ready():
         assert time.monotonic() < deadline
         time.sleep(0.001)
-    pair.tr[0].close()
+    t0 = time.monotonic()
+    pair.tr[0].close(flush_timeout=0.2)  # the slot is never released: flushing gives up
+    assert 0.2 <= time.monotonic() - t0 < 1
     time.sleep(0.1)
     assert r.ready() and list(r.buffer()) == [1, 2, 3]
     r.release()  # the sender is gone: no error here, the loss shows at the next ready()
     wait_raises(r, PeerLostError)
+
+
+def test_close_flushes_posted_slots(pair):
+    """A rank that posts its last slots and closes at once: the peer still gets them all."""
+    sizes = [SLOT] * 40
+    pool = np.random.default_rng(1).integers(0, 256, 3 * SLOT, dtype=np.uint8)
+    errors: list = []
+    t = threading.Thread(target=drive, args=(pair.ctx[1].doorbell, [], pair.recv[1][:1], sizes, pool, errors))
+    t.start()
+    drive(pair.ctx[0].doorbell, pair.send[0][:1], [], sizes, pool, errors)
+    pair.tr[0].close()  # right after the last post
+    t.join(10)
+    assert not errors, errors
+    wait_raises(pair.recv[1][0], PeerLostError)
+
+
+_CHILD = """
+import sys, time
+from test_socket_transport import make_ctx
+from pyxccl.transport.socket import SocketTransport
+tr = SocketTransport(make_ctx(1))
+conn, info = tr.setup_recv(0, 0)
+print(info.hex(), flush=True)
+while not conn.ready():
+    time.sleep(0.001)
+print("got", flush=True)
+time.sleep(60)
+"""
+
+
+def test_killed_process_raises_peer_lost():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), *sys.path]))
+    child = subprocess.Popen([sys.executable, "-c", _CHILD], stdout=subprocess.PIPE, text=True, env=env)
+    tr = SocketTransport(make_ctx(0))
+    try:
+        conn = tr.connect_send(1, 0, bytes.fromhex(child.stdout.readline().strip()))
+        for _ in range(NSLOTS):  # fill every credit: the child consumes nothing after the first
+            deadline = time.monotonic() + 5
+            while not conn.ready():
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+            conn.post(SLOT)
+        assert child.stdout.readline().strip() == "got"
+        child.send_signal(signal.SIGKILL)
+        child.wait(5)
+        elapsed, exc = wait_raises(conn, PeerLostError)
+        assert "rank 1" in str(exc)
+    finally:
+        child.kill()
+        child.wait()
+        tr.close()
 
 
 def test_close_is_bounded_with_busy_traffic(pair):

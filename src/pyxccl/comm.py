@@ -370,6 +370,11 @@ class Communicator:
             log.warn("destroy: queued work did not finish in time; aborting", rank=self._rank)
             self._aborted = True
         self._stream.close()
+        if not self._aborted:
+            try:  # every rank is done, so every byte in flight was delivered: safe to close
+                self._bootstrap.barrier()
+            except PyxcclError as exc:
+                log.warn("destroy: the closing barrier failed (%s); releasing anyway", exc, rank=self._rank)
         self._release()
 
     def _release(self) -> None:

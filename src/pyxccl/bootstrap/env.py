@@ -27,6 +27,7 @@ from typing import Any, Mapping
 from .. import config, log
 from ..errors import CollectiveTimeout, ConfigError, InvalidArgument
 from .store import TCPStore
+from . import net
 from .uid import UniqueId, get_unique_id
 
 # launcher, rank var, size var, local rank var, local size var
@@ -97,7 +98,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> LaunchInfo:
         if launcher == "slurm" and not env.get(lsvar, "").strip().isdigit():
             local_size = None  # e.g. "2(x3),1": not one number
         else:
-            local_size = _int(env, lsvar, launcher, False, 1, "the number of processes on this host")
+            local_size = _int(env, lsvar, launcher, False, 1, "the number of processes per host")
         if local_rank is not None and local_size is not None and local_rank >= local_size:
             raise ConfigError(f"{lrvar}={local_rank} is out of range for {lsvar}={local_size}")
         addr, port = _master(env, launcher, size)
@@ -158,13 +159,13 @@ def exchange_unique_id(info: LaunchInfo, timeout: float | None = None) -> Unique
     wait = float(config.get().timeout if timeout is None else timeout)
     key = _key(info)
     if info.use_agent_store:
-        store = _agent_store(info, wait)
+        store = _agent_store(info, info.master_addr, info.master_port, wait)
         if store is not None:
             return _via_agent_store(store, info, key, wait)
     return _via_own_store(info, key, wait)
 
 
-def _agent_store(info: LaunchInfo, wait: float) -> Any:
+def _agent_store(info: LaunchInfo, host: str, port: int, wait: float) -> Any:
     try:
         import datetime
 
@@ -173,13 +174,13 @@ def _agent_store(info: LaunchInfo, wait: float) -> Any:
         log.warn("TORCHELASTIC_USE_AGENT_STORE=True but torch is not importable; rank 0 will "
                  "serve its own store on MASTER_PORT", rank=info.rank)
         return None
-    return dist.TCPStore(info.master_addr, info.master_port, is_master=False,
+    return dist.TCPStore(host, port, is_master=False,
                          timeout=datetime.timedelta(seconds=wait))
 
 
 def _via_agent_store(store: Any, info: LaunchInfo, key: str, wait: float) -> UniqueId:
     if info.rank == 0:
-        uid = get_unique_id()
+        uid = get_unique_id(host=net.route_address(info.master_addr or "127.0.0.1"))
         store.set(key, uid.to_bytes())
         return uid
     try:
@@ -198,7 +199,7 @@ def _via_own_store(info: LaunchInfo, key: str, wait: float) -> UniqueId:
     store = TCPStore(info.master_addr, info.master_port, is_server=info.rank == 0, timeout=wait)
     try:
         if info.rank == 0:
-            uid = get_unique_id()
+            uid = get_unique_id(host=net.route_address(info.master_addr))
             store.set(key, uid.to_bytes())
             try:
                 store.get(key + "/all_fetched", wait)

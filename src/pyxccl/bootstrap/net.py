@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -37,6 +38,7 @@ _IFF_LOOPBACK = 0x8
 _CHALLENGE_MAGIC = b"PXCH"
 _NONCE_BYTES = 16
 MAC_BYTES = 32
+MAX_NAME = 250  # host name bytes in a packed address; the whole address then fits in 255
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,7 @@ class Interface:
 def list_interfaces() -> list[Interface]:
     """The interfaces of this network namespace that have an IPv4 address, in index order."""
     out: list[Interface] = []
-    try:
-        names = [name for _, name in socket.if_nameindex()]
-    except OSError:
-        return out
+    names = [name for _, name in socket.if_nameindex()]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         for name in names:
             req = struct.pack("256s", name.encode()[:15])
@@ -70,10 +69,6 @@ def list_interfaces() -> list[Interface]:
             out.append(Interface(name, socket.inet_ntoa(addr[20:24]),
                                  bool(flags & _IFF_UP), bool(flags & _IFF_LOOPBACK)))
     return out
-
-
-def _matches(name: str, prefixes: list[str], exact: bool) -> bool:
-    return any(name == p if exact else name.startswith(p) for p in prefixes)
 
 
 def select_address(spec: str = "", interfaces: list[Interface] | None = None) -> str:
@@ -101,11 +96,26 @@ def select_address(spec: str = "", interfaces: list[Interface] | None = None) ->
     body = body[1:] if exact else body
     prefixes = [p.strip() for p in body.split(",") if p.strip()]
     for i in ifs:
-        if _matches(i.name, prefixes, exact) != exclude:
+        if any(i.name == p if exact else i.name.startswith(p) for p in prefixes) != exclude:
             return i.address
     have = ", ".join(f"{i.name}={i.address}" for i in ifs) or "none"
     raise ConfigError(f"PYXCCL_SOCKET_IFNAME={spec!r} matches no interface that is up with an "
                       f"IPv4 address (have: {have}); set it to one of those names")
+
+
+def route_address(target: str) -> str:
+    """This host's address on the route to ``target`` (no packet is sent: a UDP connect picks it).
+
+    A rank that reaches the root over loopback advertises loopback; a rank in a network
+    namespace advertises that namespace's address towards the root.
+    """
+    family = socket.AF_INET6 if ":" in target else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((target, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
 
 
 # ---------------------------------------------------------------- addresses
@@ -117,15 +127,15 @@ def pack_addr(host: str, port: int) -> bytes:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        name = host.encode("idna" if host.isascii() else "utf-8")
-        if not 0 < len(name) <= 255:
-            raise ValueError(f"host name {host!r} must be 1..255 bytes") from None
+        name = host.encode("utf-8")
+        if not 0 < len(name) <= MAX_NAME:
+            raise ValueError(f"host name {host[:64]!r} must be 1..{MAX_NAME} bytes") from None
         return bytes([0, len(name)]) + name + struct.pack("!H", port)
     return bytes([ip.version]) + ip.packed + struct.pack("!H", port)
 
 
 def unpack_addr(buf: bytes, offset: int = 0) -> tuple[str, int, int]:
-    """Inverse of :func:`pack_addr`: ``(host, port, next offset)``; malformed input raises ValueError."""
+    """Inverse of :func:`pack_addr`: ``(host, port, next offset)``; malformed: ValueError."""
     if offset >= len(buf):
         raise ValueError("address truncated: no family byte")
     fam = buf[offset]
@@ -197,10 +207,8 @@ class Deadline:
 
 def tune(sock: socket.socket) -> None:
     """TCP_NODELAY (small control messages: latency over bandwidth)."""
-    try:
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
 
 
 def listen(host: str, port: int = 0, backlog: int = 128) -> socket.socket:
@@ -249,9 +257,22 @@ def connect(host: str, port: int, deadline: Deadline, what: str) -> socket.socke
         delay = min(delay * 2, 0.2)
 
 
+_SEGMENT = 4 << 20
+
+
 def recv_exact(sock: socket.socket, n: int, deadline: Deadline | None = None,
                what: str = "peer") -> bytearray:
-    """Read exactly ``n`` bytes; EOF/reset raises PeerLostError, a passed deadline CollectiveTimeout."""
+    """Read exactly ``n`` bytes; EOF/reset: PeerLostError, a passed deadline: CollectiveTimeout.
+
+    Memory grows with the bytes that actually arrive (4 MiB segments), so a length field
+    from an untrusted sender cannot make us allocate it up front.
+    """
+    if n > _SEGMENT:
+        parts = []
+        while n > 0:
+            parts.append(recv_exact(sock, min(n, _SEGMENT), deadline, what))
+            n -= len(parts[-1])
+        return bytearray().join(parts)
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
@@ -259,7 +280,8 @@ def recv_exact(sock: socket.socket, n: int, deadline: Deadline | None = None,
         if deadline is not None:
             left = deadline.remaining()
             if left <= 0:
-                raise CollectiveTimeout(f"timed out after {deadline.seconds:g}s reading from {what}")
+                raise CollectiveTimeout(f"timed out after {deadline.seconds:g}s reading from "
+                                        f"{what}")
             sock.settimeout(left)
         try:
             k = sock.recv_into(view[got:], n - got)
@@ -274,24 +296,23 @@ def recv_exact(sock: socket.socket, n: int, deadline: Deadline | None = None,
 
 
 def wait_readable(socks: list[socket.socket], timeout: float) -> list[socket.socket]:
-    """The sockets of ``socks`` readable within ``timeout`` seconds."""
-    r, _, _ = select.select(socks, [], [], max(0.0, timeout))
-    return r
+    """The sockets of ``socks`` readable within ``timeout`` seconds (poll: no FD_SETSIZE limit)."""
+    poller = select.poll()
+    for s in socks:
+        poller.register(s, select.POLLIN)
+    ready = {fd for fd, _ in poller.poll(int(max(0.0, timeout) * 1000))}
+    return [s for s in socks if s.fileno() in ready]
 
 
 def close_quietly(sock: socket.socket | None, how: int | None = socket.SHUT_RDWR) -> None:
     """Shut down (``how``) and close a socket, ignoring errors."""
     if sock is None:
         return
-    if how is not None:
-        try:
+    with contextlib.suppress(OSError):
+        if how is not None:
             sock.shutdown(how)
-        except OSError:
-            pass
-    try:
+    with contextlib.suppress(OSError):
         sock.close()
-    except OSError:
-        pass
 
 
 # ---------------------------------------------------------------- authentication
@@ -320,11 +341,10 @@ def auth_connect(sock: socket.socket, secret: bytes, label: bytes, deadline: Dea
 
 
 class Listener:
-    """A listening socket served by an accept thread; each connection gets its own thread.
+    """An accept thread; each connection's ``handler(conn, peer)`` runs in its own thread.
 
-    ``handler(conn, peer)`` runs in that thread and owns ``conn`` (it closes it, or keeps
-    it). :meth:`close` stops accepting, shuts down (``how``) the connections whose handler
-    still runs, which wakes them with EOF, and joins every thread it started.
+    The handler owns ``conn``. :meth:`close` stops accepting, shuts down (``how``) the
+    connections whose handler still runs, waking it with EOF, and joins every thread.
     """
 
     def __init__(self, lsock: socket.socket, handler: Callable[[socket.socket, str], None],
@@ -358,6 +378,11 @@ class Listener:
                 self._live[t] = conn
             t.start()
 
+    def keep(self) -> None:
+        """Called by a handler whose connection outlives it: :meth:`close` leaves it alone."""
+        with self._lock:
+            self._live.pop(threading.current_thread(), None)
+
     def _run(self, conn: socket.socket, peer: str) -> None:
         try:
             self._handler(conn, peer)
@@ -372,18 +397,14 @@ class Listener:
                 return
             self.closed = True
             live = dict(self._live)
-        try:
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
-        except OSError:
-            pass
         if self._thread is not threading.current_thread():
             self._thread.join(5.0)
         close_quietly(self.lsock, None)
         for s in live.values():
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(self._how)
-            except OSError:
-                pass
         for t in live:
             if t is not threading.current_thread():
                 t.join(5.0)

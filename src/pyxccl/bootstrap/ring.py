@@ -21,7 +21,7 @@ import threading
 from .. import config, log
 from ..errors import Aborted, CollectiveTimeout, InvalidArgument, PeerLostError, TransportError
 from . import net
-from .root import rendezvous
+from .root import MAX_NRANKS, rendezvous
 from .uid import UniqueId
 
 RING_LABEL = b"pyxccl-ring"
@@ -46,9 +46,9 @@ class Bootstrap:
     def __init__(self, uid: UniqueId, rank: int, nranks: int, timeout: float | None = None) -> None:
         if not isinstance(uid, UniqueId):
             raise InvalidArgument(f"uid must be a UniqueId, got {type(uid).__name__}")
-        if not isinstance(nranks, int) or nranks < 1:
-            raise InvalidArgument(f"nranks must be a positive int, got {nranks!r}")
-        if not isinstance(rank, int) or not 0 <= rank < nranks:
+        if isinstance(nranks, bool) or not isinstance(nranks, int) or not 0 < nranks <= MAX_NRANKS:
+            raise InvalidArgument(f"nranks must be an int in 1..{MAX_NRANKS}, got {nranks!r}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < nranks:
             raise InvalidArgument(f"rank must be in 0..{nranks - 1}, got {rank!r}")
         self._rank, self._nranks = rank, nranks
         self._uid = uid
@@ -61,9 +61,10 @@ class Bootstrap:
         self._live: dict[int, int] = {}
         self._closed = False
         self._send_socks: dict[int, socket.socket] = {}
-        self._send_locks = [threading.Lock() for _ in range(nranks)]
+        self._send_locks: dict[int, threading.Lock] = {}
         self._addrs: list[tuple[str, int] | None] = [None] * nranks
-        host = net.select_address(config.get().socket_ifname)
+        ifname = config.get().socket_ifname
+        host = net.select_address(ifname) if ifname else net.route_address(uid.host)
         lsock = net.listen(host, 0)
         self.address: tuple[str, int] = (host, int(lsock.getsockname()[1]))
         """This rank's listen address ``(host, port)``."""
@@ -207,7 +208,7 @@ class Bootstrap:
                 self._cond.notify_all()
             return
         header = FRAME.pack(FRAME_MAGIC, self._rank, tag, view.nbytes)
-        with self._send_locks[peer]:
+        with self._send_locks.setdefault(peer, threading.Lock()):
             sock = self._send_socks.get(peer) or self._connect(peer, deadline)
             try:
                 sock.settimeout(max(0.001, deadline.remaining()))

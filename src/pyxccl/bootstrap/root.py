@@ -17,6 +17,7 @@ The root gives up at its deadline: connected ranks get a timeout frame naming th
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -70,7 +71,8 @@ class _Root:
                 if end != alen:
                     raise ValueError("trailing bytes")
             except ValueError as exc:
-                log.warn("bootstrap root %s: bad address in hello from %s: %s", self.where, peer, exc)
+                log.warn("bootstrap root %s: bad address in hello from %s: %s", self.where, peer,
+                         exc)
                 return
             keep = self.register(conn, rank, nranks, raw, f"{peer} ({net.fmt_addr(host, port)})")
         except (PeerLostError, CollectiveTimeout, OSError) as exc:
@@ -94,6 +96,7 @@ class _Root:
             elif rank in self.peers:
                 problem = f"rank {rank} joined twice (second time from {who})"
             if problem is None:
+                self.listener.keep()  # before anyone can see the rendezvous complete
                 self.nranks = nranks
                 self.peers[rank] = (conn, addr)
                 log.trace("bootstrap root %s: rank %d/%d arrived from %s", self.where, rank,
@@ -102,10 +105,8 @@ class _Root:
                     self.lock.notify_all()
                 return True
         log.warn("bootstrap root %s: rejected hello from %s: %s", self.where, who, problem)
-        try:
+        with contextlib.suppress(OSError):
             conn.sendall(error_frame(STATUS_MISMATCH, problem))
-        except OSError:
-            pass
         return False
 
     # ------------------------------------------------------------ main loop
@@ -140,6 +141,7 @@ class _Root:
             log.warn("%s", msg)
         for rank, (conn, _) in peers.items():
             try:
+                conn.settimeout(5.0)
                 if complete:
                     assert nranks is not None
                     nxt = peers[(rank + 1) % nranks][1]

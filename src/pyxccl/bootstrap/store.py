@@ -4,8 +4,7 @@ TCPStore wire protocol (big-endian). Request ``!BIII`` (op, wait timeout in ms, 
 value length) + key (UTF-8, <= 65535 bytes) + value (<= 256 MiB). Response ``!BI`` (status,
 length) + payload; status 0 ok, 1 timed out (payload: the missing keys), 2 error (payload:
 UTF-8 message). Ops: 1 set, 2 get, 3 add (value ``!q``), 5 wait (NUL-separated keys in the
-value; check is a wait of 0 ms), 6 delete.
-Counters (``add``) are stored as ASCII decimal, like torch's stores.
+value; check is a wait of 0 ms), 6 delete. Counters are ASCII decimal, like torch's stores.
 """
 
 from __future__ import annotations
@@ -26,12 +25,10 @@ from .. import config, log
 from ..errors import CollectiveTimeout, InvalidArgument, PeerLostError, TransportError
 from . import net
 
-REQ = struct.Struct("!BIII")
-RESP = struct.Struct("!BI")
+REQ, RESP = struct.Struct("!BIII"), struct.Struct("!BI")
 OP_SET, OP_GET, OP_ADD, OP_WAIT, OP_DELETE = 1, 2, 3, 5, 6
 ST_OK, ST_TIMEOUT, ST_ERROR = 0, 1, 2
-MAX_KEY = 0xFFFF
-MAX_VALUE = 256 << 20
+MAX_KEY, MAX_VALUE = 0xFFFF, 256 << 20
 
 
 class Store(abc.ABC):
@@ -111,8 +108,7 @@ def _key(key: str) -> str:
     if not isinstance(key, str):
         raise InvalidArgument(f"store key must be str, got {type(key).__name__}")
     if not key or "\0" in key or len(key.encode("utf-8")) > MAX_KEY:
-        raise InvalidArgument(f"store key must be 1..{MAX_KEY} UTF-8 bytes without NUL, "
-                              f"got {key[:80]!r}")
+        raise InvalidArgument(f"store key must be 1..{MAX_KEY} UTF-8 bytes, no NUL: {key[:80]!r}")
     return key
 
 
@@ -145,7 +141,7 @@ def _counter(old: bytes | None, amount: int, key: str) -> int:
 
 
 class _Server:
-    """The TCPStore server: a :class:`net.Listener` whose handlers answer requests."""
+    """The TCPStore server; closing shuts connections for reading only, so replies finish."""
 
     def __init__(self, port: int, ipv6: bool) -> None:
         lsock = net.listen("::" if ipv6 else "0.0.0.0", port)
@@ -153,7 +149,6 @@ class _Server:
         self.data: dict[str, bytes] = {}
         self.cond = threading.Condition()
         self.closed = False
-        # SHUT_RD on close: a handler finishes its reply, then reads EOF
         self.listener = net.Listener(lsock, self.serve, f"pyxccl-store-{self.port}", socket.SHUT_RD)
 
     def serve(self, conn: socket.socket, peer: str) -> None:
@@ -181,11 +176,12 @@ class _Server:
         """One request under the lock: ``(status, payload)``."""
         data = self.data
         with self.cond:
+            if op == OP_ADD:
+                value = str(_counter(data.get(key), struct.unpack("!q", value)[0], key)).encode()
             if op in (OP_SET, OP_ADD):
-                new = _counter(data.get(key), struct.unpack("!q", value)[0], key) if op == OP_ADD else 0
-                data[key] = str(new).encode() if op == OP_ADD else value
+                data[key] = value
                 self.cond.notify_all()
-                return ST_OK, struct.pack("!q", new) if op == OP_ADD else b""
+                return ST_OK, struct.pack("!q", int(value)) if op == OP_ADD else b""
             if op == OP_GET:
                 self.cond.wait_for(lambda: key in data or self.closed, wait)
                 return (ST_OK, data[key]) if key in data else self._missing([key])
@@ -214,17 +210,15 @@ class TCPStore(Store):
     """A store served over TCP by the process constructed with ``is_server=True``.
 
     The server listens on every interface at ``port`` (0 picks a free one: see :attr:`port`)
-    and is a client of itself. Clients connect to ``host:port``, retrying until ``timeout``.
-    A client is thread-safe (a small pool of connections; a blocked ``get`` never holds up
-    another thread's ``set``).
+    and is a client of itself; clients connect to ``host:port``, retrying until ``timeout``.
+    Thread-safe: a pool of connections, so a blocked ``get`` never holds up another ``set``.
     """
 
     def __init__(self, host: str, port: int, is_server: bool = False,
                  timeout: float | None = None) -> None:
         self.timeout = float(config.get().timeout if timeout is None else timeout)
         if not isinstance(port, int) or not 0 <= port <= 0xFFFF or (port == 0 and not is_server):
-            raise InvalidArgument(f"TCPStore port must be in 1..65535 (0 only for a server), "
-                                  f"got {port!r}")
+            raise InvalidArgument(f"TCPStore port must be 1..65535 (0: server picks), got {port!r}")
         self.host = host
         self._pool: list[socket.socket] = []
         self._all: set[socket.socket] = set()
@@ -251,10 +245,9 @@ class TCPStore(Store):
                 return self._pool.append(sock)
         net.close_quietly(sock)
 
-    def _request(self, op: int, key: str, value: bytes = b"", wait: float = 0.0) -> tuple[int, bytes]:
+    def _request(self, op: int, key: str, value: bytes = b"", wait: float = 0.0
+                 ) -> tuple[int, bytes]:
         raw = key.encode("utf-8")
-        if len(value) > MAX_VALUE:
-            raise InvalidArgument(f"store request of {len(value)} bytes exceeds {MAX_VALUE}")
         with self._lock:
             if self._closed:
                 raise InvalidArgument(f"{self.where} is closed")
@@ -263,7 +256,8 @@ class TCPStore(Store):
         try:
             dl = net.Deadline(wait + self.timeout)
             sock.settimeout(wait + self.timeout)
-            sock.sendall(REQ.pack(op, int(min(max(wait, 0.0), 4e6) * 1000), len(raw), len(value)) + raw + value)
+            head = REQ.pack(op, int(min(max(wait, 0.0), 4e6) * 1000), len(raw), len(value))
+            sock.sendall(head + raw + value)
             status, n = RESP.unpack(net.recv_exact(sock, RESP.size, dl, self.where))
             if n > MAX_VALUE:
                 raise TransportError(f"{self.where} sent a {n}-byte reply")
@@ -301,9 +295,7 @@ class TCPStore(Store):
         """Close this client's connections; on the server process, stop the server too."""
         with self._lock:
             self._closed = True
-            socks = list(self._all)
-            self._all.clear()
-            self._pool.clear()
+            socks, self._all, self._pool = list(self._all), set(), []
         for s in socks:
             net.close_quietly(s)
         if self._server is not None:
@@ -373,12 +365,10 @@ class FileStore(Store):
         return new
 
     def _delete(self, key: str) -> bool:
-        with self._locked():
-            try:
-                os.unlink(self._file(key))
-                return True
-            except FileNotFoundError:
-                return False
+        with self._locked(), contextlib.suppress(FileNotFoundError):
+            os.unlink(self._file(key))
+            return True
+        return False
 
 
 class PrefixStore(Store):

@@ -56,7 +56,7 @@ class UniqueId:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "UniqueId":
-        """Parse :meth:`to_bytes` output; anything else raises InvalidArgument saying what is wrong."""
+        """Parse :meth:`to_bytes` output; anything else raises InvalidArgument saying why."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise InvalidArgument(f"UniqueId.from_bytes needs bytes, got {type(data).__name__}")
         data = bytes(data)
@@ -100,12 +100,14 @@ class UniqueId:
         return cls.from_bytes(raw)
 
 
-def get_unique_id(timeout: float | None = None) -> UniqueId:
+def get_unique_id(timeout: float | None = None, *, host: str | None = None) -> UniqueId:
     """Create a unique id and start its root rendezvous in a daemon thread of this process.
 
-    The root listens on an ephemeral port of the address chosen by PYXCCL_SOCKET_IFNAME
-    (or on the ``host:port`` of PYXCCL_COMM_ID when set) and serves exactly one communicator;
-    it gives up ``timeout`` seconds (default PYXCCL_TIMEOUT) after this call.
+    The root listens on an ephemeral port of, in order: the ``host:port`` of PYXCCL_COMM_ID,
+    the interface PYXCCL_SOCKET_IFNAME selects, ``host``, else loopback (ranks on one host;
+    for several hosts set one of the first three; ``pyxccl.init()`` passes the address on
+    the route to MASTER_ADDR). It serves exactly one communicator and gives up ``timeout``
+    seconds (default PYXCCL_TIMEOUT) after this call.
     """
     from .root import start_root
 
@@ -118,7 +120,9 @@ def get_unique_id(timeout: float | None = None) -> UniqueId:
                               "set it to host:port") from None
         bind_host = host
     else:
-        host = bind_host = net.select_address(cfg.socket_ifname)
+        if cfg.socket_ifname:
+            host = net.select_address(cfg.socket_ifname)
+        host = bind_host = host or "127.0.0.1"
         port = 0
     secret = os.urandom(SECRET_BYTES)
     port = start_root(secret, bind_host, port, cfg.timeout if timeout is None else timeout)

@@ -1,5 +1,8 @@
 """The IR: MSCCL-shaped programs (:mod:`.program`), their builder, verifier and XML form."""
 
-from .program import Buf, Op, Program, RankProgram, Step, ThreadBlock
+from .builder import ProgramBuilder
+from .program import COLLECTIVES, Buf, Op, Program, RankProgram, Step, ThreadBlock
+from .verify import verify, verify_all
 
-__all__ = ["Buf", "Op", "Program", "RankProgram", "Step", "ThreadBlock"]
+__all__ = ["Buf", "COLLECTIVES", "Op", "Program", "ProgramBuilder", "RankProgram", "Step", "ThreadBlock",
+           "verify", "verify_all"]

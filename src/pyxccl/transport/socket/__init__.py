@@ -20,6 +20,7 @@ first delivers the slots it completed before the loss).
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 import time
@@ -49,6 +50,7 @@ class SocketTransport(Transport):
         self._progress: Progress | None = None
         self._listener: socket.socket | None = None
         self._port = 0
+        self._advertise = ctx.address
         self._conns: list[SocketSendConnector | SocketRecvConnector] = []
         self._closed = False
 
@@ -82,7 +84,12 @@ class SocketTransport(Transport):
                     sock.close()
                     raise TransportError(f"socket: cannot listen on {self.ctx.address}: {exc}; "
                                          "check PYXCCL_SOCKET_IFNAME") from exc
-                self._listener, self._port = sock, sock.getsockname()[1]
+                host, self._port = sock.getsockname()[:2]
+                if ipaddress.ip_address(host).is_unspecified:
+                    sock.close()
+                    raise TransportError(f"socket: cannot advertise the wildcard address {host}; "
+                                         "the communicator must pass this rank's own IP")
+                self._listener, self._advertise = sock, host
                 progress.submit(("listen", sock))
             return self._port
 
@@ -96,7 +103,7 @@ class SocketTransport(Transport):
         token = new_token()
         progress.tokens[token] = conn
         self._conns.append(conn)
-        return conn, encode_info(ctx.address, port, token)
+        return conn, encode_info(self._advertise, port, token)
 
     def connect_send(self, peer: int, channel: int, info: bytes) -> SendConnector:
         """Connect ``nstreams`` TCP streams to the receiver ``info`` names (retrying until ctx.timeout)."""
@@ -147,8 +154,14 @@ class SocketTransport(Transport):
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
-    def close(self) -> None:
-        """Stop the progress thread and close every socket (idempotent, bounded time)."""
+    def close(self, flush_timeout: float | None = None) -> None:
+        """Flush, stop the progress thread and close every socket (idempotent, bounded time).
+
+        Flushing waits (at most ``flush_timeout`` s, default ``min(ctx.timeout, 10)``; 0 for
+        an abort) until the receivers have released every slot this rank posted, since a
+        posted slot may still be queued in this process (unlike shm, where it is already in
+        the peer's reach).
+        """
         with self._lock:
             if self._closed:
                 return
@@ -156,6 +169,7 @@ class SocketTransport(Transport):
             progress, self._progress = self._progress, None
             listener, self._listener = self._listener, None
         if progress is not None:
+            self._flush(min(self.ctx.timeout, 10.0) if flush_timeout is None else flush_timeout)
             progress.stop()
         if listener is not None:
             listener.close()
@@ -164,6 +178,14 @@ class SocketTransport(Transport):
             if conn.failure is None:
                 conn.failure = TransportError(f"socket: {conn.who}: the transport was closed")
         self._conns.clear()
+
+    def _flush(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        senders = [c for c in self._conns if isinstance(c, SocketSendConnector)]
+        while any(c.failure is None and c.posted != c.credited for c in senders):
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.001)
 
 
 __all__ = ["SocketTransport"]

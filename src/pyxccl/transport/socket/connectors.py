@@ -14,17 +14,20 @@ plain attribute and list-element stores (atomic under the GIL) suffice:
 
 from __future__ import annotations
 
+import selectors
+import socket
 import threading
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
 from ...errors import InvalidArgument
 from ..base import RecvConnector, SendConnector
-from .wire import chunk_range, frames_per_slot
+from .wire import FRAME, chunk_range, frames_per_slot
 
 if TYPE_CHECKING:
-    from .progress import Progress, Stream
+    from .progress import Progress
 
 _CREDIT = b"\x01"
 
@@ -105,7 +108,7 @@ class SocketSendConnector(_Base, SendConnector):
         """(stream, bytes) of each frame of slot ``seq``; records how many are pending."""
         i = seq % self.nslots
         nbytes = self.sizes[i]
-        view = memoryview(self.staging[i])
+        view = self.staging[i].data
         out = []
         for j in range(self.nstreams):
             lo, hi = chunk_range(nbytes, self.nstreams, j)
@@ -137,7 +140,7 @@ class SocketRecvConnector(_Base, RecvConnector):
     def __init__(self, peer: int, channel: int, slot_bytes: int, nslots: int, progress: "Progress", who: str):
         super().__init__(peer, channel, slot_bytes, nslots, progress, who)
         self.slots = _slots(slot_bytes, nslots)
-        self.views = [memoryview(s) for s in self.slots]
+        self.views = [s.data for s in self.slots]
         self.seq_of = [-1] * nslots  # progress thread only
         self.remaining = [0] * nslots  # progress thread only
         self.size = [0] * nslots
@@ -215,7 +218,7 @@ class SocketRecvConnector(_Base, RecvConnector):
         return False
 
 
-def mismatch(conn: Any, slot_bytes: int, nslots: int, nstreams: int) -> str | None:
+def mismatch(conn: "Conn", slot_bytes: int, nslots: int, nstreams: int) -> str | None:
     """Why a hello's parameters cannot work with ``conn`` (None when they can)."""
     if slot_bytes != conn.slot_bytes or nslots != conn.nslots:
         return (f"{conn.who}: the peer uses slots of {slot_bytes} bytes x {nslots}, this rank "
@@ -225,4 +228,33 @@ def mismatch(conn: Any, slot_bytes: int, nslots: int, nstreams: int) -> str | No
     return None
 
 
-__all__ = ["SocketRecvConnector", "SocketSendConnector", "mismatch"]
+Conn = Union[SocketSendConnector, SocketRecvConnector]
+
+
+class Stream:
+    """One TCP connection of a connector, with its read or write position."""
+
+    def __init__(self, sock: socket.socket, conn: Conn, index: int):
+        self.sock, self.conn, self.index = sock, conn, index
+        self.closed = False
+        self.events = selectors.EVENT_READ
+        self.queue: deque[list[Any]] = deque()  # sender: [seq, header, body, offset] per frame
+        self.hdr = bytearray(FRAME.size)  # receiver: the frame header being read
+        self.hdr_view = memoryview(self.hdr)
+        self.hdr_got = 0
+        self.view: memoryview | None = None  # receiver: the chunk being read, None while in a header
+        self.got = 0
+        self.seq = 0
+
+
+def drain(sock: socket.socket) -> None:
+    """Read and drop what the peer sent (non-blocking), so that closing sends a FIN, not a reset."""
+    try:
+        sock.setblocking(False)
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass
+
+
+__all__ = ["Conn", "SocketRecvConnector", "SocketSendConnector", "Stream", "drain", "mismatch"]

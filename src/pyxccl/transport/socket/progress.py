@@ -15,34 +15,17 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Any, Union
+from typing import Any
 
 from ... import log
 from ...errors import PeerLostError, TransportError
 from ..doorbell import Doorbell
-from .connectors import SocketRecvConnector, SocketSendConnector, mismatch
+from .connectors import Conn, SocketRecvConnector, SocketSendConnector, Stream, drain, mismatch
 from .wire import FRAME, HELLO_BYTES, MAGIC, parse_hello, tune
 
-Conn = Union[SocketSendConnector, SocketRecvConnector]
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _WAKE = object()
 _HDR = FRAME.size
-
-
-class Stream:
-    """One TCP connection of a connector, with its read or write position."""
-
-    def __init__(self, sock: socket.socket, conn: Conn, index: int):
-        self.sock, self.conn, self.index = sock, conn, index
-        self.closed = False
-        self.events = _READ
-        self.queue: deque[list[Any]] = deque()  # sender: [seq, header, body, offset] per frame
-        self.hdr = bytearray(_HDR)  # receiver: the frame header being read
-        self.hdr_view = memoryview(self.hdr)
-        self.hdr_got = 0
-        self.view: memoryview | None = None  # receiver: the chunk being read, None while in a header
-        self.got = 0
-        self.seq = 0
 
 
 class _Pending:
@@ -155,6 +138,9 @@ class Progress:
             except ValueError as exc:
                 log.warn("socket: %s: protocol error: %s", conn.who, exc, rank=self.rank)
                 self._fail(conn, TransportError(f"socket: {conn.who}: protocol error: {exc}"))
+            except Exception as exc:  # noqa: BLE001 - a bug fails this connector, not the thread
+                log.warn("socket: %s: internal error: %r", conn.who, exc, rank=self.rank)
+                self._fail(conn, TransportError(f"socket: {conn.who}: internal error: {exc!r}"))
         elif isinstance(data, _Pending):
             self._read_hello(data)
         else:  # a listening socket
@@ -390,23 +376,13 @@ class Progress:
                 self._sel.unregister(stream.sock)
             except (KeyError, ValueError, RuntimeError):
                 pass
-            with conn.lock:
+            stream.queue.clear()
+            drain(stream.sock)  # so that our close is a FIN, not a reset that may discard data
+            with conn.lock:  # the executor's credit send never meets a closed (or reused) descriptor
                 stream.closed = True
-                stream.queue.clear()
-                _close(stream.sock)
+                stream.sock.close()
         self._conns.discard(conn)
         for token, waiting in list(self.tokens.items()):
             if waiting is conn:
                 del self.tokens[token]
         self.bell.ring()
-
-
-def _close(sock: socket.socket) -> None:
-    """Close after draining what the peer sent, so the close is a FIN rather than a reset."""
-    try:
-        sock.setblocking(False)
-        while sock.recv(65536):
-            pass
-    except OSError:
-        pass
-    sock.close()

@@ -148,10 +148,10 @@ def tune(sock: socket.socket, bufbytes: int) -> None:
     """
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for opt, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 6)):
-        if hasattr(socket, opt):
+    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 6)):
+        if hasattr(socket, name):
             try:
-                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
             except OSError:
                 pass
     for opt, limit in ((socket.SO_SNDBUF, _MAX_SNDBUF), (socket.SO_RCVBUF, _MAX_RCVBUF)):

@@ -1,0 +1,35 @@
+"""Shared fixtures: pyxccl from this checkout's src/, and session-wide pools of rank processes.
+
+``pool(n)`` returns a :class:`harness.Pool` of ``n`` ranks (shm between them);
+``pool(n, "socket")`` one whose workers run with PYXCCL_TRANSPORT=socket. Pools start on
+first use, are reused by every later test, restarted after a hang or a crash, and torn
+down (communicators destroyed, processes joined) at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+import harness  # noqa: E402
+
+harness.ensure_src_on_path()
+
+
+@pytest.fixture(scope="session")
+def pool_manager():
+    manager = harness.PoolManager()
+    yield manager
+    manager.close()
+
+
+@pytest.fixture(scope="session")
+def pool(pool_manager):
+    """``pool(nranks, transport="auto")`` -> a running Pool (started on first use)."""
+    return pool_manager.get

@@ -1,0 +1,111 @@
+"""Unit tests of the core pieces below the communicator: config, dtypes, arrays, doorbell, slot rings, executor geometry."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from pyxccl import config
+from pyxccl.arrays import as_buffer
+from pyxccl.dtypes import DTYPES, dtype_of, op_of, postdivide, premul_sum, prescale
+from pyxccl.errors import ConfigError, InvalidArgument
+from pyxccl.executor import Geometry
+from pyxccl.transport.doorbell import Doorbell
+from pyxccl.transport.slots import RingRecvConnector, RingSendConnector, SlotRing
+
+
+def test_config_parses_and_rejects():
+    cfg = config.load({"PYXCCL_SLOT_BYTES": "1M", "PYXCCL_DEBUG": "info", "PYXCCL_TIMEOUT": "2.5",
+                       "PYXCCL_TRANSPORT": "socket"})
+    assert (cfg.slot_bytes, cfg.debug, cfg.timeout, cfg.transport) == (1 << 20, "INFO", 2.5, "socket")
+    with pytest.raises(ConfigError, match="PYXCCL_TIMEOUT"):
+        config.load({"PYXCCL_TIMEOUT": "-1"})
+    with pytest.raises(ConfigError, match="PYXCCL_TRANSPORT"):
+        config.load({"PYXCCL_TRANSPORT": "carrier-pigeon"})
+    names = [v[0] for v in config.variables()]
+    assert "PYXCCL_DEBUG" in names and all(n.startswith("PYXCCL_") for n in names)
+
+
+def test_dtypes_cover_the_issue_list():
+    assert set(DTYPES) == {"int8", "uint8", "int32", "uint32", "int64", "uint64", "float16", "bfloat16",
+                           "float32", "float64", "float8_e4m3", "float8_e5m2"}
+    assert dtype_of(np.dtype(ml_dtypes.bfloat16)).name == "bfloat16"
+    assert dtype_of("f8e4m3").np == np.dtype(ml_dtypes.float8_e4m3fn)
+    with pytest.raises(InvalidArgument, match="complex"):
+        dtype_of(np.complex64)
+    with pytest.raises(InvalidArgument, match="op"):
+        op_of("xor")
+
+
+def test_avg_truncates_integers_toward_zero_and_scales_floats():
+    a = np.array([-7, -6, 7, 5, -1, 0], dtype=np.int32)
+    postdivide(a, 2)
+    assert a.tolist() == [-3, -3, 3, 2, 0, 0]
+    f = np.array([3.0, -1.0], dtype=ml_dtypes.bfloat16)
+    postdivide(f, 4)
+    assert f.astype(np.float32).tolist() == [0.75, -0.25]
+    assert prescale(np.array([2, 4], np.float16), premul_sum(0.5)).tolist() == [1.0, 2.0]
+
+
+def test_as_buffer_accepts_buffers_and_rejects_bad_ones():
+    b = as_buffer(bytearray(16), "x")
+    assert (b.count, b.dtype.name) == (16, "uint8")
+    assert as_buffer(np.zeros((3, 4), np.float32), "x").count == 12
+    with pytest.raises(InvalidArgument, match="output: .*not C-contiguous"):
+        as_buffer(np.zeros((4, 4))[:, ::2], "output")
+    with pytest.raises(InvalidArgument, match="output: .*read-only"):
+        as_buffer(bytes(8), "output", writable=True)
+    with pytest.raises(InvalidArgument, match="input: expected"):
+        as_buffer(object(), "input")
+
+
+def test_as_buffer_torch_tensors():
+    torch = pytest.importorskip("torch", reason="torch is an optional extra")
+    t = torch.arange(6, dtype=torch.bfloat16).reshape(2, 3)
+    b = as_buffer(t, "x")
+    b.array[0] = 5  # a view, no copy
+    assert (b.dtype.name, float(t[0, 0])) == ("bfloat16", 5.0)
+    with pytest.raises(InvalidArgument, match="not contiguous"):
+        as_buffer(t.t(), "x")
+
+
+def test_doorbell_wakes_a_sleeper_and_times_out():
+    bell = Doorbell.anonymous(spin_us=0)
+    ringer = bell.handle(writer=7)
+    seen = bell.value()
+    t0 = time.monotonic()
+    assert bell.wait(seen, t0 + 0.05) is False
+    assert time.monotonic() - t0 >= 0.05
+    threading.Timer(0.05, ringer.ring).start()
+    assert bell.wait(seen, time.monotonic() + 5)
+    assert bell.value() != seen
+
+
+def test_slot_ring_moves_slots_in_order_with_bounded_flight():
+    bell = Doorbell.anonymous()
+    ring = SlotRing.allocate(64, 3)
+    tx, rx = RingSendConnector(ring, 1, 0, bell.handle(1)), RingRecvConnector(ring, 0, 0)
+    for i in range(3):
+        assert tx.ready()
+        tx.buffer()[:4] = i
+        tx.post(4)
+    assert not tx.ready()  # 3 slots in flight
+    for i in range(3):
+        assert rx.ready() and rx.buffer().tolist() == [i] * 4
+        rx.release()
+    assert not rx.ready() and tx.ready()
+
+
+@pytest.mark.parametrize("count,k,slot,cnt,item,expect", [
+    (0, 4, 1024, 1, 4, (0, 1, 0)),
+    (7, 8, 1024, 1, 4, (1, 1, 1)),
+    (1000, 4, 400, 1, 4, (250, 100, 3)),
+    (1000, 4, 400, 2, 4, (250, 50, 5)),
+])
+def test_geometry_pads_chunks_and_slices(count, k, slot, cnt, item, expect):
+    g = Geometry.of(count, k, slot, cnt, item)
+    assert (g.ce, g.n, g.niters) == expect
