@@ -151,20 +151,27 @@ class Progress:
         while cmds:
             cmd = cmds.popleft()
             op = cmd[0]
-            if op == "send":
-                conn, seq = cmd[1], cmd[2]
-                if conn.failure is None:
-                    self._queue_slot(conn, seq)
-            elif op == "credit":
-                if cmd[1].failure is None:
-                    self._write_credits(cmd[1])
-            elif op == "listen":
+            if op == "stop":
+                return
+            if op == "listen":
                 self._listeners.append(cmd[1])
                 self._sel.register(cmd[1], _READ, cmd[1])
-            elif op == "attach":
-                self._attach_sender(cmd[1], cmd[2])
-            elif op == "close":
-                self._fail(cmd[1], TransportError(f"socket: {cmd[1].who}: the connector was closed"))
+                continue
+            conn = cmd[1]
+            try:
+                if op == "send":
+                    if conn.failure is None:
+                        self._queue_slot(conn, cmd[2])
+                elif op == "credit":
+                    if conn.failure is None:
+                        self._write_credits(conn)
+                elif op == "attach":
+                    self._attach_sender(conn, cmd[2])
+                elif op == "close":
+                    self._fail(conn, TransportError(f"socket: {conn.who}: the connector was closed"))
+            except Exception as exc:  # noqa: BLE001 - a bug fails this connector, not the thread
+                log.warn("socket: %s: internal error: %r", conn.who, exc, rank=self.rank)
+                self._fail(conn, TransportError(f"socket: {conn.who}: internal error: {exc!r}"))
 
     # connection setup
 
