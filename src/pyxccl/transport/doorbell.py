@@ -22,6 +22,8 @@ import platform
 import time
 
 _WRITER_BITS = 10
+#: writer id reserved for a transport's progress thread (peers ring with their rank + 1)
+PROGRESS_WRITER = (1 << _WRITER_BITS) - 1
 _SLEEP_SLICE = 0.002  # seconds; bound of one futex sleep
 _FUTEX_WAIT, _FUTEX_WAKE = 0, 1
 _SYS_FUTEX = {"x86_64": 202, "aarch64": 98, "ppc64le": 221, "s390x": 238}.get(platform.machine())

@@ -13,7 +13,7 @@ import os
 
 from ...errors import TransportError
 from ..base import RecvConnector, SendConnector, Transport
-from ..doorbell import Doorbell, attach_shared
+from ..doorbell import PROGRESS_WRITER, Doorbell, attach_shared
 from ..slots import RingRecvConnector, RingSendConnector, SlotRing, ring_bytes
 
 SHM_DIR = "/dev/shm"
@@ -35,7 +35,7 @@ class ShmTransport(Transport):
         if bell is None:
             path = self.ctx.peers[peer].doorbell
             try:
-                bell = attach_shared(path, writer=self.ctx.rank + 1)
+                bell = attach_shared(path, writer=self.ctx.rank % (PROGRESS_WRITER - 1) + 1)
             except OSError as exc:
                 raise TransportError(f"shm: cannot open rank {peer}'s doorbell {path}: {exc}") from exc
             self._bells[peer] = bell

@@ -10,7 +10,8 @@ garbage and wrong tokens are logged at WARN and dropped.
 
 Flow control: the sender starts with ``nslots`` credits; each posted slot is written
 (header + payload, split across the streams when large) by the transport's progress
-thread straight from the staging slot; the receiver's progress thread reads it
+thread straight from the staging slot (small slots on an idle socket by ``post`` itself,
+one non-blocking send); the receiver's progress thread reads it
 straight into a local slot; ``release()`` returns one credit (one byte on the reverse
 direction of stream 0). At most ``nslots`` slots are in flight, and TCP back-pressure
 bounds everything else. Executor calls never block. A connection's EOF or reset fails
@@ -27,6 +28,7 @@ import time
 
 from ... import config as _config
 from ...errors import TransportError
+from ..doorbell import PROGRESS_WRITER
 from ..base import RecvConnector, SendConnector, Transport, TransportContext
 from .connectors import SocketRecvConnector, SocketSendConnector
 from .progress import Progress
@@ -66,7 +68,7 @@ class SocketTransport(Transport):
                 raise TransportError("socket: the transport is closed")
             if self._progress is None:
                 ctx = self.ctx
-                self._progress = Progress(ctx.rank, ctx.doorbell.handle(0), ctx.secret, self._bufbytes,
+                self._progress = Progress(ctx.rank, ctx.doorbell.handle(PROGRESS_WRITER), ctx.secret, self._bufbytes,
                                           min(HELLO_TIMEOUT, ctx.timeout))
             return self._progress
 
@@ -158,9 +160,9 @@ class SocketTransport(Transport):
         """Flush, stop the progress thread and close every socket (idempotent, bounded time).
 
         Flushing waits (at most ``flush_timeout`` s, default ``min(ctx.timeout, 10)``; 0 for
-        an abort) until the receivers have released every slot this rank posted, since a
-        posted slot may still be queued in this process (unlike shm, where it is already in
-        the peer's reach).
+        an abort) until the receivers have released every slot this rank posted on connectors
+        not closed already, since a posted slot may still be queued in this process (unlike
+        shm, where it is already in the peer's reach).
         """
         with self._lock:
             if self._closed:
@@ -181,7 +183,7 @@ class SocketTransport(Transport):
 
     def _flush(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        senders = [c for c in self._conns if isinstance(c, SocketSendConnector)]
+        senders = [c for c in self._conns if isinstance(c, SocketSendConnector) and not c.closed]
         while any(c.failure is None and c.posted != c.credited for c in senders):
             if time.monotonic() >= deadline:
                 return

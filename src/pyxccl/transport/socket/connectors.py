@@ -5,7 +5,9 @@ plain attribute and list-element stores (atomic under the GIL) suffice:
 
 - sender: ``posted`` (executor) and ``credited`` (progress) count slots; credits left
   are ``nslots - (posted - credited)``; ``busy[i]`` is set by the executor on post and
-  cleared by the progress thread once the staging slot has been written to the kernel.
+  cleared by the progress thread once the staging slot has been written to the kernel
+  (a small slot posted while none is busy is written by the executor itself, with one
+  non-blocking send, and handed to the progress thread only for what did not fit).
 - receiver: ``done_seq[i]`` (progress) is the sequence number of the slot completed in
   local slot ``i``; ``tail`` (executor) counts released slots, so slot ``tail % nslots``
   is ready when ``done_seq[tail % nslots] == tail``; ``owed`` (executor) and ``paid``
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from .progress import Progress
 
 _CREDIT = b"\x01"
+DIRECT_BYTES = 32 * 1024
+"""slots up to this size are written by the executor itself when the socket is idle"""
 
 
 def _slots(slot_bytes: int, nslots: int) -> list[np.ndarray]:
@@ -94,9 +98,34 @@ class SocketSendConnector(_Base, SendConnector):
         seq = self.posted
         i = seq % self.nslots
         self.sizes[i] = nbytes
+        self.posted = seq + 1  # before any byte leaves: the credit may come back at once
+        if nbytes <= DIRECT_BYTES and self.streams and not any(self.busy):
+            sent = self._send_direct(seq, nbytes)
+            if sent == FRAME.size + nbytes:
+                return
+            self.busy[i] = True
+            self.progress.submit(("send", self, seq, sent))
+            return
         self.busy[i] = True
-        self.posted = seq + 1
-        self.progress.submit(("send", self, seq))
+        self.progress.submit(("send", self, seq, 0))
+
+    def _send_direct(self, seq: int, nbytes: int) -> int:
+        """Write a small slot from the executor thread (non-blocking; bytes written, maybe 0).
+
+        Only when no earlier slot is still queued in the progress thread, so that nothing
+        else writes this socket; saves the hand-off to the progress thread for small slots.
+        """
+        stream = self.streams[0]
+        header = FRAME.pack(seq, nbytes)
+        with self.lock:
+            if stream is None or stream.closed:
+                return 0
+            try:
+                if nbytes:
+                    return stream.sock.sendmsg([header, self.staging[seq % self.nslots].data[:nbytes]])
+                return stream.sock.send(header)
+            except OSError:  # full, or lost (the progress thread sees the loss and fails the connector)
+                return 0
 
     def in_flight(self) -> int:
         """Slots posted and not yet credited back by the receiver."""
@@ -104,13 +133,14 @@ class SocketSendConnector(_Base, SendConnector):
 
     # progress thread side
 
-    def frames(self, seq: int) -> list[tuple[int, memoryview]]:
-        """(stream, bytes) of each frame of slot ``seq``; records how many are pending."""
+    def frames(self, seq: int, resumed: bool) -> list[tuple[int, memoryview]]:
+        """(stream, bytes) of each frame of slot ``seq`` (only stream 0's when ``resumed`` after
+        a partial direct send); records how many are pending."""
         i = seq % self.nslots
         nbytes = self.sizes[i]
         view = self.staging[i].data
         out = []
-        for j in range(self.nstreams):
+        for j in range(1 if resumed else self.nstreams):
             lo, hi = chunk_range(nbytes, self.nstreams, j)
             if j == 0 or hi > lo:
                 out.append((j, view[lo:hi]))

@@ -161,7 +161,7 @@ class Progress:
             try:
                 if op == "send":
                     if conn.failure is None:
-                        self._queue_slot(conn, cmd[2])
+                        self._queue_slot(conn, cmd[2], cmd[3])
                 elif op == "credit":
                     if conn.failure is None:
                         self._write_credits(conn)
@@ -259,14 +259,14 @@ class Progress:
             stream.events = events
             self._sel.modify(stream.sock, events, stream)
 
-    def _queue_slot(self, conn: SocketSendConnector, seq: int) -> None:
-        nbytes = conn.sizes[seq % conn.nslots]
-        header = FRAME.pack(seq, nbytes)
+    def _queue_slot(self, conn: SocketSendConnector, seq: int, done: int) -> None:
+        """Queue slot ``seq``'s frames (``done`` bytes of it already written by the executor)."""
+        header = FRAME.pack(seq, conn.sizes[seq % conn.nslots])
         touched = []
-        for j, body in conn.frames(seq):
+        for j, body in conn.frames(seq, done > 0):
             stream = conn.streams[j]
             assert stream is not None
-            stream.queue.append([seq, header, body, 0])
+            stream.queue.append([seq, header, body, done])
             touched.append(stream)
         for stream in touched:
             if not stream.closed and stream.events == _READ:  # else already waiting to write
