@@ -24,7 +24,8 @@ from .bootstrap import Bootstrap, UniqueId, get_unique_id
 from .calls import Call
 from .dtypes import DTYPES, MAX, kernels, postdivide, prescale
 from .errors import Aborted, InvalidArgument, PyxcclError
-from .ir.program import Buf
+from .ir.program import Buf, Program
+from .ir.verify import verify
 from .transport import PeerInfo, TransportContext, choose, create
 from .transport.doorbell import create_shared
 from .work import BatchWork, Stream, Work
@@ -112,6 +113,7 @@ class Communicator:
         self._conns: dict[executor.ConnKey, Any] = {}
         self._stream = Stream(f"pyxccl-comm{self._tag[:6]}-r{self._rank}")
         self._seq = 0
+        self._verified: dict[int, Program] = {}
         hosts = sorted({p.host for p in self._peers})
         self._host_index = [hosts.index(p.host) for p in self._peers]
         if self._rank == 0:
@@ -178,27 +180,21 @@ class Communicator:
         executor.drive(runners, self._doorbell, time.monotonic() + self._timeout, what, self._rank,
                        lambda: self._aborted)
 
-    def _collective(self, call: Call, algorithm: str | None, async_op: bool) -> Any:
+    def _collective(self, call: Call, algorithm: "str | Program | None", async_op: bool) -> Any:
         self._check_open()
         if call.count == 0:  # nothing moves; still ordered after earlier calls
             return self._submit(lambda: call.result, call.describe(), async_op)
-        algo = algorithms.get(call.collective, algorithm) if algorithm else algorithms.default(call.collective, self._size)
-        if not algo.supports(self._size):
-            raise InvalidArgument(f"algorithm={algo.name!r} cannot run {call.collective} on {self._size} ranks")
-        if self._nslots < algo.min_slots:
-            raise InvalidArgument(f"algorithm={algo.name!r} needs {algo.min_slots} slots per connection; "
-                                  f"PYXCCL_NSLOTS is {self._nslots}")
         kern = kernels(call.op, call.dtype)  # checks the device before anything moves
-        program = algorithms.program(call.collective, algo.name, self._size, self._cfg.nchannels,
-                                     call.root if call.root is not None else 0)
+        program = self._program(call, algorithm)
+        name = program.name
         if not (program.inplace if call.inplace else program.outofplace):
-            raise InvalidArgument(f"algorithm={algo.name!r} does not support {'in' if call.inplace else 'out-of'}-place calls")
+            raise InvalidArgument(f"algorithm={name!r} does not support {'in' if call.inplace else 'out-of'}-place calls")
 
         def run() -> Any:
             self._seq += 1
             inp = prescale(call.input, call.op) if call.op.name == "premul_sum" else call.input
             arrays = {Buf.INPUT: inp, Buf.OUTPUT: call.output}
-            label = f"{call.describe()} #{self._seq} algorithm {algo.name}"
+            label = f"{call.describe()} #{self._seq} algorithm {name}"
             prun = executor.ProgramRun(program, self._rank, arrays, call.count, kern, self._slot_bytes, label)
             conns = self._connect(prun.needed())
             log.trace("%s", label, rank=self._rank)
@@ -210,26 +206,53 @@ class Communicator:
 
         return self._submit(run, call.describe(), async_op)
 
+    def _program(self, call: Call, algorithm: "str | Program | None") -> Program:
+        """The IR program for ``call``: a registered algorithm (by name or the default) or the user's own."""
+        root = call.root if call.root is not None else 0
+        if isinstance(algorithm, Program):
+            return self._own_program(call, algorithm, root)
+        algo = algorithms.get(call.collective, algorithm) if algorithm else algorithms.default(call.collective, self._size)
+        if not algo.supports(self._size):
+            raise InvalidArgument(f"algorithm={algo.name!r} cannot run {call.collective} on {self._size} ranks")
+        if self._nslots < algo.min_slots:
+            raise InvalidArgument(f"algorithm={algo.name!r} needs {algo.min_slots} slots per connection; "
+                                  f"PYXCCL_NSLOTS is {self._nslots}")
+        return algorithms.program(call.collective, algo.name, self._size, self._cfg.nchannels, root)
+
+    def _own_program(self, call: Call, program: Program, root: int) -> Program:
+        """Check a user's program (e.g. loaded from MSCCL XML) against the call; verify it once."""
+        if program.collective != call.collective or program.nranks != self._size:
+            raise InvalidArgument(f"algorithm: program {program.name!r} implements {program.collective} for "
+                                  f"{program.nranks} ranks; this call is {call.collective} on {self._size}")
+        if call.root is not None and (program.root or 0) != root:
+            raise InvalidArgument(f"root={root}: program {program.name!r} was built for root {program.root or 0}")
+        if id(program) not in self._verified:
+            for inplace in (True, False):
+                if program.inplace if inplace else program.outofplace:
+                    verify(program, inplace=inplace, nslots=self._nslots)
+            self._verified[id(program)] = program
+        return program
+
     # ------------------------------------------------------------------ collectives
-    def all_reduce(self, input: Any, output: Any = None, op: Any = "sum", *, algorithm: str | None = None,
+    def all_reduce(self, input: Any, output: Any = None, op: Any = "sum", *, algorithm: "str | Program | None" = None,
                    async_op: bool = False) -> Any:
         """Reduce ``input`` over all ranks into ``output`` on every rank (in place when output is None)."""
         return self._collective(calls.plan_elementwise("allreduce", self._rank, self._size, input, output, op),
                                 algorithm, async_op)
 
-    def broadcast(self, input: Any, output: Any = None, *, root: int = 0, algorithm: str | None = None,
+    def broadcast(self, input: Any, output: Any = None, *, root: int = 0, algorithm: "str | Program | None" = None,
                   async_op: bool = False) -> Any:
         """Copy the root's ``input`` into ``output`` on every rank (in place when output is None)."""
         return self._collective(calls.plan_elementwise("broadcast", self._rank, self._size, input, output, None, root),
                                 algorithm, async_op)
 
     def reduce(self, input: Any, output: Any = None, op: Any = "sum", *, root: int = 0,
-               algorithm: str | None = None, async_op: bool = False) -> Any:
+               algorithm: "str | Program | None" = None, async_op: bool = False) -> Any:
         """Reduce ``input`` over all ranks into the root's ``output`` (in place when output is None)."""
         return self._collective(calls.plan_elementwise("reduce", self._rank, self._size, input, output, op, root),
                                 algorithm, async_op)
 
-    def all_gather(self, input: Any, output: Any, *, algorithm: str | None = None, async_op: bool = False) -> Any:
+    def all_gather(self, input: Any, output: Any, *, algorithm: "str | Program | None" = None, async_op: bool = False) -> Any:
         """Concatenate every rank's ``input`` (count elements) into ``output`` (size * count) on every rank.
 
         In place: pass ``input=None`` (or output's block of this rank) with the data in that block.
@@ -237,7 +260,7 @@ class Communicator:
         return self._collective(calls.plan_gatherlike("allgather", self._rank, self._size, input, output),
                                 algorithm, async_op)
 
-    def reduce_scatter(self, input: Any, output: Any = None, op: Any = "sum", *, algorithm: str | None = None,
+    def reduce_scatter(self, input: Any, output: Any = None, op: Any = "sum", *, algorithm: "str | Program | None" = None,
                        async_op: bool = False) -> Any:
         """Reduce ``input`` (size * count) over ranks; rank r gets block r in ``output`` (count).
 
@@ -246,18 +269,18 @@ class Communicator:
         return self._collective(calls.plan_scatterlike("reducescatter", self._rank, self._size, input, output, op),
                                 algorithm, async_op)
 
-    def all_to_all(self, input: Any, output: Any = None, *, algorithm: str | None = None,
+    def all_to_all(self, input: Any, output: Any = None, *, algorithm: "str | Program | None" = None,
                    async_op: bool = False) -> Any:
         """Block q of ``input`` goes to rank q, into block r (this rank) of its ``output``."""
         return self._collective(calls.plan_alltoall(self._rank, self._size, input, output), algorithm, async_op)
 
-    def gather(self, input: Any, output: Any = None, *, root: int = 0, algorithm: str | None = None,
+    def gather(self, input: Any, output: Any = None, *, root: int = 0, algorithm: "str | Program | None" = None,
                async_op: bool = False) -> Any:
         """Concatenate every rank's ``input`` into the root's ``output`` (size * count)."""
         return self._collective(calls.plan_gatherlike("gather", self._rank, self._size, input, output, root),
                                 algorithm, async_op)
 
-    def scatter(self, input: Any, output: Any = None, *, root: int = 0, algorithm: str | None = None,
+    def scatter(self, input: Any, output: Any = None, *, root: int = 0, algorithm: "str | Program | None" = None,
                 async_op: bool = False) -> Any:
         """Block r of the root's ``input`` (size * count) goes to rank r's ``output`` (count)."""
         return self._collective(calls.plan_scatterlike("scatter", self._rank, self._size, input, output, None, root),
