@@ -88,6 +88,18 @@ class Config:
     """PYXCCL_COMM_ID: ``host:port`` for the bootstrap root (like NCCL_COMM_ID)."""
     hostid: str = ""
     """PYXCCL_HOSTID: override the host identity used to pick shm vs socket per peer."""
+    algo: str = ""
+    """PYXCCL_ALGO: algorithm choice, NCCL-style (``allreduce:tree;allgather:ring``, ``allreduce=recursive_doubling:0-8192,ring:8193-max``)."""
+    topo_file: str = ""
+    """PYXCCL_TOPO_FILE: load the system topology from this NCCL topology XML instead of detecting it."""
+    topo_dump_file: str = ""
+    """PYXCCL_TOPO_DUMP_FILE: write the system topology (NCCL topology XML) here at init."""
+    graph_dump_file: str = ""
+    """PYXCCL_GRAPH_DUMP_FILE: write the channels found by the search (NCCL graph XML) here at init."""
+    rpc_master: str = ""
+    """PYXCCL_RPC_MASTER: ``host:port`` of the pRPC master for :mod:`pyxccl.rpc`."""
+    rpc_timeout: float = 30.0
+    """PYXCCL_RPC_TIMEOUT: seconds an RPC call waits for its response."""
 
 
 _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -102,6 +114,12 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "socket_nstreams": ("PYXCCL_SOCKET_NSTREAMS", _positive_int),
     "comm_id": ("PYXCCL_COMM_ID", str),
     "hostid": ("PYXCCL_HOSTID", str),
+    "algo": ("PYXCCL_ALGO", str),
+    "topo_file": ("PYXCCL_TOPO_FILE", str),
+    "topo_dump_file": ("PYXCCL_TOPO_DUMP_FILE", str),
+    "graph_dump_file": ("PYXCCL_GRAPH_DUMP_FILE", str),
+    "rpc_master": ("PYXCCL_RPC_MASTER", str),
+    "rpc_timeout": ("PYXCCL_RPC_TIMEOUT", _positive_float),
 }
 
 assert set(_PARSERS) == {f.name for f in fields(Config)}

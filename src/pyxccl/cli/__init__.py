@@ -1,0 +1,1 @@
+"""Command-line tools: pyxccl-run, pyxccl-perf, pyxccl-topo."""
