@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import algorithms, calls, config, executor, group as _group, log
+from . import algorithms, calls, config, executor, group as _group, log, topo
 from .bootstrap import Bootstrap, UniqueId, get_unique_id
 from .calls import Call
 from .dtypes import DTYPES, MAX, kernels, postdivide, prescale
@@ -98,9 +98,13 @@ class Communicator:
             pass
         self._bell_path = bell_path
         self._doorbell = create_shared(bell_path, spin_us=cfg.spin_us)
+        system = topo.local_system(cfg, dump=self._rank == 0, rank=self._rank)
         me = {"rank": self._rank, "host": host_identity(cfg), "pid": os.getpid(), "doorbell": bell_path,
-              "hostname": socket.gethostname(), "slot_bytes": cfg.slot_bytes, "nslots": cfg.nslots}
+              "hostname": socket.gethostname(), "slot_bytes": cfg.slot_bytes, "nslots": cfg.nslots,
+              "topo": topo.summarize(system)}
         infos = [json.loads(b) for b in self._bootstrap.allgather(json.dumps(me).encode())]
+        self._topo = system
+        self._layout = topo.host_layout([i["host"] for i in infos])
         # the slot geometry must agree on every rank: rank 0's settings win
         self._slot_bytes, self._nslots = int(infos[0]["slot_bytes"]), int(infos[0]["nslots"])
         self._peers = [PeerInfo(i["rank"], i["host"], i["pid"], i["doorbell"], i["hostname"]) for i in infos]
@@ -114,12 +118,13 @@ class Communicator:
         self._stream = Stream(f"pyxccl-comm{self._tag[:6]}-r{self._rank}")
         self._seq = 0
         self._verified: dict[int, Program] = {}
-        hosts = sorted({p.host for p in self._peers})
-        self._host_index = [hosts.index(p.host) for p in self._peers]
         if self._rank == 0:
-            log.info("init: %d ranks on %d host(s), slot %d B x %d, channels %d, timeout %.0f s",
-                     self._size, len(hosts), self._slot_bytes, self._nslots, cfg.nchannels, self._timeout, rank=0)
-        log.info("init: host %d (%s) pid %d; transports per peer: %s", self._host_index[self._rank],
+            log.info("init: %d ranks on %d host(s) %s, slot %d B x %d, channels %d, timeout %.0f s",
+                     self._size, self._layout.nhosts, self._layout.hosts, self._slot_bytes, self._nslots,
+                     cfg.nchannels, self._timeout, rank=0)
+            if cfg.graph_dump_file and system.gpus:
+                topo.dump_graphs(topo.search(system, inter_host=self._layout.nhosts > 1), system, cfg.graph_dump_file)
+        log.info("init: host %d (%s) pid %d; transports per peer: %s", self._layout.host_of[self._rank],
                  mine.hostname, mine.pid, " ".join(f"{p}:{k}" for p, k in enumerate(self._kind) if k != "self"),
                  rank=self._rank)
 
@@ -133,6 +138,11 @@ class Communicator:
     def size(self) -> int:
         """Number of ranks."""
         return self._size
+
+    @property
+    def hosts(self) -> list[list[int]]:
+        """The ranks of each host (hosts in order of their lowest rank), from the host identities."""
+        return [list(h) for h in self._layout.hosts]
 
     def transport_of(self, peer: int) -> str:
         """The transport used towards ``peer`` ("local", "shm", "socket"; "self" for this rank)."""
