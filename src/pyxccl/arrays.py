@@ -100,5 +100,8 @@ def as_buffer(obj: Any, name: str, *, writable: bool = False) -> Buffer:
             raise InvalidArgument(f"{name}: buffer format {mv.format!r} is not supported ({exc})") from None
     if writable and not arr.flags.writeable:
         raise InvalidArgument(f"{name}: the buffer is read-only but the call writes into it")
-    dtype = dtype_of(arr.dtype)
+    try:
+        dtype = dtype_of(arr.dtype)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{name}: {exc}") from None
     return Buffer(obj=obj, array=arr.reshape(-1), dtype=dtype)

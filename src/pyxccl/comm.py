@@ -187,8 +187,13 @@ class Communicator:
         return self._stream.run(fn, what)
 
     def _drive(self, runners: list, what: str) -> None:
-        executor.drive(runners, self._doorbell, time.monotonic() + self._timeout, what, self._rank,
-                       lambda: self._aborted)
+        try:
+            executor.drive(runners, self._doorbell, time.monotonic() + self._timeout, what, self._rank,
+                           lambda: self._aborted)
+        except Exception as exc:
+            if self._aborted and not isinstance(exc, Aborted):  # abort() closed what this call was using
+                raise Aborted(f"rank {self._rank}: {what} aborted ({exc})") from exc
+            raise
 
     def _collective(self, call: Call, algorithm: "str | Program | None", async_op: bool) -> Any:
         self._check_open()

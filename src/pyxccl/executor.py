@@ -14,6 +14,7 @@ is independent of slice ``j``, so thread blocks may be at different iterations.
 
 from __future__ import annotations
 
+import struct
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
@@ -233,15 +234,21 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 class P2PRunner:
-    """Point-to-point ops towards one peer in one direction, in order, sliced into slots."""
+    """Point-to-point ops towards one peer in one direction, in order, sliced into slots.
+
+    The first slot of every op starts with an 8-byte header holding the op's total byte
+    count, so a receive whose size differs from the matching send fails with
+    MismatchError on the receiving rank instead of hanging or truncating silently.
+    """
+
+    HEADER = struct.Struct("<Q")
 
     def __init__(self, conn: SendConnector | RecvConnector, sending: bool, arrays: Iterable[np.ndarray],
                  slot_bytes: int, rank: int, label: str = "p2p"):
         self.conn, self.sending, self.slot_bytes, self.rank, self.label = conn, sending, slot_bytes, rank, label
         self.ops = [a.reshape(-1).view(np.uint8) for a in arrays]
         self.i = 0  # op index
-        self.off = 0  # bytes done in the current op
-        self.first = True
+        self.off = 0  # payload bytes done in the current op
         self.finished = not self.ops
 
     def describe(self) -> str:
@@ -251,23 +258,30 @@ class P2PRunner:
 
     def advance(self) -> bool:
         progressed = False
+        hsize = self.HEADER.size
         while not self.finished and self.conn.ready():
             data = self.ops[self.i]
-            n = min(self.slot_bytes, data.size - self.off)
+            head = hsize if self.off == 0 else 0
+            n = min(self.slot_bytes - head, data.size - self.off)
             if self.sending:
-                self.conn.buffer()[:n] = data[self.off:self.off + n]  # type: ignore[index]
-                self.conn.post(n)  # type: ignore[union-attr]
+                slot = self.conn.buffer()
+                if head:
+                    self.HEADER.pack_into(slot, 0, data.size)
+                slot[head:head + n] = data[self.off:self.off + n]
+                self.conn.post(head + n)  # type: ignore[union-attr]
             else:
                 raw = self.conn.buffer()
-                if raw.size != n:
-                    raise MismatchError(
-                        f"{self.label}: rank {self.conn.peer} sent a message of {self.off + raw.size}+ bytes where "
-                        f"rank {self.rank}'s recv #{self.i} expects {data.size} bytes; sizes of send and recv must match")
-                data[self.off:self.off + n] = raw
+                if head:
+                    (total,) = self.HEADER.unpack_from(raw, 0) if raw.size >= hsize else (-1,)
+                    if total != data.size:
+                        raise MismatchError(
+                            f"{self.label}: rank {self.conn.peer} sends {total} bytes but rank {self.rank}'s recv "
+                            f"#{self.i} from it expects {data.size}; the sizes of a send and its recv must match")
+                data[self.off:self.off + n] = raw[head:head + n]
                 self.conn.release()  # type: ignore[union-attr]
             progressed = True
             self.off += n
-            if self.off >= data.size:  # a 0-byte op still moves one empty message
+            if self.off >= data.size:  # a 0-byte op still moves its header
                 self.i += 1
                 self.off = 0
                 if self.i == len(self.ops):
