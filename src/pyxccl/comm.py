@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from . import algorithms, calls, config, executor, group as _group, log, topo
+from . import algorithms, calls, config, executor, group as _group, log, topo, tuner
 from .bootstrap import Bootstrap, UniqueId, get_unique_id
 from .calls import Call
 from .dtypes import DTYPES, MAX, kernels, postdivide, prescale
 from .errors import Aborted, InvalidArgument, PyxcclError
-from .ir.program import Buf, Program
+from .ir.program import COLLECTIVES, Buf, Program
 from .ir.verify import verify
 from .transport import PeerInfo, TransportContext, choose, create
 from .transport.doorbell import create_shared
@@ -105,6 +105,7 @@ class Communicator:
         infos = [json.loads(b) for b in self._bootstrap.allgather(json.dumps(me).encode())]
         self._topo = system
         self._layout = topo.host_layout([i["host"] for i in infos])
+        self._hosts = tuple(tuple(h) for h in self._layout.hosts)
         # the slot geometry must agree on every rank: rank 0's settings win
         self._slot_bytes, self._nslots = int(infos[0]["slot_bytes"]), int(infos[0]["nslots"])
         self._peers = [PeerInfo(i["rank"], i["host"], i["pid"], i["doorbell"], i["hostname"]) for i in infos]
@@ -226,7 +227,11 @@ class Communicator:
         root = call.root if call.root is not None else 0
         if isinstance(algorithm, Program):
             return self._own_program(call, algorithm, root)
-        algo = algorithms.get(call.collective, algorithm) if algorithm else algorithms.default(call.collective, self._size)
+        hosts = self._hosts
+        if not algorithm:
+            nbytes = call.count * call.dtype.itemsize * (self._size if COLLECTIVES[call.collective] else 1)
+            algorithm = tuner.select(call.collective, self._size, nbytes, hosts, self._cfg.algo)
+        algo = algorithms.get(call.collective, algorithm)
         if not algo.supports(self._size):
             raise InvalidArgument(f"algorithm={algo.name!r} cannot run {call.collective} on {self._size} ranks")
         if self._nslots < algo.min_slots:
