@@ -16,6 +16,7 @@ import numpy as np
 from .arrays import Buffer, as_buffer
 from .dtypes import SUM, DType, ReduceOp, check_op_dtype, op_of
 from .errors import InvalidArgument
+from .ir.program import Buf
 
 
 @dataclass
@@ -34,6 +35,10 @@ class Call:
     root: int | None = None
     reduced: list[np.ndarray] = field(default_factory=list)
     """this rank's arrays that hold reduced results (avg divides them at the end)"""
+    layout: dict[Buf, list[tuple[int, int]]] | None = None
+    """v-collectives: (offset, count) of every block of the input/output; ``count`` is the largest"""
+    agree_count: bool = False
+    """v-collectives where a rank knows only its own counts: the ranks agree on the largest first"""
 
     def describe(self) -> str:
         root = f" root={self.root}" if self.root is not None else ""
@@ -182,3 +187,123 @@ def plan_p2p(buf: Any, peer: int, nranks: int, name: str, writable: bool) -> Buf
     """send/recv: the buffer and a checked peer."""
     check_rank(peer, nranks, "peer")
     return as_buffer(buf, name, writable=writable)
+
+
+# ---------------------------------------------------------------------- v-collectives
+
+def _counts(values: Any, nranks: int, name: str) -> list[int]:
+    try:
+        out = [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"{name}: expected {nranks} non-negative ints, got {values!r}") from None
+    if len(out) != nranks or any(v < 0 for v in out):
+        raise InvalidArgument(f"{name}: expected {nranks} non-negative ints (one per rank), got {out}")
+    return out
+
+
+def _displs(displs: Any, counts: list[int], nranks: int, name: str) -> list[int]:
+    if displs is None:
+        return [sum(counts[:q]) for q in range(nranks)]
+    return _counts(displs, nranks, name)
+
+
+def _fits(buf: Buffer, displs: list[int], counts: list[int], name: str) -> None:
+    need = max((d + c for d, c in zip(displs, counts)), default=0)
+    _need(buf.count >= need, f"{name}: has {buf.count} elements; the counts and displacements need {need}")
+
+
+def plan_allgatherv(rank: int, nranks: int, input: Any, output: Any, counts: Any, displs: Any = None) -> Call:
+    """allgatherv: rank q's ``counts[q]`` elements land at ``displs[q]`` of every rank's output."""
+    counts = _counts(counts, nranks, "counts")
+    displs = _displs(displs, counts, nranks, "displs")
+    outb = as_buffer(output, "output", writable=True)
+    _fits(outb, displs, counts, "output")
+    if input is None:
+        inarr, inplace = outb.array[displs[rank]:displs[rank] + counts[rank]], True
+    else:
+        inb = as_buffer(input, "input")
+        _same_type(inb, outb, "output")
+        _need(inb.count == counts[rank], f"input: has {inb.count} elements but counts[{rank}] is {counts[rank]}")
+        inarr, inplace = inb.array, False
+    layout = {Buf.INPUT: [(0, counts[rank])], Buf.OUTPUT: list(zip(displs, counts))}
+    return Call("allgather", max(counts), outb.dtype, inarr, outb.array, inplace, outb.obj, layout=layout)
+
+
+def plan_reducescatterv(rank: int, nranks: int, input: Any, output: Any, counts: Any, op: Any) -> Call:
+    """reducescatterv: rank q gets the reduction of block q (``counts[q]`` elements) of every input."""
+    counts = _counts(counts, nranks, "counts")
+    displs = _displs(None, counts, nranks, "displs")
+    inb = as_buffer(input, "input", writable=output is None)
+    _need(inb.count == sum(counts), f"input: has {inb.count} elements but the counts add up to {sum(counts)}")
+    if output is None:
+        outarr, inplace, result = inb.array[displs[rank]:displs[rank] + counts[rank]], True, \
+            inb.slice(displs[rank], counts[rank])
+    else:
+        outb = as_buffer(output, "output", writable=True)
+        _same_type(inb, outb, "output")
+        _need(outb.count == counts[rank], f"output: has {outb.count} elements but counts[{rank}] is {counts[rank]}")
+        _need(not outb.overlaps(inb), "output: overlaps input; pass output=None for in place")
+        outarr, inplace, result = outb.array, False, outb.obj
+    rop = _op(op, inb.dtype)
+    layout = {Buf.INPUT: list(zip(displs, counts)), Buf.OUTPUT: [(0, counts[rank])]}
+    return Call("reducescatter", max(counts), inb.dtype, inb.array, outarr, inplace, result, rop,
+                reduced=[outarr], layout=layout)
+
+
+def plan_alltoallv(rank: int, nranks: int, input: Any, output: Any, send_counts: Any, recv_counts: Any,
+                   send_displs: Any = None, recv_displs: Any = None) -> Call:
+    """alltoallv: ``send_counts[q]`` elements at ``send_displs[q]`` go to rank q, which receives them
+    at ``recv_displs[rank]``; its ``recv_counts[rank]`` must equal them. Out of place only."""
+    sc, rc = _counts(send_counts, nranks, "send_counts"), _counts(recv_counts, nranks, "recv_counts")
+    sd, rd = _displs(send_displs, sc, nranks, "send_displs"), _displs(recv_displs, rc, nranks, "recv_displs")
+    inb = as_buffer(input, "input")
+    if output is None:
+        raise InvalidArgument("output: alltoallv needs a separate output buffer (no in-place form)")
+    outb = as_buffer(output, "output", writable=True)
+    _same_type(inb, outb, "output")
+    _fits(inb, sd, sc, "input")
+    _fits(outb, rd, rc, "output")
+    _need(not outb.overlaps(inb), "output: overlaps input; alltoallv has no in-place form")
+    _need(sc[rank] == rc[rank], f"recv_counts[{rank}]={rc[rank]} must equal send_counts[{rank}]={sc[rank]} (to self)")
+    layout = {Buf.INPUT: list(zip(sd, sc)), Buf.OUTPUT: list(zip(rd, rc))}
+    return Call("alltoall", max(sc + rc), inb.dtype, inb.array, outb.array, False, outb.obj, layout=layout,
+                agree_count=True)
+
+
+def plan_gatherv(rank: int, nranks: int, input: Any, output: Any, counts: Any, displs: Any, root: int) -> Call:
+    """gatherv: rank q's input lands at ``displs[q]`` of the root's output (``counts`` needed on the root)."""
+    root = check_rank(root, nranks, "root")
+    inb = as_buffer(input, "input")
+    if rank == root:
+        counts = _counts(counts, nranks, "counts")
+        displs = _displs(displs, counts, nranks, "displs")
+        outb = as_buffer(output, "output", writable=True)
+        _same_type(inb, outb, "output")
+        _fits(outb, displs, counts, "output")
+        _need(inb.count == counts[rank], f"input: has {inb.count} elements but counts[{rank}] is {counts[rank]}")
+        outarr, blocks, result = outb.array, list(zip(displs, counts)), outb.obj
+    else:
+        outarr, blocks, result = np.empty(0, inb.dtype.np), [(0, 0)] * nranks, None
+    layout = {Buf.INPUT: [(0, inb.count)], Buf.OUTPUT: blocks}
+    return Call("gather", inb.count, inb.dtype, inb.array, outarr, False, result, root=root, layout=layout,
+                agree_count=True)
+
+
+def plan_scatterv(rank: int, nranks: int, input: Any, output: Any, counts: Any, displs: Any, root: int) -> Call:
+    """scatterv: ``counts[q]`` elements at ``displs[q]`` of the root's input go to rank q's output."""
+    root = check_rank(root, nranks, "root")
+    outb = as_buffer(output, "output", writable=True)
+    if rank == root:
+        counts = _counts(counts, nranks, "counts")
+        displs = _displs(displs, counts, nranks, "displs")
+        inb = as_buffer(input, "input")
+        _same_type(inb, outb, "output")
+        _fits(inb, displs, counts, "input")
+        _need(outb.count == counts[rank], f"output: has {outb.count} elements but counts[{rank}] is {counts[rank]}")
+        _need(not outb.overlaps(inb), "output: overlaps input")
+        inarr, blocks = inb.array, list(zip(displs, counts))
+    else:
+        inarr, blocks = np.empty(0, outb.dtype.np), [(0, 0)] * nranks
+    layout = {Buf.INPUT: blocks, Buf.OUTPUT: [(0, outb.count)]}
+    return Call("scatter", outb.count, outb.dtype, inarr, outb.array, False, outb.obj, root=root, layout=layout,
+                agree_count=True)

@@ -198,29 +198,45 @@ class Communicator:
 
     def _collective(self, call: Call, algorithm: "str | Program | None", async_op: bool) -> Any:
         self._check_open()
-        if call.count == 0:  # nothing moves; still ordered after earlier calls
+        if call.count == 0 and not call.agree_count:  # nothing moves; still ordered after earlier calls
             return self._submit(lambda: call.result, call.describe(), async_op)
         kern = kernels(call.op, call.dtype)  # checks the device before anything moves
         program = self._program(call, algorithm)
-        name = program.name
         if not (program.inplace if call.inplace else program.outofplace):
-            raise InvalidArgument(f"algorithm={name!r} does not support {'in' if call.inplace else 'out-of'}-place calls")
+            raise InvalidArgument(f"algorithm={program.name!r} does not support "
+                                  f"{'in' if call.inplace else 'out-of'}-place calls")
 
         def run() -> Any:
-            self._seq += 1
-            inp = prescale(call.input, call.op) if call.op.name == "premul_sum" else call.input
-            arrays = {Buf.INPUT: inp, Buf.OUTPUT: call.output}
-            label = f"{call.describe()} #{self._seq} algorithm {name}"
-            prun = executor.ProgramRun(program, self._rank, arrays, call.count, kern, self._slot_bytes, label)
-            conns = self._connect(prun.needed())
-            log.trace("%s", label, rank=self._rank)
-            self._drive(prun.runners(conns), label)
-            if call.op.name == "avg":
-                for arr in call.reduced:
-                    postdivide(arr, self._size)
+            if call.agree_count:  # v-collectives where ranks know only their own counts
+                call.count = self._agree_max(call.count)
+            self._execute(call, program, kern)
             return call.result
 
         return self._submit(run, call.describe(), async_op)
+
+    def _execute(self, call: Call, program: Program, kern) -> None:
+        """Run ``call`` with ``program`` on this thread (inside the stream)."""
+        self._seq += 1
+        if call.count == 0:
+            return
+        inp = prescale(call.input, call.op) if call.op.name == "premul_sum" else call.input
+        arrays = {Buf.INPUT: inp, Buf.OUTPUT: call.output}
+        label = f"{call.describe()} #{self._seq} algorithm {program.name}"
+        prun = executor.ProgramRun(program, self._rank, arrays, call.count, kern, self._slot_bytes, label,
+                                   call.layout)
+        conns = self._connect(prun.needed())
+        log.trace("%s", label, rank=self._rank)
+        self._drive(prun.runners(conns), label)
+        if call.op.name == "avg":
+            for arr in call.reduced:
+                postdivide(arr, self._size)
+
+    def _agree_max(self, value: int) -> int:
+        """The largest ``value`` over all ranks (an allreduce inside the running call)."""
+        buf = np.array([value], dtype=np.int64)
+        call = Call("allreduce", 1, DTYPES["int64"], buf, buf, True, None, MAX)
+        self._execute(call, self._program(call, None), kernels(MAX, call.dtype))
+        return int(buf[0])
 
     def _program(self, call: Call, algorithm: "str | Program | None") -> Program:
         """The IR program for ``call``: a registered algorithm (by name or the default) or the user's own."""
@@ -304,6 +320,40 @@ class Communicator:
                 async_op: bool = False) -> Any:
         """Block r of the root's ``input`` (size * count) goes to rank r's ``output`` (count)."""
         return self._collective(calls.plan_scatterlike("scatter", self._rank, self._size, input, output, None, root),
+                                algorithm, async_op)
+
+    def all_gatherv(self, input: Any, output: Any, counts: Any, displs: Any = None, *,
+                    algorithm: "str | Program | None" = None, async_op: bool = False) -> Any:
+        """Rank q's ``counts[q]`` elements land at ``displs[q]`` (default: packed) of every rank's output.
+
+        In place: ``input=None``, with this rank's data already at its place in ``output``.
+        """
+        return self._collective(calls.plan_allgatherv(self._rank, self._size, input, output, counts, displs),
+                                algorithm, async_op)
+
+    def reduce_scatterv(self, input: Any, output: Any = None, counts: Any = (), op: Any = "sum", *,
+                        algorithm: "str | Program | None" = None, async_op: bool = False) -> Any:
+        """Reduce ``input`` (``sum(counts)`` elements, packed blocks) over ranks; rank r gets block r."""
+        return self._collective(calls.plan_reducescatterv(self._rank, self._size, input, output, counts, op),
+                                algorithm, async_op)
+
+    def all_to_allv(self, input: Any, output: Any, send_counts: Any, recv_counts: Any, send_displs: Any = None,
+                    recv_displs: Any = None, *, algorithm: "str | Program | None" = None,
+                    async_op: bool = False) -> Any:
+        """MPI_Alltoallv: ``send_counts[q]`` elements at ``send_displs[q]`` go to rank q's ``recv_displs[r]``."""
+        return self._collective(calls.plan_alltoallv(self._rank, self._size, input, output, send_counts,
+                                                     recv_counts, send_displs, recv_displs), algorithm, async_op)
+
+    def gatherv(self, input: Any, output: Any = None, counts: Any = None, displs: Any = None, *, root: int = 0,
+                algorithm: "str | Program | None" = None, async_op: bool = False) -> Any:
+        """Rank q's input lands at ``displs[q]`` of the root's output; ``counts``/``displs`` matter on the root."""
+        return self._collective(calls.plan_gatherv(self._rank, self._size, input, output, counts, displs, root),
+                                algorithm, async_op)
+
+    def scatterv(self, input: Any, output: Any, counts: Any = None, displs: Any = None, *, root: int = 0,
+                 algorithm: "str | Program | None" = None, async_op: bool = False) -> Any:
+        """``counts[q]`` elements at ``displs[q]`` of the root's input go to rank q's output."""
+        return self._collective(calls.plan_scatterv(self._rank, self._size, input, output, counts, displs, root),
                                 algorithm, async_op)
 
     def barrier(self, *, async_op: bool = False) -> Any:

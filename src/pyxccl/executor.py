@@ -79,7 +79,10 @@ class ProgramRun:
     """One rank's program bound to concrete buffers, kernels and connectors."""
 
     def __init__(self, program: Program, rank: int, arrays: dict[Buf, np.ndarray], count: int,
-                 kernels: Kernels, slot_bytes: int, label: str = ""):
+                 kernels: Kernels, slot_bytes: int, label: str = "",
+                 layout: dict[Buf, list[tuple[int, int]]] | None = None):
+        """``count``: elements per block; ``layout``: per buffer, (offset, count) of each block when
+        blocks differ in size (the v-collectives; ``count`` is then the largest, equal on every rank)."""
         self.program = program
         self.rank = rank
         self.part = program.ranks[rank]
@@ -88,6 +91,7 @@ class ProgramRun:
         dtype = next(iter(arrays.values())).dtype
         self.dtype = dtype
         self.geo = Geometry.of(count, program.chunks_per_block, slot_bytes, program.max_cnt, dtype.itemsize)
+        self.layout = layout or {}
         self.arrays = dict(arrays)
         if self.part.s_chunks:
             self.arrays[Buf.SCRATCH] = np.empty(self.part.s_chunks * self.geo.ce, dtype=dtype)
@@ -101,8 +105,10 @@ class ProgramRun:
         if buf is Buf.SCRATCH:
             return _Piece(arr, c * g.ce, g.ce)
         block, cls = divmod(c, g.k)
-        valid = max(0, min(g.ce, g.count - cls * g.ce))
-        return _Piece(arr, block * g.count + cls * g.ce, valid)
+        blocks = self.layout.get(buf)
+        start, count = blocks[block] if blocks is not None else (block * g.count, g.count)
+        valid = max(0, min(g.ce, count - cls * g.ce))
+        return _Piece(arr, start + cls * g.ce, valid)
 
     def needed(self) -> set[ConnKey]:
         """The connectors this rank's part uses."""
