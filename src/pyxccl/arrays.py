@@ -9,23 +9,23 @@ caller's own type (:meth:`Buffer.slice`).
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .dtypes import DType, dtype_of
+from .dtypes import DTYPES, DType, dtype_of
+
+_NP_FAST = {t.np: t for t in DTYPES.values()}
 from .errors import InvalidArgument
 
 
-@dataclass(frozen=True)
 class Buffer:
     """A contiguous buffer: the caller's object, a flat numpy view of it, dtype, count, device."""
 
-    obj: Any
-    array: np.ndarray
-    dtype: DType
-    device: str = "cpu"
+    __slots__ = ("obj", "array", "dtype", "device")
+
+    def __init__(self, obj: Any, array: np.ndarray, dtype: DType, device: str = "cpu"):
+        self.obj, self.array, self.dtype, self.device = obj, array, dtype, device
 
     @property
     def count(self) -> int:
@@ -44,7 +44,7 @@ class Buffer:
 
     def overlaps(self, other: "Buffer") -> bool:
         """True when the two buffers share memory."""
-        return np.shares_memory(self.array, other.array)
+        return np.may_share_memory(self.array, other.array) and np.shares_memory(self.array, other.array)
 
 
 def _is_torch(obj: Any) -> bool:
@@ -77,6 +77,10 @@ def as_buffer(obj: Any, name: str, *, writable: bool = False) -> Buffer:
     Accepts numpy arrays and torch CPU tensors of any shape when contiguous, and any
     C-contiguous buffer-protocol object (``bytearray``, ``memoryview``, ``array.array``).
     """
+    if type(obj) is np.ndarray and obj.flags.c_contiguous and (obj.flags.writeable or not writable):
+        dt = _NP_FAST.get(obj.dtype)
+        if dt is not None:
+            return Buffer(obj, obj.reshape(-1), dt)
     if isinstance(obj, Buffer):
         return obj
     if isinstance(obj, np.ndarray):

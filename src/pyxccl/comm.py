@@ -119,6 +119,7 @@ class Communicator:
         self._stream = Stream(f"pyxccl-comm{self._tag[:6]}-r{self._rank}")
         self._seq = 0
         self._verified: dict[int, Program] = {}
+        self._programs: dict[tuple, Program] = {}  # (collective, algorithm, nbytes, root) -> program
         if self._rank == 0:
             log.info("init: %d ranks on %d host(s) %s, slot %d B x %d, channels %d, timeout %.0f s",
                      self._size, self._layout.nhosts, self._layout.hosts, self._slot_bytes, self._nslots,
@@ -161,7 +162,10 @@ class Communicator:
         return t
 
     def _connect(self, needed: set[executor.ConnKey]) -> dict[executor.ConnKey, Any]:
-        missing = sorted(k for k in needed if k not in self._conns)
+        conns = self._conns
+        if all(k in conns for k in needed):
+            return conns
+        missing = sorted(k for k in needed if k not in conns)
         for peer, ch, direction in missing:
             if direction == "recv":
                 conn, info = self._transport(peer).setup_recv(peer, ch)
@@ -243,9 +247,13 @@ class Communicator:
         root = call.root if call.root is not None else 0
         if isinstance(algorithm, Program):
             return self._own_program(call, algorithm, root)
+        nbytes = call.count * call.dtype.itemsize * (self._size if COLLECTIVES[call.collective] else 1)
+        key = (call.collective, algorithm, nbytes, root)
+        program = self._programs.get(key)
+        if program is not None:
+            return program
         hosts = self._hosts
         if not algorithm:
-            nbytes = call.count * call.dtype.itemsize * (self._size if COLLECTIVES[call.collective] else 1)
             algorithm = tuner.select(call.collective, self._size, nbytes, hosts, self._cfg.algo)
         algo = algorithms.get(call.collective, algorithm)
         if not algo.supports(self._size):
@@ -253,7 +261,11 @@ class Communicator:
         if self._nslots < algo.min_slots:
             raise InvalidArgument(f"algorithm={algo.name!r} needs {algo.min_slots} slots per connection; "
                                   f"PYXCCL_NSLOTS is {self._nslots}")
-        return algorithms.program(call.collective, algo.name, self._size, self._cfg.nchannels, root)
+        program = algorithms.program(call.collective, algo.name, self._size, self._cfg.nchannels, root)
+        if len(self._programs) > 1024:
+            self._programs.clear()
+        self._programs[key] = program
+        return program
 
     def _own_program(self, call: Call, program: Program, root: int) -> Program:
         """Check a user's program (e.g. loaded from MSCCL XML) against the call; verify it once."""

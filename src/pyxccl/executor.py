@@ -60,7 +60,7 @@ class Geometry:
 
 
 class _Piece:
-    """Where chunk ``c`` of one buffer lives: array, start element, valid length."""
+    """Where chunk ``c`` of one buffer lives in this call: array, start element, valid length."""
 
     __slots__ = ("array", "start", "valid")
 
@@ -73,6 +73,13 @@ class _Piece:
             return self.array[:0]
         s = self.start + o
         return self.array[s:s + vl]
+
+
+# (buffer, start, valid) of every chunk a step touches, per thread block: independent of the
+# arrays, so it is cached per (program, rank, count, itemsize, slot size) and reused by calls
+_Skeleton = list[list[tuple[object, list[tuple[Buf, int, int]] | None, list[tuple[Buf, int, int]] | None]]]
+_SKELETONS: dict[tuple, tuple[Program, "Geometry", _Skeleton]] = {}
+_SKELETON_CACHE_SIZE = 256
 
 
 class ProgramRun:
@@ -88,57 +95,93 @@ class ProgramRun:
         self.part = program.ranks[rank]
         self.kernels = kernels
         self.label = label or f"{program.collective}({program.name})"
-        dtype = next(iter(arrays.values())).dtype
+        dtype = arrays[Buf.INPUT].dtype
         self.dtype = dtype
-        self.geo = Geometry.of(count, program.chunks_per_block, slot_bytes, program.max_cnt, dtype.itemsize)
         self.layout = layout or {}
-        self.arrays = dict(arrays)
+        key = (id(program), rank, count, dtype.itemsize, slot_bytes)
+        cached = _SKELETONS.get(key) if layout is None else None
+        if cached is not None and cached[0] is program:
+            _, self.geo, self.skeleton = cached
+        else:
+            self.geo = Geometry.of(count, program.chunks_per_block, slot_bytes, program.max_cnt, dtype.itemsize)
+            self.skeleton = self._skeleton()
+            if layout is None:
+                if len(_SKELETONS) >= _SKELETON_CACHE_SIZE:
+                    _SKELETONS.clear()
+                _SKELETONS[key] = (program, self.geo, self.skeleton)
+        self.arrays = arrays
         if self.part.s_chunks:
+            self.arrays = dict(arrays)
             self.arrays[Buf.SCRATCH] = np.empty(self.part.s_chunks * self.geo.ce, dtype=dtype)
         self.done = [0] * len(self.part.tbs)
         self.nsteps = [len(tb.steps) for tb in self.part.tbs]
 
-    def piece(self, buf: Buf, c: int) -> _Piece:
-        """Location of chunk ``c`` of buffer ``buf``."""
+    def location(self, buf: Buf, c: int) -> tuple[Buf, int, int]:
+        """(buffer, start element, valid length) of chunk ``c`` of buffer ``buf``."""
         g = self.geo
-        arr = self.arrays[buf]
         if buf is Buf.SCRATCH:
-            return _Piece(arr, c * g.ce, g.ce)
+            return buf, c * g.ce, g.ce
         block, cls = divmod(c, g.k)
         blocks = self.layout.get(buf)
         start, count = blocks[block] if blocks is not None else (block * g.count, g.count)
-        valid = max(0, min(g.ce, count - cls * g.ce))
-        return _Piece(arr, start + cls * g.ce, valid)
+        return buf, start + cls * g.ce, max(0, min(g.ce, count - cls * g.ce))
 
-    def needed(self) -> set[ConnKey]:
+    def _skeleton(self) -> _Skeleton:
+        loc = self.location
+        return [[(st, [loc(st.srcbuf, st.srcoff + j) for j in range(st.cnt)] if st.op.reads_src else None,
+                  [loc(st.dstbuf, st.dstoff + j) for j in range(st.cnt)] if st.op.writes_dst else None)
+                 for st in tb.steps] for tb in self.part.tbs]
+
+    def bind(self, pieces: list[tuple[Buf, int, int]] | None) -> list[_Piece] | None:
+        """The skeleton's locations as pieces of this call's arrays."""
+        if pieces is None:
+            return None
+        arrays = self.arrays
+        return [_Piece(arrays[b], start, valid) for b, start, valid in pieces]
+
+    def needed(self) -> frozenset[ConnKey]:
         """The connectors this rank's part uses."""
-        keys: set[ConnKey] = set()
-        for tb in self.part.tbs:
-            if any(s.op.sends for s in tb.steps):
-                keys.add((tb.send, tb.channel, "send"))
-            if any(s.op.receives for s in tb.steps):
-                keys.add((tb.recv, tb.channel, "recv"))
-        return keys
+        return _needed(self.program, self.rank)
 
     def runners(self, conns: dict[ConnKey, object]) -> list["TBRunner"]:
         """One runner per thread block (none when the call moves no data)."""
         if self.geo.niters == 0:
             return []
-        return [TBRunner(self, tb, conns.get((tb.send, tb.channel, "send")),  # type: ignore[arg-type]
-                         conns.get((tb.recv, tb.channel, "recv"))) for tb in self.part.tbs]  # type: ignore[arg-type]
+        return [TBRunner(self, tb, self.skeleton[i], conns.get((tb.send, tb.channel, "send")),  # type: ignore[arg-type]
+                         conns.get((tb.recv, tb.channel, "recv")))  # type: ignore[arg-type]
+                for i, tb in enumerate(self.part.tbs)]
+
+
+_NEEDED: dict[tuple[int, int], tuple[Program, frozenset[ConnKey]]] = {}
+
+
+def _needed(program: Program, rank: int) -> frozenset[ConnKey]:
+    hit = _NEEDED.get((id(program), rank))
+    if hit is not None and hit[0] is program:
+        return hit[1]
+    keys: set[ConnKey] = set()
+    for tb in program.ranks[rank].tbs:
+        if any(s.op.sends for s in tb.steps):
+            keys.add((tb.send, tb.channel, "send"))
+        if any(s.op.receives for s in tb.steps):
+            keys.add((tb.recv, tb.channel, "recv"))
+    if len(_NEEDED) >= _SKELETON_CACHE_SIZE:
+        _NEEDED.clear()
+    _NEEDED[(id(program), rank)] = (program, frozenset(keys))
+    return _NEEDED[(id(program), rank)][1]
 
 
 class TBRunner:
     """Runs one thread block: every step, once per slice iteration."""
 
-    def __init__(self, run: ProgramRun, tb: ThreadBlock, send: SendConnector | None, recv: RecvConnector | None):
+    def __init__(self, run: ProgramRun, tb: ThreadBlock, skeleton, send: SendConnector | None,
+                 recv: RecvConnector | None):
         self.run, self.tb, self.sendc, self.recvc = run, tb, send, recv
         self.it = 0
         self.s = 0
         self.finished = not tb.steps
-        self._steps = [(st, [run.piece(st.srcbuf, st.srcoff + j) for j in range(st.cnt)] if st.op.reads_src else None,
-                        [run.piece(st.dstbuf, st.dstoff + j) for j in range(st.cnt)] if st.op.writes_dst else None)
-                       for st in tb.steps]
+        bind = run.bind
+        self._steps = [(st, bind(srcs), bind(dsts)) for st, srcs, dsts in skeleton]
 
     def describe(self) -> str:
         if self.finished:
@@ -224,7 +267,7 @@ class TBRunner:
             elif op is Op.COPY:
                 dst = dsts[j].view(o, m)
                 src = srcs[j].view(o, m)
-                if not _same(dst, src):
+                if dst.size and not (dst.base is src.base and _addr(dst) == _addr(src)):
                     copy(dst, src[:dst.size])
             elif op is Op.REDUCE:
                 dst = dsts[j].view(o, m)
@@ -235,8 +278,8 @@ class TBRunner:
             self.recvc.release()  # type: ignore[union-attr]
 
 
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.size == b.size and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+def _addr(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
 
 
 class P2PRunner:
