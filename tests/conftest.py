@@ -1,7 +1,9 @@
 """Shared fixtures: pyxccl from this checkout's src/, and session-wide pools of rank processes.
 
 ``pool(n)`` returns a :class:`harness.Pool` of ``n`` ranks (shm between them);
-``pool(n, "socket")`` one whose workers run with PYXCCL_TRANSPORT=socket. Pools start on
+``pool(n, "socket")`` one whose workers run with PYXCCL_TRANSPORT=socket;
+``pool(4, "hosts:AABB")`` one whose ranks are spread over emulated hosts (PYXCCL_HOSTID),
+shm inside a host and sockets across. Pools start on
 first use, are reused by every later test, restarted after a hang or a crash, and torn
 down (communicators destroyed, processes joined) at the end of the session.
 """

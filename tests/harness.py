@@ -124,15 +124,29 @@ def _worker_main(rank: int, nranks: int, conn: Any, env: dict[str, str | None], 
         traceback.print_exc()
         conn.send(("error", traceback.format_exc()))
         return
+    state = {"destroyed": False}
+    try:
+        _serve(comm, conn, state)
+    except (EOFError, OSError):  # the test process went away
+        pass
+    except BaseException:  # noqa: BLE001 - e.g. KeyboardInterrupt
+        traceback.print_exc()
+    finally:
+        if not state["destroyed"]:
+            comm.abort()  # releases the /dev/shm files and sockets
+
+
+def _serve(comm: Any, conn: Any, state: dict) -> None:
+    """Run jobs until "stop" (destroy the communicator) or until the test process goes away."""
     while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return  # the test process went away
+        msg = conn.recv()
         if msg[0] == "stop":
             try:
+                state["destroyed"] = True
                 comm.destroy()
                 conn.send(("ok", None))
+            except (EOFError, OSError):
+                raise
             except BaseException:  # noqa: BLE001
                 conn.send(("error", traceback.format_exc()))
             return
@@ -163,13 +177,23 @@ def _tail(path: str, nbytes: int = 2500) -> str:
 
 
 class Pool:
-    """N rank processes with one Communicator each, serving jobs."""
+    """N rank processes with one Communicator each, serving jobs.
+
+    ``transport``: "auto" (shm between the ranks), "socket" (PYXCCL_TRANSPORT=socket), or
+    "hosts:<layout>", one letter per rank naming its emulated host (PYXCCL_HOSTID), e.g.
+    "hosts:AABB": ranks 0-1 and 2-3 are two hosts (shm inside one, sockets across).
+    """
 
     def __init__(self, nranks: int, transport: str = "auto", env: dict[str, str | None] | None = None):
         self.nranks = nranks
         self.transport = transport
         self.env: dict[str, str | None] = {"PYXCCL_TIMEOUT": os.environ.get("PYXCCL_TIMEOUT", WORKER_TIMEOUT)}
-        if transport != "auto":
+        self.layout: str | None = None
+        if transport.startswith("hosts:"):
+            self.layout = transport.split(":", 1)[1]
+            if len(self.layout) != nranks:
+                raise ValueError(f"layout {self.layout!r} does not have {nranks} letters")
+        elif transport != "auto":
             self.env["PYXCCL_TRANSPORT"] = transport
         self.env.update(env or {})
         self.procs: list[Any] = []
@@ -178,6 +202,12 @@ class Pool:
         self.healthy = False
         self.logdir: str | None = None
         self._shm_tag: str | None = None
+
+    def rank_env(self, rank: int) -> dict[str, str | None]:
+        env = dict(self.env)
+        if self.layout:
+            env["PYXCCL_HOSTID"] = f"pyxccl-test-host-{self.layout[rank]}"
+        return env
 
     def __repr__(self) -> str:
         return f"<Pool {self.nranks} ranks transport={self.transport} {'up' if self.healthy else 'down'}>"
@@ -192,7 +222,7 @@ class Pool:
         self.logdir = tempfile.mkdtemp(prefix=f"pyxccl-pool{self.nranks}-{self.transport}-")
         for r in range(self.nranks):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker_main, args=(r, self.nranks, child, self.env, self.log_path(r)),
+            p = ctx.Process(target=_worker_main, args=(r, self.nranks, child, self.rank_env(r), self.log_path(r)),
                             name=f"pyxccl-pool{self.nranks}-rank{r}", daemon=True)
             p.start()
             child.close()
@@ -227,8 +257,10 @@ class Pool:
                 try:
                     kind, payload = obj.recv()
                 except (EOFError, OSError) as exc:
-                    errors[r] = f"pipe closed ({exc!r}); exit code {self.procs[r].exitcode}"
+                    self.procs[r].join(0.5)
+                    errors[r] = f"worker process died (pipe closed: {exc!r}; exit code {self.procs[r].exitcode})"
                     pending.discard(r)
+                    end = min(end, time.monotonic() + ERROR_GRACE)
                     continue
                 if kind == "uid":
                     self._relay_uid(payload)
@@ -258,7 +290,8 @@ class Pool:
                     pass
         if pending:
             time.sleep(0.5)
-        lines = [f"{what}: " + (f"ranks {sorted(pending)} did not answer within {deadline:g} s"
+        cut = f" (cut to {ERROR_GRACE:g} s after the first failure)" if errors else ""
+        lines = [f"{what}: " + (f"ranks {sorted(pending)} did not answer within {deadline:g} s{cut}"
                                 if pending else "some ranks failed")
                  + (f"; ranks {sorted(errors)} failed" if errors and pending else "")]
         for r, err in sorted(errors.items()):
@@ -515,7 +548,9 @@ def compare(got: Any, expected: np.ndarray, tol: Any, label: str, limit: int = 4
     if idx.size == 0:
         return []
     first = ", ".join(f"[{i}] expected {shown_exp[i]} got {shown_got[i]}" for i in idx[:limit])
-    extra = f" (tol {tol if np.isscalar(tol) else 'per element'})" if not isinstance(tol, str) and tol is not None else ""
+    extra = ""
+    if tol is not None and not isinstance(tol, str):
+        extra = f" (tol {tol if np.isscalar(tol) else 'per element'})"
     return [f"{label}: {idx.size}/{got.size} wrong; first: {first}{extra}"]
 
 

@@ -10,7 +10,9 @@ mismatches it saw. The matrix (see build_cases):
 - prime: 100003 elements per block, every dtype, sum (random dense floats, checked with
   a tolerance) plus one more op rotating through prod/min/max/avg/premul_sum;
 - large: >= 16 MiB per call: float32 sum, int64 max, bfloat16 sum (N = 2, 3, 8);
-- socket: a subset of the above with PYXCCL_TRANSPORT=socket on 2 and 3 ranks.
+- socket: a subset of the above with PYXCCL_TRANSPORT=socket on 2 and 3 ranks, and on
+  ranks spread over two emulated hosts (PYXCCL_HOSTID: "AABB", and "ABABA" where a host's
+  ranks are not contiguous), where the tuner may pick multi-host algorithms.
 """
 
 from __future__ import annotations
@@ -199,5 +201,31 @@ def test_socket_collectives(pool, coll, nranks):
 @pytest.mark.parametrize("nranks", (2, 3))
 def test_socket_barrier_and_async_queue(pool, nranks):
     p = pool(nranks, "socket")
+    p.check(job_barrier)
+    p.check(job_async_queue)
+
+
+# ---------------------------------------------------------------------------- two emulated hosts (PYXCCL_HOSTID)
+
+HOST_LAYOUTS = ("AABB", "ABABA")
+
+
+@pytest.mark.parametrize("layout", HOST_LAYOUTS)
+def test_emulated_hosts_use_shm_inside_and_sockets_across(pool, layout):
+    kinds = pool(len(layout), f"hosts:{layout}").run(job_transports)
+    for rank, row in enumerate(kinds):
+        want = ["self" if p == rank else "shm" if layout[p] == layout[rank] else "socket" for p in range(len(layout))]
+        assert row == want, (rank, row)
+
+
+@pytest.mark.parametrize("layout", HOST_LAYOUTS)
+@pytest.mark.parametrize("coll", COLLECTIVES)
+def test_emulated_two_hosts(pool, coll, layout):
+    pool(len(layout), f"hosts:{layout}").check(job_matrix, coll=coll, size="socket", deadline=240)
+
+
+@pytest.mark.parametrize("layout", HOST_LAYOUTS)
+def test_emulated_two_hosts_barrier_and_async_queue(pool, layout):
+    p = pool(len(layout), f"hosts:{layout}")
     p.check(job_barrier)
     p.check(job_async_queue)
