@@ -94,6 +94,7 @@ def main() -> int:
                 uid = pyxccl.UniqueId.from_string(f.read())
         comm = pyxccl.Communicator(args.nranks, uid, args.rank)
         result["transports"] = [comm.transport_of(p) for p in range(args.nranks)]
+        result["hosts"] = comm.hosts
         for coll in COLLECTIVES:
             result["failures"] += run_cases(comm, build_cases(coll, args.nranks, args.seed))
         result["failures"] += ring(comm, args.seed)

@@ -130,3 +130,6 @@ def test_two_hosts_every_collective(namespaces, layout, root_address, tmp_path):
         me = res["rank"]
         want = ["self" if p == me else "shm" if layout[p] == layout[me] else "socket" for p in range(len(layout))]
         assert res["transports"] == want, f"rank {me} ({layout[me]}): transports {res['transports']}, want {want}"
+        # topology: the communicator sees two hosts, each with the ranks of its namespace
+        want_hosts = sorted(sorted(r for r in range(len(layout)) if layout[r] == h) for h in sorted(set(layout)))
+        assert sorted(res["hosts"]) == want_hosts, f"rank {me}: hosts {res['hosts']}, want {want_hosts}"
