@@ -36,9 +36,15 @@ def test_shared_files_load_and_verify(path: str):
     assert dump(load(text)) == text
 
 
+def _two_hosts(n):
+    return (tuple(range((n + 1) // 2)), tuple(range((n + 1) // 2, n)))
+
+
 def _builtins():
     for algo in sorted(algorithms.REGISTRY.values(), key=lambda a: (a.collective, a.name)):
         for n in (1, 2, 3, 5, 8):
+            if algo.host_aware and not algo.supports(n, _two_hosts(n)):
+                continue
             for c in (1, 2):
                 for root in sorted({0, n - 1}) if algo.rooted else [0]:
                     yield pytest.param(algo, n, c, root, id=f"{algo.collective}_{algo.name}-{n}r-{c}c-root{root}")
@@ -46,9 +52,11 @@ def _builtins():
 
 @pytest.mark.parametrize("algo,n,c,root", list(_builtins()))
 def test_builtin_round_trip(algo, n, c, root):
-    p = algo.build(n, nchannels=c, root=root)
+    kw = {"hosts": _two_hosts(n)} if algo.host_aware else {}
+    p = algo.build(n, nchannels=c, root=root, **kw)
     q = load(dump(p))
-    assert q == p
+    # a step with several deps comes back as a run of nops (MSCCL XML: one dep per step)
+    assert q == p or dump(q) == dump(p)
     for mode in _modes(q):
         verify(q, inplace=mode, nslots=algo.min_slots)
 

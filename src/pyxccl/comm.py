@@ -256,12 +256,13 @@ class Communicator:
         if not algorithm:
             algorithm = tuner.select(call.collective, self._size, nbytes, hosts, self._cfg.algo)
         algo = algorithms.get(call.collective, algorithm)
-        if not algo.supports(self._size):
-            raise InvalidArgument(f"algorithm={algo.name!r} cannot run {call.collective} on {self._size} ranks")
+        why = algo.unsupported(self._size, hosts)
+        if why is not None:
+            raise InvalidArgument(f"algorithm={algo.name!r}: {why}")
         if self._nslots < algo.min_slots:
             raise InvalidArgument(f"algorithm={algo.name!r} needs {algo.min_slots} slots per connection; "
                                   f"PYXCCL_NSLOTS is {self._nslots}")
-        program = algorithms.program(call.collective, algo.name, self._size, self._cfg.nchannels, root)
+        program = algorithms.program(call.collective, algo.name, self._size, self._cfg.nchannels, root, hosts)
         if len(self._programs) > 1024:
             self._programs.clear()
         self._programs[key] = program

@@ -257,25 +257,33 @@ class TBRunner:
             elif op is Op.RECV_REDUCE_SEND:
                 src = srcs[j].view(o, m)
                 reduce(rv[lo:lo + src.size], src, sv[lo:lo + src.size])
+            # a short user chunk (count not a multiple of k) may meet a full-length scratch
+            # chunk: only the elements both have are real, the rest is padding
             elif op is Op.RECV_REDUCE_COPY:
-                dst = dsts[j].view(o, m)
-                reduce(rv[lo:lo + dst.size], srcs[j].view(o, m)[:dst.size], dst)
+                dst, src = _common(dsts[j].view(o, m), srcs[j].view(o, m))
+                reduce(rv[lo:lo + dst.size], src, dst)
             elif op is Op.RECV_REDUCE_COPY_SEND:
-                dst = dsts[j].view(o, m)
-                reduce(rv[lo:lo + dst.size], srcs[j].view(o, m)[:dst.size], dst)
+                dst, src = _common(dsts[j].view(o, m), srcs[j].view(o, m))
+                reduce(rv[lo:lo + dst.size], src, dst)
                 copy(sv[lo:lo + dst.size], dst)
             elif op is Op.COPY:
-                dst = dsts[j].view(o, m)
-                src = srcs[j].view(o, m)
+                dst, src = _common(dsts[j].view(o, m), srcs[j].view(o, m))
                 if dst.size and not (dst.base is src.base and _addr(dst) == _addr(src)):
-                    copy(dst, src[:dst.size])
+                    copy(dst, src)
             elif op is Op.REDUCE:
-                dst = dsts[j].view(o, m)
-                reduce(dst, srcs[j].view(o, m)[:dst.size], dst)
+                dst, src = _common(dsts[j].view(o, m), srcs[j].view(o, m))
+                reduce(dst, src, dst)
         if op.sends:
             self.sendc.post(nbytes)  # type: ignore[union-attr]
         if op.receives:
             self.recvc.release()  # type: ignore[union-attr]
+
+
+def _common(dst: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if dst.size == src.size:
+        return dst, src
+    n = min(dst.size, src.size)
+    return dst[:n], src[:n]
 
 
 def _addr(a: np.ndarray) -> int:

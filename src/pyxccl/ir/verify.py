@@ -25,6 +25,8 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import InvalidArgument, VerificationError
 from .program import Buf, Op, Program, Step, blocks, inplace_alias
 
@@ -80,7 +82,7 @@ class _Run:
         self.g = {(r, tb.id): i for i, (r, tb) in enumerate(self.tbs)}
         G = len(self.tbs)
         self.pc = [0] * G
-        self.clock = [[0] * G for _ in range(G)]
+        self.clock = [np.zeros(G, dtype=np.int64) for _ in range(G)]
         self.dep_targets = {(self.g[(r, d[0])], d[1]) for r, tb in self.tbs for st in tb.steps for d in st.deps}
         self.step_vc: dict[tuple[int, int], list[int]] = {}
         self.fifos: dict[tuple[int, int, int], deque[_Msg]] = {}
@@ -187,17 +189,17 @@ class _Run:
         i = self.pc[g]
         st = tb.steps[i]
         who = self.who(r, tb.id, i, st)
-        vc = list(self.clock[g])
+        vc = self.clock[g].copy()
         for dtb, dstep in st.deps:
             dvc = self.step_vc[(self.g[(r, dtb)], dstep)]
-            vc = [max(a, b) for a, b in zip(vc, dvc)]
+            np.maximum(vc, dvc, out=vc)
         msg = None
         if st.op.receives:
             msg = self.fifos[(tb.recv, r, tb.channel)].popleft()
             if msg.cnt != st.cnt:
                 raise VerificationError(
                     f"cnt mismatch: {who} receives cnt={st.cnt} but the message from {msg.who} carries cnt={msg.cnt}")
-            vc = [max(a, b) for a, b in zip(vc, msg.vc)]
+            np.maximum(vc, msg.vc, out=vc)
         vc[g] += 1
         cnt = st.cnt if st.op is not Op.NOP else 0
         src = [self.read(r, st.srcbuf, st.srcoff + j, g, vc, who) for j in range(cnt)] if st.op.reads_src else []
@@ -217,7 +219,7 @@ class _Run:
             for j, v in enumerate(store):
                 self.write(r, st.dstbuf, st.dstoff + j, v, g, vc, who)  # type: ignore[arg-type]
         if op.sends:
-            self.fifos.setdefault((r, tb.send, tb.channel), deque()).append(_Msg(list(out), cnt, tuple(vc), who))
+            self.fifos.setdefault((r, tb.send, tb.channel), deque()).append(_Msg(list(out), cnt, vc, who))
         self.clock[g] = vc
         if (g, i) in self.dep_targets:
             self.step_vc[(g, i)] = vc
