@@ -25,6 +25,7 @@ from .calls import Call
 from .dtypes import DTYPES, MAX, kernels, postdivide, prescale
 from .errors import Aborted, InvalidArgument, PyxcclError
 from .ir.program import COLLECTIVES, Buf, Program
+from .ir.relabel import relabel
 from .ir.verify import verify
 from .transport import PeerInfo, TransportContext, choose, create
 from .transport.doorbell import create_shared
@@ -262,7 +263,18 @@ class Communicator:
         if self._nslots < algo.min_slots:
             raise InvalidArgument(f"algorithm={algo.name!r} needs {algo.min_slots} slots per connection; "
                                   f"PYXCCL_NSLOTS is {self._nslots}")
-        program = algorithms.program(call.collective, algo.name, self._size, self._cfg.nchannels, root, hosts)
+        order = self._layout.ring
+        if algo.host_aware or order == list(range(self._size)):
+            program = algorithms.program(call.collective, algo.name, self._size, self._cfg.nchannels, root, hosts)
+        else:  # a flat algorithm on interleaved hosts: build it for ring positions, then relabel
+            pos = order.index(root)
+            flat = algorithms.program(call.collective, algo.name, self._size, self._cfg.nchannels, pos, hosts)
+            program = relabel(flat, order) or algorithms.program(
+                call.collective, algo.name, self._size, self._cfg.nchannels, root, hosts)
+            if program is not flat and program.name.endswith("_relabeled"):
+                for inplace in (True, False):
+                    if program.inplace if inplace else program.outofplace:
+                        verify(program, inplace=inplace, nslots=self._nslots)
         if len(self._programs) > 1024:
             self._programs.clear()
         self._programs[key] = program
