@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({secs / max(args.steps, 1) * 1e3:.2f} ms/step)", flush=True)
         if args.save:
             torch.save({k: v.detach().clone() for k, v in model.module.state_dict().items()}, args.save)
+    dist.barrier()  # nobody tears its process group down while a peer still uses it (gloo aborts then)
     dist.destroy_process_group()
     return 0
 
