@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+from _netns import two_namespaces
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RANK_SCRIPT = os.path.join(HERE, "_netns_algo_rank.py")
@@ -26,43 +26,9 @@ ADDR_A, ADDR_B = "10.233.0.1", "10.233.0.2"
 DEADLINE = 240.0
 
 
-def _ip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
-
-
 @pytest.fixture(scope="module")
 def namespaces():
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
-    if shutil.which("ip") is None:
-        pytest.skip("the `ip` command (iproute2) is not installed")
-    tag = f"{os.getpid() % 100000}"
-    ns_a, ns_b = f"pxalg{tag}a", f"pxalg{tag}b"
-    veth_a, veth_b = f"pxav{tag}a", f"pxav{tag}b"
-
-    def cleanup() -> None:
-        for ns in (ns_a, ns_b):
-            _ip("netns", "del", ns)
-        _ip("link", "del", veth_a)
-
-    steps = [
-        ("netns", "add", ns_a), ("netns", "add", ns_b),
-        ("link", "add", veth_a, "type", "veth", "peer", "name", veth_b),
-        ("link", "set", veth_a, "netns", ns_a), ("link", "set", veth_b, "netns", ns_b),
-        ("-n", ns_a, "addr", "add", f"{ADDR_A}/24", "dev", veth_a),
-        ("-n", ns_b, "addr", "add", f"{ADDR_B}/24", "dev", veth_b),
-        ("-n", ns_a, "link", "set", veth_a, "up"), ("-n", ns_b, "link", "set", veth_b, "up"),
-        ("-n", ns_a, "link", "set", "lo", "up"), ("-n", ns_b, "link", "set", "lo", "up"),
-    ]
-    for step in steps:
-        r = _ip(*step)
-        if r.returncode != 0:
-            cleanup()
-            pytest.skip(f"cannot set up network namespaces: `ip {' '.join(step)}` failed: {r.stderr.strip()}")
-    try:
-        yield {"A": ns_a, "B": ns_b}
-    finally:
-        cleanup()
+    yield from two_namespaces("pxalg", "pxav", ADDR_A, ADDR_B)
 
 
 def _run_ranks(namespaces: dict, layout: str, tmp_path) -> list[dict]:
