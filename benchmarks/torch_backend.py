@@ -17,7 +17,9 @@ backend uses (``dist.group.WORLD.comm``), the plain pyxccl call against the torc
 | alltoall | ``comm.all_to_all(x, y)`` | ``dist.all_to_all_single(y, x)`` |
 
 plus ``allreduce-async``: ``dist.all_reduce(t, async_op=True).wait()`` (the path DDP takes:
-the call runs on the group's worker thread). Sizes are the bytes of the collective's
+the call is queued on the communicator's stream) against the blocking ``comm.all_reduce(t)``,
+and ``allreduce-async2``: the same torch call against pyxccl's own asynchronous call,
+``comm.all_reduce(t, async_op=True).wait()``. Sizes are the bytes of the collective's
 largest buffer (float32 tensors). The two sides alternate in rounds (``--rounds``), each
 round a barrier then ``iters`` calls; the table gives the median per-call time over the
 rounds and the overhead of torch's median over pyxccl's. Rank 0 prints the table.
@@ -39,7 +41,7 @@ SRC = os.path.join(HERE, "..", "src")
 if os.path.isdir(os.path.join(SRC, "pyxccl")):
     sys.path.insert(0, os.path.abspath(SRC))
 
-OPS = ["allreduce", "allreduce-async", "allgather", "reducescatter", "broadcast", "alltoall"]
+OPS = ["allreduce", "allreduce-async", "allreduce-async2", "allgather", "reducescatter", "broadcast", "alltoall"]
 
 
 def _size(text: str) -> int:
@@ -61,6 +63,8 @@ def _calls(op: str, comm, n: int, nbytes: int):
             via = lambda: dist.all_reduce(t)
         else:
             via = lambda: dist.all_reduce(t, async_op=True).wait()
+        if op == "allreduce-async2":
+            raw = lambda: comm.all_reduce(t, async_op=True).wait()
     elif op == "allgather":
         x, y = torch.ones(block), torch.empty(block * n)
         raw = lambda: comm.all_gather(x, y)

@@ -104,6 +104,58 @@ def job_work_semantics(comm) -> list[str]:
     return f
 
 
+def job_work_callbacks(comm) -> list[str]:
+    """add_done_callback on real calls: once each, after the data is in place, calls allowed from inside."""
+    N, me = comm.size, comm.rank
+    f: list[str] = []
+    total = _sum_of_ranks_plus_one(range(N))
+    seen: list[tuple[str, float]] = []
+    done = threading.Event()
+
+    def first(w):
+        seen.append(("first", float(w.result()[0])))
+        y = np.full(4, me + 1, F32)
+        comm.all_reduce(y)  # a blocking call of the same communicator, from the callback
+        seen.append(("nested", float(y[0])))
+        z = np.full(2, me + 1, F32)
+        comm.all_reduce(z, async_op=True).wait()  # an async one, waited for there
+        seen.append(("nested async", float(z[0])))
+
+    x = np.full(10, me + 1, F32)
+    w = comm.all_reduce(x, async_op=True)
+    w.add_done_callback(first)
+    w.add_done_callback(lambda _w: done.set())
+    w2 = comm.all_reduce(np.ones(3, F32), async_op=True)
+    w.wait(60)
+    w2.wait(60)
+    if not done.wait(60):
+        return f + ["the callbacks of an async all_reduce did not run"]
+    if seen != [("first", total), ("nested", total), ("nested async", total)]:
+        f.append(f"callbacks saw {seen}, expected the reduced value {total} three times")
+    late = []
+    w.add_done_callback(lambda x: late.append(threading.get_ident()))
+    if late != [threading.get_ident()]:
+        f.append("a callback added to a finished Work did not run at once on the caller's thread")
+    # p2p inside a group: each call's Work runs its callbacks when the batch finishes
+    if N > 1:
+        nxt, prv = (me + 1) % N, (me - 1) % N
+        got = np.zeros(4, np.int32)
+        flags: list[str] = []
+        with pyxccl.group():
+            ws = comm.send(np.full(4, me, np.int32), nxt, async_op=True)
+            wr = comm.recv(got, prv, async_op=True)
+        ws.add_done_callback(lambda _w: flags.append("send"))
+        wr.add_done_callback(lambda x: flags.append(f"recv {int(x.result()[0])}"))
+        wr.wait(60)
+        ws.wait(60)
+        deadline = time.monotonic() + 30
+        while len(flags) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if sorted(flags) != sorted(["send", f"recv {prv}"]):
+            f.append(f"grouped send/recv callbacks gave {flags}")
+    return f
+
+
 # ---------------------------------------------------------------------------- split
 
 def job_split(comm) -> list[str]:
@@ -298,8 +350,8 @@ def job_timeout(comm, connected: bool) -> list[str]:
                 f.append(f"{label}: the message does not name the call: {msg!r}")
         except Exception as exc:  # noqa: BLE001
             f.append(f"{label}: raised {type(exc).__name__} (expected CollectiveTimeout): {exc}")
+        comm.barrier()  # a rank that aborts counts as lost to the others: all time out first
         c.abort()
-        comm.barrier()
     else:
         comm.barrier()
         c.abort()
@@ -312,6 +364,11 @@ def job_timeout(comm, connected: bool) -> list[str]:
 @pytest.mark.parametrize("nranks", (1, 2, 3))
 def test_work_semantics(pool, nranks):
     pool(nranks).check(job_work_semantics)
+
+
+@pytest.mark.parametrize("nranks", (1, 2, 3))
+def test_work_callbacks(pool, nranks):
+    pool(nranks).check(job_work_callbacks)
 
 
 @pytest.mark.parametrize("nranks", (2, 4, 5))

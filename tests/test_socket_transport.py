@@ -326,12 +326,16 @@ def test_strangers_do_not_disturb(pair):
     strangers = []
     try:
         def attack():
-            for payload in (b"GET / HTTP/1.0\r\n\r\n", b"\x00" * 200,
-                            make_hello(b"x" * 16, 0, 1, SLOT, NSLOTS, SECRET),  # unknown token
-                            make_hello(token, 0, 1, SLOT, NSLOTS, b"wrong secret"),  # bad HMAC
-                            b"PX"):  # a partial hello, then close
+            for payload in (lambda nonce: b"GET / HTTP/1.0\r\n\r\n", lambda nonce: b"\x00" * 200,
+                            lambda nonce: make_hello(b"x" * 16, 0, 1, SLOT, NSLOTS, SECRET, nonce),  # unknown token
+                            lambda nonce: make_hello(token, 0, 1, SLOT, NSLOTS, b"wrong secret", nonce),  # bad HMAC
+                            lambda nonce: b"PX"):  # a partial hello, then close
                 s = socket.create_connection((address, port))
-                s.sendall(payload)
+                s.settimeout(5)
+                challenge = b""
+                while len(challenge) < 20:
+                    challenge += s.recv(20 - len(challenge))
+                s.sendall(payload(challenge[4:]))
                 strangers.append(s)
                 time.sleep(0.01)
             strangers.append(socket.create_connection((address, port)))  # silent: stays pending

@@ -45,6 +45,16 @@ class Call:
         return f"{self.collective}(count={self.count}, dtype={self.dtype}, op={self.op}{root})"
 
 
+def check_timeout(value: "float | None") -> "float | None":
+    """A call's own ``timeout`` (seconds, > 0) or None (the communicator's)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value:
+        raise InvalidArgument(f"timeout={value!r} must be a positive number of seconds (or None: the "
+                              f"communicator's timeout)")
+    return float(value)
+
+
 def check_rank(value: int, nranks: int, name: str) -> int:
     """``value`` as a rank in ``0 .. nranks-1``, else InvalidArgument naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

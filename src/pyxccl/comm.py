@@ -9,30 +9,39 @@ ordered stream -> ``destroy()`` / ``abort()``.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import hmac
 import json
 import os
 import socket
 import threading
 import time
-from typing import Any
+import weakref
+from typing import AbstractSet, Any
 
 import numpy as np
 
 from . import algorithms, calls, config, executor, group as _group, log, topo, tuner
-from .bootstrap import Bootstrap, UniqueId, get_unique_id
+from . import check as _check, flight
+from .bootstrap import Bootstrap, UniqueId
+from .bootstrap.root import start_root
 from .calls import Call
 from .dtypes import DTYPES, MAX, kernels, postdivide, prescale
-from .errors import Aborted, InvalidArgument, PyxcclError
+from .errors import (Aborted, CollectiveTimeout, InvalidArgument, MismatchError, PeerLostError, PyxcclError,
+                     TransportError)
+from .health import Health, pid_namespace
 from .ir.program import COLLECTIVES, Buf, Program
 from .ir.relabel import relabel
 from .ir.verify import verify
 from .transport import PeerInfo, TransportContext, choose, create
 from .transport.doorbell import create_shared
+from .transport.shm import owner_suffix, sweep_stale
 from .work import BatchWork, Stream, Work
 
 _TAG_CONNECT = 1 << 20  # bootstrap tags for connector set-up: + channel
 _TAG_SPLIT = 1 << 21
+_TAG_SHRINK = 1 << 22
 _P2P_CHANNEL = 1 << 10  # p2p traffic uses its own channels, after any collective's
 
 
@@ -65,8 +74,13 @@ def _as_uid(uid: Any) -> UniqueId:
 class Communicator:
     """A group of ``nranks`` ranks; this object is rank ``rank`` of it.
 
-    Every collective takes ``async_op=False``; with True it returns a :class:`Work`.
-    Calls on one communicator complete in issue order.
+    Every collective (and send/recv) takes ``async_op=False``; with True it returns a
+    :class:`Work`. Calls on one communicator complete in issue order. ``timeout`` (seconds;
+    default PYXCCL_TIMEOUT) bounds every wait of this communicator, and a call's own
+    ``timeout=`` keyword bounds the waits of that call (calls inside ``group()`` use the
+    communicator's); a wait that passes it raises CollectiveTimeout naming the call, the
+    step and channel, and the peer. A lost peer makes every call raise PeerLostError
+    (see :mod:`pyxccl.health`); :meth:`shrink` goes on with the survivors.
     """
 
     def __init__(self, nranks: int, uid: Any, rank: int, *, timeout: float | None = None):
@@ -74,35 +88,39 @@ class Communicator:
             raise InvalidArgument(f"nranks={nranks!r} must be a positive int")
         calls.check_rank(rank, nranks, "rank")
         uid = _as_uid(uid)
+        self._secret = uid.secret
         cfg = config.get()
         self._cfg = cfg
         self._timeout = float(timeout) if timeout is not None else cfg.timeout
+        self._call_timeout: float | None = None  # the running call's own timeout, if it has one
         self._rank, self._size = rank, nranks
         self._aborted = False
         self._closed = False
         self._lock = threading.Lock()
         self._tag = hashlib.sha256(uid.to_bytes()).hexdigest()[:16]
         self._splits = 0
+        self._shrinks = 0
+        self._health: Health | None = None
         self._bootstrap = Bootstrap(uid, rank, nranks, timeout=self._timeout)
         try:
             self._setup(uid)
         except BaseException:
             self._bootstrap.close()
+            if self._health is not None:
+                self._health.stop()
             raise
+        _LIVE.add(self)
 
     def _setup(self, uid: UniqueId) -> None:
         cfg = self._cfg
-        bell_path = f"/dev/shm/pyxccl-{self._tag}-bell{self._rank}"
-        try:
-            os.unlink(bell_path)  # a crashed earlier run with this id
-        except FileNotFoundError:
-            pass
+        sweep_stale()  # files of crashed processes (of any communicator)
+        bell_path = f"/dev/shm/pyxccl-{self._tag}-bell{self._rank}{owner_suffix()}"
         self._bell_path = bell_path
         self._doorbell = create_shared(bell_path, spin_us=cfg.spin_us)
         system = topo.local_system(cfg, dump=self._rank == 0, rank=self._rank)
         me = {"rank": self._rank, "host": host_identity(cfg), "pid": os.getpid(), "doorbell": bell_path,
               "hostname": socket.gethostname(), "slot_bytes": cfg.slot_bytes, "nslots": cfg.nslots,
-              "topo": topo.summarize(system)}
+              "topo": topo.summarize(system), "pidns": pid_namespace()}
         infos = [json.loads(b) for b in self._bootstrap.allgather(json.dumps(me).encode())]
         self._topo = system
         self._layout = topo.host_layout([i["host"] for i in infos])
@@ -112,6 +130,12 @@ class Communicator:
         self._peers = [PeerInfo(i["rank"], i["host"], i["pid"], i["doorbell"], i["hostname"]) for i in infos]
         mine = self._peers[self._rank]
         self._kind = [choose(mine, p, cfg.transport) if p.rank != self._rank else "self" for p in self._peers]
+        watch = {p.rank: p.pid for p, i in zip(self._peers, infos)  # same host and pid namespace: pidfds
+                 if p.rank != self._rank and p.host == mine.host and i.get("pidns") == infos[self._rank]["pidns"]}
+        self._loss_bell = self._doorbell.handle(0)
+        self._health = Health(self._rank, self._peers, watch, self._on_loss, self._bootstrap.notify_lost)
+        self._bootstrap.on_lost = lambda peer, why, seen_by: self._health.report(  # type: ignore[union-attr]
+            peer, why, seen_by=seen_by, notify=seen_by == self._rank)
         address = self._bootstrap.peer_addresses()[self._rank][0]
         self._ctx = TransportContext(self._rank, self._size, self._tag, self._peers, self._doorbell,
                                      self._slot_bytes, self._nslots, self._timeout, address, uid.secret, cfg)
@@ -121,6 +145,10 @@ class Communicator:
         self._seq = 0
         self._verified: dict[int, Program] = {}
         self._programs: dict[tuple, Program] = {}  # (collective, algorithm, nbytes, root) -> program
+        self._coll_seq = 0  # collectives issued: the flight recorder's and PYXCCL_CHECK's sequence numbers
+        self._flight = flight.FlightRecorder(cfg.trace_size) if cfg.trace_size else None
+        self._check_call = _check.verify if cfg.check else None
+        flight.register(self)  # for SIGUSR1 dumps (PYXCCL_TRACE_DIR)
         if self._rank == 0:
             log.info("init: %d ranks on %d host(s) %s, slot %d B x %d, channels %d, timeout %.0f s",
                      self._size, self._layout.nhosts, self._layout.hosts, self._slot_bytes, self._nslots,
@@ -151,6 +179,22 @@ class Communicator:
         """The transport used towards ``peer`` ("local", "shm", "socket"; "self" for this rank)."""
         return self._kind[calls.check_rank(peer, self._size, "peer")]
 
+    def pending_ops(self) -> list[dict[str, Any]]:
+        """The flight recorder's records of this communicator's last operations, oldest first.
+
+        Every kept record (the last ``PYXCCL_TRACE_SIZE``, default 1000; finished ones
+        included, not only those still pending), as a dict: ``seq`` (collectives are
+        numbered 1, 2, ... and must match across ranks; sends/recvs have their own
+        numbers), ``kind`` ("collective" or "p2p"), ``op`` ("allreduce", "gatherv", "send",
+        "recv", ...), ``dtype``, ``count`` (elements; per rank or block as the call
+        counts them), ``root``, ``peers`` ("all" or ``[peer]``), ``algorithm``,
+        ``reduce_op``, ``state`` ("queued", "running", "done" or "failed: <Type>: message"),
+        ``enqueued``/``started``/``ended`` (``time.time()``), ``duration`` (s) and
+        ``call_site`` ("file:line in function", the first frame outside pyxccl).
+        Empty when ``PYXCCL_TRACE_SIZE=0``. See :mod:`pyxccl.flight`.
+        """
+        return self._flight.records() if self._flight is not None else []
+
     def __repr__(self) -> str:
         return f"<pyxccl.Communicator rank {self._rank}/{self._size}>"
 
@@ -162,10 +206,37 @@ class Communicator:
             t = self._transports[kind] = create(kind, self._ctx)
         return t
 
-    def _connect(self, needed: set[executor.ConnKey]) -> dict[executor.ConnKey, Any]:
+    def _on_loss(self, peer: int, why: str) -> None:
+        """A peer was found lost (any thread): fail bootstrap waits on it and wake the executor."""
+        self._bootstrap.mark_lost(peer, why)
+        self._loss_bell.ring()
+
+    def _lost(self, exc: PeerLostError, what: str) -> PeerLostError:
+        """The error a call fails with after a transport or the bootstrap saw a peer go (others are told)."""
+        if exc.rank is not None:
+            self._health.report(exc.rank, str(exc))  # type: ignore[union-attr]
+        return self._health.error(what) or exc  # type: ignore[union-attr]
+
+    def _connect(self, needed: AbstractSet[executor.ConnKey], what: str = "connecting") -> dict[executor.ConnKey, Any]:
+        """The connectors ``needed`` (made the first time they are needed)."""
         conns = self._conns
         if all(k in conns for k in needed):
             return conns
+        try:
+            return self._connect_missing(needed)
+        except PeerLostError as exc:
+            raise self._lost(exc, what) from exc
+        except (TransportError, CollectiveTimeout) as exc:  # e.g. a peer's listener went away with the peer
+            err = self._health.wait_error(what)  # type: ignore[union-attr]
+            if err is not None:
+                raise err from exc
+            if isinstance(exc, CollectiveTimeout):  # name the call, not only the message it waited for
+                raise CollectiveTimeout(f"rank {self._rank}: {what} timed out before its first step, while "
+                                        f"connecting: {exc}") from None
+            raise
+
+    def _connect_missing(self, needed: AbstractSet[executor.ConnKey]) -> dict[executor.ConnKey, Any]:
+        conns = self._conns
         missing = sorted(k for k in needed if k not in conns)
         for peer, ch, direction in missing:
             if direction == "recv":
@@ -174,16 +245,32 @@ class Communicator:
                 self._bootstrap.send(peer, _TAG_CONNECT + ch, info)
         for peer, ch, direction in missing:
             if direction == "send":
-                info = self._bootstrap.recv(peer, _TAG_CONNECT + ch, timeout=self._timeout)
+                try:
+                    info = self._bootstrap.recv(peer, _TAG_CONNECT + ch, timeout=self._call_timeout or self._timeout,
+                                                any_loss=True)
+                except CollectiveTimeout:
+                    raise CollectiveTimeout(f"channel {ch}: waited for rank {peer}'s connect info (has rank "
+                                            f"{peer} issued this call?)") from None
                 self._conns[(peer, ch, "send")] = self._transport(peer).connect_send(peer, ch, info)
         return self._conns
 
     # ------------------------------------------------------------------ running
     def _check_open(self) -> None:
+        """Fail a new call now: the communicator was aborted, destroyed, or lost a rank."""
         if self._aborted:
             raise Aborted(f"rank {self._rank}: the communicator was aborted")
         if self._closed:
             raise InvalidArgument("the communicator was destroyed; create a new one")
+        if self._health.lost:  # type: ignore[union-attr]
+            self._health.check("the communicator lost a rank; comm.shrink(exclude=[lost ranks]) builds "  # type: ignore[union-attr]
+                               "one from the survivors")
+
+    def _check_running(self, what: str) -> None:
+        """Raised inside a running call's waits: Aborted after abort(), PeerLostError after a loss."""
+        if self._aborted:
+            raise Aborted(f"rank {self._rank}: {what} aborted")
+        if self._health.lost:  # type: ignore[union-attr]
+            self._health.check(what)  # type: ignore[union-attr]
 
     def _submit(self, fn, what: str, async_op: bool, kind: str = "call", payload: Any = None) -> Any:
         if _group.active():
@@ -193,31 +280,68 @@ class Communicator:
         return self._stream.run(fn, what)
 
     def _drive(self, runners: list, what: str) -> None:
+        """Run ``runners`` to completion (CollectiveTimeout, Aborted, PeerLostError)."""
         try:
-            executor.drive(runners, self._doorbell, time.monotonic() + self._timeout, what, self._rank,
-                           lambda: self._aborted)
+            executor.drive(runners, self._doorbell, time.monotonic() + (self._call_timeout or self._timeout), what, self._rank,
+                           lambda: self._check_running(what))
+        except PeerLostError as exc:
+            raise self._lost(exc, what) from exc
+        except TransportError as exc:  # e.g. reading a peer's memory failed: because the peer died?
+            if self._aborted:  # abort() closed what this call was using
+                raise Aborted(f"rank {self._rank}: {what} aborted ({exc})") from exc
+            err = self._health.wait_error(what)  # type: ignore[union-attr]
+            if err is None:
+                raise
+            raise err from exc
         except Exception as exc:
             if self._aborted and not isinstance(exc, Aborted):  # abort() closed what this call was using
                 raise Aborted(f"rank {self._rank}: {what} aborted ({exc})") from exc
             raise
 
-    def _collective(self, call: Call, algorithm: "str | Program | None", async_op: bool) -> Any:
+    def _collective(self, call: Call, algorithm: "str | Program | None", async_op: bool,
+                    timeout: float | None = None) -> Any:
         self._check_open()
-        if call.count == 0 and not call.agree_count:  # nothing moves; still ordered after earlier calls
-            return self._submit(lambda: call.result, call.describe(), async_op)
-        kern = kernels(call.op, call.dtype)  # checks the device before anything moves
-        program = self._program(call, algorithm)
-        if not (program.inplace if call.inplace else program.outofplace):
-            raise InvalidArgument(f"algorithm={program.name!r} does not support "
-                                  f"{'in' if call.inplace else 'out-of'}-place calls")
+        timeout = calls.check_timeout(timeout)
+        program = kern = None  # count 0: nothing moves; still ordered after earlier calls
+        if call.count != 0 or call.agree_count:
+            kern = kernels(call.op, call.dtype)  # checks the device before anything moves
+            program = self._program(call, algorithm)
+            if not (program.inplace if call.inplace else program.outofplace):
+                raise InvalidArgument(f"algorithm={program.name!r} does not support "
+                                      f"{'in' if call.inplace else 'out-of'}-place calls")
+        seq = self._coll_seq = self._coll_seq + 1
+        rec = None if self._flight is None else self._flight.collective(  # call site: 3 frames up
+            seq, call, None if program is None else program.name, 3)
+        check = self._check_call
 
         def run() -> Any:
-            if call.agree_count:  # v-collectives where ranks know only their own counts
-                call.count = self._agree_max(call.count)
-            self._execute(call, program, kern)
+            if rec is not None:
+                rec.start()
+            try:
+                if check is not None:  # PYXCCL_CHECK: the ranks compare fingerprints first
+                    check(self, seq, call)
+                if program is not None:
+                    if call.agree_count:  # v-collectives where ranks know only their own counts
+                        call.count = self._agree_max(call.count)
+                    self._execute(call, program, kern)
+            except BaseException as exc:
+                flight.failed(self, rec, exc)
+                raise
+            if rec is not None:
+                rec.done()
             return call.result
 
-        return self._submit(run, call.describe(), async_op)
+        return self._submit(run if timeout is None else self._timed(run, timeout), call.describe(), async_op)
+
+    def _timed(self, fn, timeout: float):
+        """``fn`` running with its own ``timeout`` (seconds) for every wait, instead of the communicator's."""
+        def run() -> Any:
+            self._call_timeout = timeout  # calls run one at a time on the stream
+            try:
+                return fn()
+            finally:
+                self._call_timeout = None
+        return run
 
     def _execute(self, call: Call, program: Program, kern) -> None:
         """Run ``call`` with ``program`` on this thread (inside the stream)."""
@@ -229,7 +353,7 @@ class Communicator:
         label = f"{call.describe()} #{self._seq} algorithm {program.name}"
         prun = executor.ProgramRun(program, self._rank, arrays, call.count, kern, self._slot_bytes, label,
                                    call.layout)
-        conns = self._connect(prun.needed())
+        conns = self._connect(prun.needed(), label)
         log.trace("%s", label, rank=self._rank)
         self._drive(prun.runners(conns), label)
         if call.op.name == "avg":
@@ -296,125 +420,142 @@ class Communicator:
 
     # ------------------------------------------------------------------ collectives
     def all_reduce(self, input: Any, output: Any = None, op: Any = "sum", *, algorithm: "str | Program | None" = None,
-                   async_op: bool = False) -> Any:
+                   async_op: bool = False, timeout: float | None = None) -> Any:
         """Reduce ``input`` over all ranks into ``output`` on every rank (in place when output is None)."""
         return self._collective(calls.plan_elementwise("allreduce", self._rank, self._size, input, output, op),
-                                algorithm, async_op)
+                                algorithm, async_op, timeout)
 
     def broadcast(self, input: Any, output: Any = None, *, root: int = 0, algorithm: "str | Program | None" = None,
-                  async_op: bool = False) -> Any:
+                  async_op: bool = False, timeout: float | None = None) -> Any:
         """Copy the root's ``input`` into ``output`` on every rank (in place when output is None)."""
         return self._collective(calls.plan_elementwise("broadcast", self._rank, self._size, input, output, None, root),
-                                algorithm, async_op)
+                                algorithm, async_op, timeout)
 
     def reduce(self, input: Any, output: Any = None, op: Any = "sum", *, root: int = 0,
-               algorithm: "str | Program | None" = None, async_op: bool = False) -> Any:
+               algorithm: "str | Program | None" = None, async_op: bool = False, timeout: float | None = None) -> Any:
         """Reduce ``input`` over all ranks into the root's ``output`` (in place when output is None)."""
         return self._collective(calls.plan_elementwise("reduce", self._rank, self._size, input, output, op, root),
-                                algorithm, async_op)
+                                algorithm, async_op, timeout)
 
-    def all_gather(self, input: Any, output: Any, *, algorithm: "str | Program | None" = None, async_op: bool = False) -> Any:
+    def all_gather(self, input: Any, output: Any, *, algorithm: "str | Program | None" = None, async_op: bool = False, timeout: float | None = None) -> Any:
         """Concatenate every rank's ``input`` (count elements) into ``output`` (size * count) on every rank.
 
         In place: pass ``input=None`` (or output's block of this rank) with the data in that block.
         """
         return self._collective(calls.plan_gatherlike("allgather", self._rank, self._size, input, output),
-                                algorithm, async_op)
+                                algorithm, async_op, timeout)
 
     def reduce_scatter(self, input: Any, output: Any = None, op: Any = "sum", *, algorithm: "str | Program | None" = None,
-                       async_op: bool = False) -> Any:
+                       async_op: bool = False, timeout: float | None = None) -> Any:
         """Reduce ``input`` (size * count) over ranks; rank r gets block r in ``output`` (count).
 
         In place (output None): the result is the rank's block of ``input``, which is returned.
         """
         return self._collective(calls.plan_scatterlike("reducescatter", self._rank, self._size, input, output, op),
-                                algorithm, async_op)
+                                algorithm, async_op, timeout)
 
     def all_to_all(self, input: Any, output: Any = None, *, algorithm: "str | Program | None" = None,
-                   async_op: bool = False) -> Any:
+                   async_op: bool = False, timeout: float | None = None) -> Any:
         """Block q of ``input`` goes to rank q, into block r (this rank) of its ``output``."""
-        return self._collective(calls.plan_alltoall(self._rank, self._size, input, output), algorithm, async_op)
+        return self._collective(calls.plan_alltoall(self._rank, self._size, input, output), algorithm, async_op, timeout)
 
     def gather(self, input: Any, output: Any = None, *, root: int = 0, algorithm: "str | Program | None" = None,
-               async_op: bool = False) -> Any:
+               async_op: bool = False, timeout: float | None = None) -> Any:
         """Concatenate every rank's ``input`` into the root's ``output`` (size * count)."""
         return self._collective(calls.plan_gatherlike("gather", self._rank, self._size, input, output, root),
-                                algorithm, async_op)
+                                algorithm, async_op, timeout)
 
     def scatter(self, input: Any, output: Any = None, *, root: int = 0, algorithm: "str | Program | None" = None,
-                async_op: bool = False) -> Any:
+                async_op: bool = False, timeout: float | None = None) -> Any:
         """Block r of the root's ``input`` (size * count) goes to rank r's ``output`` (count)."""
         return self._collective(calls.plan_scatterlike("scatter", self._rank, self._size, input, output, None, root),
-                                algorithm, async_op)
+                                algorithm, async_op, timeout)
 
     def all_gatherv(self, input: Any, output: Any, counts: Any, displs: Any = None, *,
-                    algorithm: "str | Program | None" = None, async_op: bool = False) -> Any:
+                    algorithm: "str | Program | None" = None, async_op: bool = False, timeout: float | None = None) -> Any:
         """Rank q's ``counts[q]`` elements land at ``displs[q]`` (default: packed) of every rank's output.
 
         In place: ``input=None``, with this rank's data already at its place in ``output``.
         """
         return self._collective(calls.plan_allgatherv(self._rank, self._size, input, output, counts, displs),
-                                algorithm, async_op)
+                                algorithm, async_op, timeout)
 
     def reduce_scatterv(self, input: Any, output: Any = None, counts: Any = (), op: Any = "sum", *,
-                        algorithm: "str | Program | None" = None, async_op: bool = False) -> Any:
+                        algorithm: "str | Program | None" = None, async_op: bool = False, timeout: float | None = None) -> Any:
         """Reduce ``input`` (``sum(counts)`` elements, packed blocks) over ranks; rank r gets block r."""
         return self._collective(calls.plan_reducescatterv(self._rank, self._size, input, output, counts, op),
-                                algorithm, async_op)
+                                algorithm, async_op, timeout)
 
     def all_to_allv(self, input: Any, output: Any, send_counts: Any, recv_counts: Any, send_displs: Any = None,
                     recv_displs: Any = None, *, algorithm: "str | Program | None" = None,
-                    async_op: bool = False) -> Any:
+                    async_op: bool = False, timeout: float | None = None) -> Any:
         """MPI_Alltoallv: ``send_counts[q]`` elements at ``send_displs[q]`` go to rank q's ``recv_displs[r]``."""
         return self._collective(calls.plan_alltoallv(self._rank, self._size, input, output, send_counts,
-                                                     recv_counts, send_displs, recv_displs), algorithm, async_op)
+                                                     recv_counts, send_displs, recv_displs), algorithm, async_op, timeout)
 
     def gatherv(self, input: Any, output: Any = None, counts: Any = None, displs: Any = None, *, root: int = 0,
-                algorithm: "str | Program | None" = None, async_op: bool = False) -> Any:
+                algorithm: "str | Program | None" = None, async_op: bool = False, timeout: float | None = None) -> Any:
         """Rank q's input lands at ``displs[q]`` of the root's output; ``counts``/``displs`` matter on the root."""
         return self._collective(calls.plan_gatherv(self._rank, self._size, input, output, counts, displs, root),
-                                algorithm, async_op)
+                                algorithm, async_op, timeout)
 
     def scatterv(self, input: Any, output: Any, counts: Any = None, displs: Any = None, *, root: int = 0,
-                 algorithm: "str | Program | None" = None, async_op: bool = False) -> Any:
+                 algorithm: "str | Program | None" = None, async_op: bool = False, timeout: float | None = None) -> Any:
         """``counts[q]`` elements at ``displs[q]`` of the root's input go to rank q's output."""
         return self._collective(calls.plan_scatterv(self._rank, self._size, input, output, counts, displs, root),
-                                algorithm, async_op)
+                                algorithm, async_op, timeout)
 
-    def barrier(self, *, async_op: bool = False) -> Any:
+    def barrier(self, *, async_op: bool = False, timeout: float | None = None) -> Any:
         """Return once every rank has entered the barrier."""
         token = np.zeros(1, dtype=np.uint8)
         call = Call("barrier", 1, DTYPES["uint8"], token, token, True, None, MAX)
-        return self._collective(call, None, async_op)
+        return self._collective(call, None, async_op, timeout)
 
     # ------------------------------------------------------------------ point to point
-    def send(self, buf: Any, peer: int, *, async_op: bool = False) -> Any:
+    def send(self, buf: Any, peer: int, *, async_op: bool = False, timeout: float | None = None) -> Any:
         """Send ``buf`` to ``peer``; matched in order with ``peer``'s recv from this rank."""
         self._check_open()
         b = calls.plan_p2p(buf, peer, self._size, "buf", writable=False)
-        return self._p2p(("send", int(peer), b.array, None), f"send({b.count} x {b.dtype} to {peer})", async_op)
+        return self._p2p(("send", int(peer), b.array, None), f"send({b.count} x {b.dtype} to {peer})", async_op,
+                         calls.check_timeout(timeout))
 
-    def recv(self, buf: Any, peer: int, *, async_op: bool = False) -> Any:
+    def recv(self, buf: Any, peer: int, *, async_op: bool = False, timeout: float | None = None) -> Any:
         """Receive into ``buf`` from ``peer``; its size must equal the matching send's."""
         self._check_open()
         b = calls.plan_p2p(buf, peer, self._size, "buf", writable=True)
-        return self._p2p(("recv", int(peer), b.array, b.obj), f"recv({b.count} x {b.dtype} from {peer})", async_op)
+        return self._p2p(("recv", int(peer), b.array, b.obj), f"recv({b.count} x {b.dtype} from {peer})", async_op,
+                         calls.check_timeout(timeout))
 
-    def _p2p(self, op: tuple, what: str, async_op: bool) -> Any:
-        if _group.active():
+    def _p2p(self, op: tuple, what: str, async_op: bool, timeout: float | None = None) -> Any:
+        if self._flight is not None:  # (kind, peer, array, result) + its flight record
+            op = (*op, self._flight.p2p(op[0], op[1], op[2], 3))  # call site: 3 frames up
+        if _group.active():  # a group's calls run together, under the communicator's timeout
             return _group.record(self, "p2p", op, Work(what), not async_op)
         work = Work(what)
-        self._launch_p2p([op], [work], inline=not async_op)
+        self._launch_p2p([op], [work], inline=not async_op, timeout=timeout)
         return work if async_op else work.result()
 
-    def _launch_p2p(self, ops: list[tuple], works: list[Work], inline: bool = False) -> None:
+    def _launch_p2p(self, ops: list[tuple], works: list[Work], inline: bool = False,
+                    timeout: float | None = None) -> None:
         """Run a batch of send/recv ops concurrently on the stream; each op's Work completes with the batch."""
         batch = BatchWork(f"p2p batch of {len(ops)}", works, [op[3] if op[0] == "recv" else None for op in ops])
 
+        recs = [op[4] for op in ops if len(op) > 4]
+
         def run() -> None:
             self._seq += 1
-            self._run_p2p(ops, f"p2p batch #{self._seq} ({len(ops)} ops)")
+            for rec in recs:
+                rec.start()
+            try:
+                self._run_p2p(ops, f"p2p batch #{self._seq} ({len(ops)} ops)")
+            except BaseException as exc:
+                flight.failed(self, recs, exc)
+                raise
+            for rec in recs:
+                rec.done()
 
+        if timeout is not None:
+            run = self._timed(run, timeout)
         if inline:
             try:
                 self._stream.run(run, batch.what)
@@ -435,11 +576,12 @@ class Communicator:
                 raise InvalidArgument(f"buf: send to self has {s[2].nbytes} bytes, the recv from self {r[2].nbytes}")
             r[2].reshape(-1).view(np.uint8)[:] = s[2].reshape(-1).view(np.uint8)
         lanes: dict[tuple[int, str], list[np.ndarray]] = {}
-        for kind, peer, arr, _ in ops:
+        for op in ops:
+            kind, peer, arr = op[0], op[1], op[2]
             if peer != self._rank:
                 lanes.setdefault((peer, kind), []).append(arr)
         needed = {(peer, _P2P_CHANNEL, kind) for peer, kind in lanes}
-        conns = self._connect(needed)
+        conns = self._connect(needed, what)
         runners = [executor.P2PRunner(conns[(peer, _P2P_CHANNEL, kind)], kind == "send", arrs, self._slot_bytes,
                                       self._rank, what) for (peer, kind), arrs in lanes.items()]
         self._drive(runners, what)
@@ -459,14 +601,58 @@ class Communicator:
         members = sorted((k, r) for r, (c, k) in enumerate(entries) if c == int(color))
         ranks = [r for _, r in members]
         new_rank = ranks.index(self._rank)
-        tag = _TAG_SPLIT + self._splits
+        return self._child(ranks, _TAG_SPLIT + self._splits, b"split")
+
+    def shrink(self, exclude: Any) -> "Communicator":
+        """A new communicator of every rank not in ``exclude``, in the same order; no new unique id needed.
+
+        Collective over the survivors: each rank not excluded calls it with the same ranks.
+        This is how to go on after a :class:`PeerLostError`: ``comm.shrink(exclude=[err.rank])``
+        (lost peers need not be listed twice; list every rank that is gone). The old
+        communicator is left as it is: abort or destroy it afterwards.
+        """
+        if self._aborted:
+            raise Aborted(f"rank {self._rank}: shrink on an aborted communicator; shrink before abort()")
+        if self._closed:
+            raise InvalidArgument("shrink: the communicator was destroyed")
+        try:
+            excluded = sorted({calls.check_rank(r, self._size, "exclude") for r in exclude})
+        except TypeError:
+            raise InvalidArgument(f"exclude must be an iterable of ranks, got {exclude!r}") from None
+        if self._rank in excluded:
+            raise InvalidArgument(f"shrink: rank {self._rank} is in exclude={excluded}; excluded ranks do not call it")
+        lost = sorted(set(self._health.lost) - set(excluded))  # type: ignore[union-attr]
+        if lost:
+            raise InvalidArgument(f"shrink: rank(s) {lost} are lost but not in exclude={excluded}")
+        survivors = [r for r in range(self._size) if r not in excluded]
+        self._shrinks += 1
+        return self._child(survivors, _TAG_SHRINK + self._shrinks, json.dumps(excluded).encode())
+
+    def _child(self, ranks: list[int], tag: int, agreement: bytes) -> "Communicator":
+        """The communicator of ``ranks`` (ascending new rank order; this rank among them).
+
+        Its first rank starts the new root on its own bootstrap address and sends the address
+        to the others; the secret is derived from this communicator's, so it never travels.
+        ``agreement`` (what every member computed, e.g. the excluded ranks) must match.
+        """
+        new_rank = ranks.index(self._rank)
+        digest = hashlib.sha256(agreement).digest()
+        secret = hmac.new(self._secret, b"pyxccl-child" + tag.to_bytes(8, "big") + digest, "sha256").digest()[:16]
         if new_rank == 0:
-            uid = get_unique_id()
+            host = self._bootstrap.address[0]
+            port = start_root(secret, host, 0, self._timeout)
             for r in ranks[1:]:
-                self._bootstrap.send(r, tag, uid.to_bytes())
+                self._bootstrap.send(r, tag, digest + json.dumps([host, port]).encode())
         else:
-            uid = UniqueId.from_bytes(self._bootstrap.recv(ranks[0], tag, timeout=self._timeout))
-        return Communicator(len(ranks), uid, new_rank, timeout=self._timeout)
+            msg = self._bootstrap.recv(ranks[0], tag, timeout=self._timeout)
+            if msg[:32] != digest:
+                raise MismatchError(f"rank {self._rank}: rank {ranks[0]} builds a different communicator "
+                                    f"(its {agreement.decode(errors='replace')!r} differs from this rank's)")
+            try:
+                host, port = json.loads(msg[32:])
+            except ValueError:
+                raise PyxcclError(f"rank {self._rank}: malformed root address from rank {ranks[0]}") from None
+        return Communicator(len(ranks), UniqueId(secret, str(host), int(port)), new_rank, timeout=self._timeout)
 
     def abort(self) -> None:
         """Stop now, locally: fail pending work with Aborted and release resources. Idempotent."""
@@ -474,11 +660,15 @@ class Communicator:
             if self._aborted:
                 return
             self._aborted = True
+        self._health.stop()  # type: ignore[union-attr]
         self._stream.close(Aborted(f"rank {self._rank}: the communicator was aborted"), timeout=1.0)
         self._release()
 
     def destroy(self) -> None:
-        """Finish queued work, then tear down collectively (falls back to abort after the timeout)."""
+        """Finish queued work, then tear down collectively (falls back to abort after the timeout).
+
+        On a communicator that lost a peer the teardown is local (there is nobody to agree with).
+        """
         with self._lock:
             if self._closed or self._aborted:
                 return
@@ -488,7 +678,11 @@ class Communicator:
             log.warn("destroy: queued work did not finish in time; aborting", rank=self._rank)
             self._aborted = True
         self._stream.close()
-        if not self._aborted:
+        lost = dict(self._health.lost)  # type: ignore[union-attr]
+        self._health.stop()  # type: ignore[union-attr] # from here on, peers leaving is expected
+        if lost:
+            log.info("destroy: rank(s) %s are lost; releasing locally", sorted(lost), rank=self._rank)
+        elif not self._aborted:
             try:  # every rank is done, so every byte in flight was delivered: safe to close
                 self._bootstrap.barrier()
             except PyxcclError as exc:
@@ -513,9 +707,27 @@ class Communicator:
         except FileNotFoundError:
             pass
         self._bootstrap.close()
+        if self._health.lost:  # type: ignore[union-attr] # a crashed peer's files, once its process is gone
+            self._health.wait_exited(1.0)  # type: ignore[union-attr]
+            sweep_stale(min_age=0.0)
+        _LIVE.discard(self)
 
     def __enter__(self) -> "Communicator":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
+
+
+#: communicators not yet destroyed or aborted: released at interpreter exit
+_LIVE: "weakref.WeakSet[Communicator]" = weakref.WeakSet()
+
+
+@atexit.register
+def _release_at_exit() -> None:
+    """A process that exits without destroy() still removes its /dev/shm files and sockets."""
+    for comm in list(_LIVE):
+        try:
+            comm.abort()
+        except Exception as exc:  # noqa: BLE001 - exiting anyway
+            log.warn("exit: releasing %r failed: %r", comm, exc, rank=comm.rank)

@@ -62,6 +62,22 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("one of 1, 0 (or true/false, yes/no, on/off)")
+
+
 @dataclass(frozen=True)
 class Config:
     """The typed configuration; each field documents its variable."""
@@ -78,6 +94,10 @@ class Config:
     """PYXCCL_NSLOTS: slots in flight per connector (NCCL's NCCL_STEPS)."""
     nchannels: int = 1
     """PYXCCL_NCHANNELS: channels the built-in algorithms use."""
+    cma: bool = True
+    """PYXCCL_CMA: 1 lets a same-host receiver copy large messages straight from the sender's buffer (process_vm_readv, one copy instead of two); 0 always copies through the shared slots."""
+    cma_min_bytes: int = 512 * 1024
+    """PYXCCL_CMA_MIN_BYTES: smallest step (bytes per slot) that goes by single copy (smaller ones measured slower than the slots)."""
     spin_us: float = 1000.0
     """PYXCCL_SPIN_US: microseconds a waiter spins before it sleeps in the kernel."""
     socket_ifname: str = ""
@@ -100,6 +120,12 @@ class Config:
     """PYXCCL_RPC_MASTER: ``host:port`` of the pRPC master for :mod:`pyxccl.rpc`."""
     rpc_timeout: float = 30.0
     """PYXCCL_RPC_TIMEOUT: seconds an RPC call waits for its response."""
+    trace_dir: str = ""
+    """PYXCCL_TRACE_DIR: folder for flight-recorder dumps (on a CollectiveTimeout and on SIGUSR1); unset: none."""
+    trace_size: int = 1000
+    """PYXCCL_TRACE_SIZE: operations the flight recorder keeps per communicator (0: record nothing)."""
+    check: bool = False
+    """PYXCCL_CHECK: 1 to compare every collective's fingerprint across ranks first (MismatchError)."""
 
 
 _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -109,6 +135,8 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "slot_bytes": ("PYXCCL_SLOT_BYTES", _parse_bytes),
     "nslots": ("PYXCCL_NSLOTS", _positive_int),
     "nchannels": ("PYXCCL_NCHANNELS", _positive_int),
+    "cma": ("PYXCCL_CMA", _parse_bool),
+    "cma_min_bytes": ("PYXCCL_CMA_MIN_BYTES", _parse_bytes),
     "spin_us": ("PYXCCL_SPIN_US", _non_negative_float),
     "socket_ifname": ("PYXCCL_SOCKET_IFNAME", str),
     "socket_nstreams": ("PYXCCL_SOCKET_NSTREAMS", _positive_int),
@@ -120,6 +148,9 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "graph_dump_file": ("PYXCCL_GRAPH_DUMP_FILE", str),
     "rpc_master": ("PYXCCL_RPC_MASTER", str),
     "rpc_timeout": ("PYXCCL_RPC_TIMEOUT", _positive_float),
+    "trace_dir": ("PYXCCL_TRACE_DIR", str),
+    "trace_size": ("PYXCCL_TRACE_SIZE", _non_negative_int),
+    "check": ("PYXCCL_CHECK", _parse_bool),
 }
 
 assert set(_PARSERS) == {f.name for f in fields(Config)}

@@ -26,7 +26,17 @@ class TransportError(PyxcclError):
 
 
 class PeerLostError(TransportError):
-    """A peer rank went away (connection closed, process gone)."""
+    """A peer rank went away (connection closed, process gone).
+
+    ``rank`` and ``host`` name the lost peer when it is known (None otherwise).
+    """
+
+    def __init__(self, message: str = "", *, rank: "int | None" = None, host: "str | None" = None):
+        super().__init__(message)
+        self.rank, self.host = rank, host
+
+    def __reduce__(self):  # keep rank/host through pickling (worker processes, futures)
+        return (_peer_lost, (str(self), self.rank, self.host))
 
 
 class CollectiveTimeout(PyxcclError, TimeoutError):
@@ -39,3 +49,7 @@ class Aborted(PyxcclError):
 
 class VerificationError(PyxcclError):
     """An IR program does not implement its collective (see ``pyxccl.ir.verify``)."""
+
+
+def _peer_lost(message: str, rank: "int | None", host: "str | None") -> PeerLostError:
+    return PeerLostError(message, rank=rank, host=host)

@@ -10,6 +10,19 @@ Pipelining: every chunk is cut into slices of ``n`` elements (a slot holds ``cnt
 slices, one per chunk a step moves); the whole thread-block program runs once per
 slice index, exactly like MSCCL's loop over ``gridOffset``. Slice ``i`` of every chunk
 is independent of slice ``j``, so thread blocks may be at different iterations.
+
+Single copy: where a connector takes descriptors (``remote_min_bytes`` > 0, the shm
+transport with PYXCCL_CMA), a step that only forwards bytes posts where they lie in
+this rank's memory instead of copying them into the slot, and the receiving ``r`` /
+``rcs`` copies them straight into its destination. :func:`_direct_plan` decides per
+program, rank and aliasing which sending steps may: ``s`` (its source) and ``rcs``
+(the destination it just wrote), when the peer's matching step is ``r`` or ``rcs``
+(reductions read the slot anyway) and no step of this rank that is not ordered before
+it writes the same chunk (the peer reads it later, at its own pace). A runner that
+posted descriptors finishes only once the peer released them all. The kernel's copy
+is slower than memcpy (about 0.6x on the 16-core benchmark machine), so the path pays
+only where it saves a whole copy on a busy rank: ``rrcs`` forwards (allreduce) and
+ranks that only send (a broadcast's root) measured no better, and stay on slots.
 """
 
 from __future__ import annotations
@@ -22,8 +35,8 @@ from typing import Callable, Iterable, Protocol
 import numpy as np
 
 from .dtypes import Kernels
-from .errors import Aborted, CollectiveTimeout, MismatchError
-from .ir.program import Buf, Op, Program, ThreadBlock
+from .errors import CollectiveTimeout, MismatchError
+from .ir.program import Buf, Op, Program, ThreadBlock, inplace_alias
 from .transport.base import RecvConnector, SendConnector
 from .transport.doorbell import Doorbell
 
@@ -115,6 +128,42 @@ class ProgramRun:
             self.arrays[Buf.SCRATCH] = np.empty(self.part.s_chunks * self.geo.ce, dtype=dtype)
         self.done = [0] * len(self.part.tbs)
         self.nsteps = [len(tb.steps) for tb in self.part.tbs]
+        self._addrs: dict[int, int] = {}
+        self._plan: list[tuple[bool, ...]] | None = None
+
+    def addr_of(self, array: np.ndarray) -> int:
+        """The address of ``array``'s first element (memoized: the call's arrays live as long as it)."""
+        a = self._addrs.get(id(array))
+        if a is None:
+            a = self._addrs[id(array)] = array.ctypes.data
+        return a
+
+    def direct_plan(self) -> list[tuple[bool, ...]]:
+        """Per thread block, per step: may it send by descriptor (see :func:`_direct_plan`)?"""
+        if self._plan is None:
+            self._plan = _direct_plan(self.program, self.rank, self._alias_mode())
+        return self._plan
+
+    def alias_hint(self) -> str:
+        """"inplace" when input and output may overlap (bounds only: cheap), else "oop"."""
+        ai, ao = self.arrays.get(Buf.INPUT), self.arrays.get(Buf.OUTPUT)
+        return "inplace" if ai is not None and ao is not None and np.may_share_memory(ai, ao) else "oop"
+
+    def _alias_mode(self) -> str | None:
+        """How input and output overlap: "oop" (not at all), "inplace" (as the collective's in-place
+        call defines), None (otherwise: no single copy)."""
+        arrays = self.arrays
+        ai, ao = arrays.get(Buf.INPUT), arrays.get(Buf.OUTPUT)
+        if any(a is not None and a.size and not a.flags.c_contiguous for a in arrays.values()):
+            return None
+        if self.alias_hint() == "oop" or not ai.nbytes or not ao.nbytes:  # type: ignore[union-attr]
+            return "oop"
+        p = self.program
+        small, big, off = inplace_alias(p.collective, p.nranks, p.chunks_per_block, self.rank)
+        delta = (self.location(big, off)[1] - self.location(small, 0)[1]) * self.dtype.itemsize
+        if self.addr_of(arrays[small]) - self.addr_of(arrays[big]) == delta:
+            return "inplace"
+        return None
 
     def location(self, buf: Buf, c: int) -> tuple[Buf, int, int]:
         """(buffer, start element, valid length) of chunk ``c`` of buffer ``buf``."""
@@ -148,8 +197,154 @@ class ProgramRun:
         if self.geo.niters == 0:
             return []
         return [TBRunner(self, tb, self.skeleton[i], conns.get((tb.send, tb.channel, "send")),  # type: ignore[arg-type]
-                         conns.get((tb.recv, tb.channel, "recv")))  # type: ignore[arg-type]
+                         conns.get((tb.recv, tb.channel, "recv")), i)  # type: ignore[arg-type]
                 for i, tb in enumerate(self.part.tbs)]
+
+
+#: ops whose receiving side may read a descriptor straight into its destination
+_DIRECT_RECV = frozenset((Op.RECV, Op.RECV_COPY_SEND))
+_DIRECT: dict[tuple[int, int, str | None], tuple[Program, list[tuple[bool, ...]]]] = {}
+
+
+def _direct_plan(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+    """Per thread block of ``rank`` (in order), per step: may the step send by descriptor?
+
+    A sending step qualifies when it only forwards bytes that stay put (``s`` from its
+    source, ``rcs`` from the destination it wrote), the peer's matching
+    receiving step (the i-th receive of the peer's thread block on that channel pairs
+    with the i-th send) is ``r`` or ``rcs``, the rank receives too (a rank that only
+    sends keeps its idle core busy copying into slots), and every other step of this rank that
+    writes one of the chunks sent (in-place aliasing of input and output included:
+    ``mode``) is ordered before it, through its thread block or ``deps``. Writes of
+    other slice iterations touch other elements. ``mode`` None: nothing qualifies.
+    Cached per (program, rank, mode).
+    """
+    key = (id(program), rank, mode)
+    hit = _DIRECT.get(key)
+    if hit is not None and hit[0] is program:
+        return hit[1]
+    plan = _plan_direct(program, rank, mode)
+    if len(_DIRECT) >= _SKELETON_CACHE_SIZE:
+        _DIRECT.clear()
+    _DIRECT[key] = (program, plan)
+    return plan
+
+
+def _plan_direct(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+    tbs = program.ranks[rank].tbs
+    none = [(False,) * len(tb.steps) for tb in tbs]
+    if mode is None or not any(st.op.receives for tb in tbs for st in tb.steps):
+        # a rank that only sends (a broadcast's root) copies into the slots while its peer
+        # copies out, in parallel; a descriptor would leave both copies to the peer, and the
+        # kernel's copy is slower than memcpy (about 0.6x measured), so it stays on slots
+        return none
+    alias = inplace_alias(program.collective, program.nranks, program.chunks_per_block, rank) \
+        if mode == "inplace" else None
+
+    def canon(buf: Buf, c: int) -> tuple[Buf, int]:
+        if alias is not None and buf is alias[0]:
+            return alias[1], alias[2] + c
+        return buf, c
+
+    byid = {tb.id: tb for tb in tbs}
+    base: dict[int, int] = {}
+    n = 0
+    for tb in tbs:
+        base[tb.id] = n
+        n += len(tb.steps)
+    # anc[i]: bit set of the steps ordered before step i (same slice iteration)
+    anc: list[int | None] = [None] * n
+    for tb in tbs:
+        for s0 in range(len(tb.steps)):
+            stack, onstack = [(tb.id, s0)], {(tb.id, s0)}
+            while stack:
+                t, i = stack[-1]
+                idx = base[t] + i
+                if anc[idx] is not None:
+                    stack.pop()
+                    onstack.discard((t, i))
+                    continue
+                preds = ([(t, i - 1)] if i else []) + [d for d in byid[t].steps[i].deps
+                                                       if d[0] in byid and 0 <= d[1] < len(byid[d[0]].steps)]
+                missing = [d for d in preds if anc[base[d[0]] + d[1]] is None]
+                if missing:
+                    if any(d in onstack for d in missing):
+                        return none  # a dependency cycle: the program cannot run anyway
+                    stack.extend(missing)
+                    onstack.update(missing)
+                    continue
+                a = 0
+                for pt, pi in preds:
+                    j = base[pt] + pi
+                    a |= anc[j] | (1 << j)  # type: ignore[operator]
+                anc[idx] = a
+                stack.pop()
+                onstack.discard((t, i))
+    writers: dict[tuple[Buf, int], list[int]] = {}
+    for tb in tbs:
+        for i, st in enumerate(tb.steps):
+            if st.op.writes_dst and st.dstbuf is not None:
+                for j in range(st.cnt):
+                    writers.setdefault(canon(st.dstbuf, st.dstoff + j), []).append(base[tb.id] + i)
+    plan = []
+    for tb in tbs:
+        flags = [False] * len(tb.steps)
+        peer_ops = _peer_receives(program, rank, tb)
+        sends = [i for i, st in enumerate(tb.steps) if st.op.sends]
+        if peer_ops is not None and len(peer_ops) == len(sends):
+            for i, peer_op in zip(sends, peer_ops):
+                st = tb.steps[i]
+                if peer_op not in _DIRECT_RECV:
+                    continue
+                if st.op is Op.SEND:
+                    buf, off = st.srcbuf, st.srcoff
+                elif st.op is Op.RECV_COPY_SEND:
+                    buf, off = st.dstbuf, st.dstoff
+                else:
+                    continue
+                idx = base[tb.id] + i
+                before = anc[idx] or 0
+                flags[i] = buf is not None and all(
+                    w == idx or (before >> w) & 1
+                    for j in range(st.cnt) for w in writers.get(canon(buf, off + j), ()))
+        plan.append(tuple(flags))
+    return plan
+
+
+def _peer_receives(program: Program, rank: int, tb: ThreadBlock) -> list[Op] | None:
+    """The ops of the receiving steps of the thread block that receives what ``tb`` sends."""
+    if tb.send < 0:
+        return None
+    for ptb in program.ranks[tb.send].tbs:
+        if ptb.recv == rank and ptb.channel == tb.channel:
+            return [st.op for st in ptb.steps if st.op.receives]
+    return None
+
+
+_ANY: dict[tuple[int, int, str], tuple[Program, list[tuple[bool, bool, int]]]] = {}
+
+
+def _direct_any(program: Program, rank: int, mode: str) -> list[tuple[bool, bool, int]]:
+    """Per thread block of ``rank``: (may it send a descriptor, may it receive one, its largest slot ``cnt``)
+    in a call of aliasing ``mode`` (the peer's call assumed alike; a descriptor that comes anyway
+    is still read, through the slot): calls that cannot use descriptors skip every other check."""
+    hit = _ANY.get((id(program), rank, mode))
+    if hit is not None and hit[0] is program:
+        return hit[1]
+    out = []
+    for i, tb in enumerate(program.ranks[rank].tbs):
+        may_send = any(_direct_plan(program, rank, mode)[i])
+        may_recv = False
+        if tb.recv >= 0:
+            for j, ptb in enumerate(program.ranks[tb.recv].tbs):
+                if ptb.send == rank and ptb.channel == tb.channel:
+                    may_recv = any(_direct_plan(program, tb.recv, mode)[j])
+        cnt = max((st.cnt for st in tb.steps if st.op.sends or st.op.receives), default=0)
+        out.append((may_send, may_recv, cnt))
+    if len(_ANY) >= _SKELETON_CACHE_SIZE:
+        _ANY.clear()
+    _ANY[(id(program), rank, mode)] = (program, out)
+    return out
 
 
 _NEEDED: dict[tuple[int, int], tuple[Program, frozenset[ConnKey]]] = {}
@@ -175,17 +370,34 @@ class TBRunner:
     """Runs one thread block: every step, once per slice iteration."""
 
     def __init__(self, run: ProgramRun, tb: ThreadBlock, skeleton, send: SendConnector | None,
-                 recv: RecvConnector | None):
+                 recv: RecvConnector | None, index: int = -1):
         self.run, self.tb, self.sendc, self.recvc = run, tb, send, recv
         self.it = 0
         self.s = 0
         self.finished = not tb.steps
         bind = run.bind
-        self._steps = [(st, bind(srcs), bind(dsts)) for st, srcs, dsts in skeleton]
+        # single copy: descriptors only where a step of this call can reach the connector's minimum
+        rmin = send.remote_min_bytes if send is not None else 0
+        rmin_in = recv.remote_min_bytes if recv is not None and recv.remote_read else 0
+        plan = None
+        self._rread = False
+        if (rmin or rmin_in) and index >= 0:
+            may_send, may_recv, cnt = _direct_any(run.program, run.rank, run.alias_hint())[index]
+            biggest = cnt * run.geo.n * run.dtype.itemsize
+            if may_send and rmin and biggest >= rmin and cnt <= 128:  # 128 regions fit any slot that offers them
+                plan = run.direct_plan()[index]
+            self._rread = may_recv and bool(rmin_in) and biggest >= rmin_in
+        self._rmin = rmin
+        self._posted_remote = False
+        self._steps = [(st, bind(srcs), bind(dsts), bool(plan and plan[i]))
+                       for i, (st, srcs, dsts) in enumerate(skeleton)]
 
     def describe(self) -> str:
         if self.finished:
             return f"tb {self.tb.id} done"
+        if self.it == self.run.geo.niters:
+            return (f"tb {self.tb.id} (channel {self.tb.channel}) waits for rank {self.tb.send} to read "
+                    f"its last data (single copy)")
         st = self.tb.steps[self.s]
         why = []
         for dtb, dstep in st.deps:
@@ -205,7 +417,12 @@ class TBRunner:
         tbid = self.tb.id
         progressed = False
         while not self.finished:
-            st, srcs, dsts = self._steps[self.s]
+            if self.it == run.geo.niters:  # every step ran; the peer still reads posted descriptors
+                if self.sendc.remote_pending():  # type: ignore[union-attr]
+                    return progressed
+                self.finished = True
+                return True
+            st, srcs, dsts, direct = self._steps[self.s]
             for dtb, dstep in st.deps:
                 if done[dtb] < self.it * nsteps[dtb] + dstep + 1:
                     return progressed
@@ -214,24 +431,26 @@ class TBRunner:
                 return progressed
             if op.sends and not self.sendc.ready():  # type: ignore[union-attr]
                 return progressed
-            self._execute(op, st.cnt, srcs, dsts)
+            self._execute(op, st.cnt, srcs, dsts, direct)
             progressed = True
             done[tbid] += 1
             self.s += 1
             if self.s == len(self._steps):
                 self.s = 0
                 self.it += 1
-                if self.it == run.geo.niters:
+                if self.it == run.geo.niters and not self._posted_remote:
                     self.finished = True
         return progressed
 
-    def _execute(self, op: Op, cnt: int, srcs, dsts) -> None:
+    def _execute(self, op: Op, cnt: int, srcs, dsts, direct: bool = False) -> None:
         run = self.run
         g = run.geo
         o = self.it * g.n
         m = min(g.n, g.ce - o)
-        reduce, copy = run.kernels.reduce, run.kernels.copy
         nbytes = cnt * m * run.dtype.itemsize
+        if (direct or self._rread) and self._execute_direct(op, cnt, srcs, dsts, direct, o, m, nbytes):
+            return
+        reduce, copy = run.kernels.reduce, run.kernels.copy
         rv = sv = None
         if op.receives:
             raw = self.recvc.buffer()  # type: ignore[union-attr]
@@ -278,6 +497,69 @@ class TBRunner:
         if op.receives:
             self.recvc.release()  # type: ignore[union-attr]
 
+    def _execute_direct(self, op: Op, cnt: int, srcs, dsts, direct: bool, o: int, m: int, nbytes: int) -> bool:
+        """Run the step on the single-copy path when it applies; False: the slot path runs it."""
+        run = self.run
+        direct = direct and nbytes >= self._rmin
+        if op is Op.SEND:
+            if not direct:
+                return False
+            self._post_regions(nbytes, srcs, o, m)
+            return True
+        recvc = self.recvc
+        desc = recvc.remote() if self._rread and op in _DIRECT_RECV else None  # type: ignore[union-attr]
+        copy = run.kernels.copy
+        if desc is None:  # a plain slot in: an rcs still forwards by descriptor when it may
+            if not direct or op is not Op.RECV_COPY_SEND:
+                return False
+            raw = recvc.buffer()  # type: ignore[union-attr]
+            if raw.size != nbytes:
+                return False  # the slot path raises the MismatchError
+            rv = raw.view(run.dtype)
+            for j in range(cnt):
+                dst = dsts[j].view(o, m)
+                copy(dst, rv[j * m:j * m + dst.size])
+            self._post_regions(nbytes, dsts, o, m)
+            recvc.release()  # type: ignore[union-attr]
+            return True
+        if desc[0] != nbytes:
+            raise MismatchError(
+                f"{run.label}: rank {self.tb.recv} sent {desc[0]} bytes where rank {run.rank} expects "
+                f"{nbytes} (channel {self.tb.channel}, slice {self.it + 1}); do the ranks agree on count and dtype?")
+        isz = run.dtype.itemsize
+        mb = m * isz
+        targets = []
+        for j in range(cnt):
+            p = dsts[j]
+            vl = min(m, p.valid - o)
+            if vl > 0:
+                targets.append((j * mb, run.addr_of(p.array) + (p.start + o) * isz, vl * isz))
+        recvc.read_remote(targets)  # type: ignore[union-attr]
+        if op is Op.RECV_COPY_SEND:
+            if direct:
+                self._post_regions(nbytes, dsts, o, m)
+            else:
+                sv = self.sendc.buffer()[:nbytes].view(run.dtype)  # type: ignore[union-attr]
+                for j in range(cnt):
+                    dst = dsts[j].view(o, m)
+                    copy(sv[j * m:j * m + dst.size], dst)
+                self.sendc.post(nbytes)  # type: ignore[union-attr]
+        recvc.release()  # type: ignore[union-attr]
+        return True
+
+    def _post_regions(self, nbytes: int, pieces: list[_Piece], o: int, m: int) -> None:
+        """Post a descriptor of slice ``o``..``o + m`` of every piece (where it lies in this rank's memory)."""
+        run = self.run
+        isz = run.dtype.itemsize
+        mb = m * isz
+        regions = []
+        for j, p in enumerate(pieces):
+            vl = min(m, p.valid - o)
+            if vl > 0:
+                regions.append((j * mb, run.addr_of(p.array) + (p.start + o) * isz, vl * isz))
+        self.sendc.post_remote(nbytes, regions)  # type: ignore[union-attr]
+        self._posted_remote = True
+
 
 def _common(dst: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if dst.size == src.size:
@@ -296,9 +578,17 @@ class P2PRunner:
     The first slot of every op starts with an 8-byte header holding the op's total byte
     count, so a receive whose size differs from the matching send fails with
     MismatchError on the receiving rank instead of hanging or truncating silently.
+
+    Single copy: where the connector takes descriptors, the bytes of an op before its
+    last ``nslots`` slots' worth go by descriptors of up to :attr:`DESC_MAX` bytes (the
+    first one carries the total in its ``aux`` word) and the receiver reads them from
+    the sender's buffer; the tail still goes through the slots, so a send completes
+    exactly when it would without descriptors (they were all released before the last
+    slot could be posted).
     """
 
     HEADER = struct.Struct("<Q")
+    DESC_MAX = 4 << 20
 
     def __init__(self, conn: SendConnector | RecvConnector, sending: bool, arrays: Iterable[np.ndarray],
                  slot_bytes: int, rank: int, label: str = "p2p"):
@@ -307,8 +597,12 @@ class P2PRunner:
         self.i = 0  # op index
         self.off = 0  # payload bytes done in the current op
         self.finished = not self.ops
+        self._remote = False  # a descriptor was posted
+        self._rread = not sending and conn.remote_read
 
     def describe(self) -> str:
+        if not self.finished and self.i == len(self.ops):
+            return f"{self.label}: waits for rank {self.conn.peer} to read the sent data (single copy)"
         what = "a free slot towards" if self.sending else "data from"
         return (f"{self.label}: {'send' if self.sending else 'recv'} #{self.i} of {len(self.ops)}, "
                 f"{self.off}/{self.ops[self.i].size if not self.finished else 0} bytes, waits for {what} rank {self.conn.peer}")
@@ -316,11 +610,16 @@ class P2PRunner:
     def advance(self) -> bool:
         progressed = False
         hsize = self.HEADER.size
-        while not self.finished and self.conn.ready():
+        nops = len(self.ops)
+        while not self.finished and self.i < nops and self.conn.ready():
             data = self.ops[self.i]
             head = hsize if self.off == 0 else 0
             n = min(self.slot_bytes - head, data.size - self.off)
-            if self.sending:
+            if self.sending and (sent := self._send_remote(data, head)):
+                n = sent
+            elif not self.sending and self._rread and (desc := self.conn.remote()) is not None:  # type: ignore[union-attr]
+                n = self._recv_remote(data, head, desc)
+            elif self.sending:
                 slot = self.conn.buffer()
                 if head:
                     self.HEADER.pack_into(slot, 0, data.size)
@@ -334,6 +633,10 @@ class P2PRunner:
                         raise MismatchError(
                             f"{self.label}: rank {self.conn.peer} sends {total} bytes but rank {self.rank}'s recv "
                             f"#{self.i} from it expects {data.size}; the sizes of a send and its recv must match")
+                if raw.size != head + n:  # the peer's slots disagree with the size it announced
+                    raise MismatchError(
+                        f"{self.label}: rank {self.conn.peer} sent a slot of {raw.size} bytes where rank "
+                        f"{self.rank}'s recv #{self.i} expects {head + n} (byte {self.off} of {data.size})")
                 data[self.off:self.off + n] = raw[head:head + n]
                 self.conn.release()  # type: ignore[union-attr]
             progressed = True
@@ -341,14 +644,50 @@ class P2PRunner:
             if self.off >= data.size:  # a 0-byte op still moves its header
                 self.i += 1
                 self.off = 0
-                if self.i == len(self.ops):
-                    self.finished = True
+                if self.i == nops:
+                    self.finished = not self._remote
+        if not self.finished and self.i == nops and not self.conn.remote_pending():  # type: ignore[union-attr]
+            self.finished = progressed = True
         return progressed
+
+    def _send_remote(self, data: np.ndarray, head: int) -> int:
+        """Post the next part of ``data`` as a descriptor when it may; its bytes (0: send a plain slot)."""
+        conn = self.conn
+        rmin = conn.remote_min_bytes
+        if not rmin:
+            return 0
+        n = data.size - self.off - conn.nslots * self.slot_bytes  # the tail goes through the slots
+        if n < rmin:
+            return 0
+        n = min(n, max(self.DESC_MAX, self.slot_bytes))
+        addr = data.__array_interface__["data"][0] + self.off
+        conn.post_remote(n, [(0, addr, n)], data.size if head else 0)  # type: ignore[union-attr]
+        self._remote = True
+        return n
+
+    def _recv_remote(self, data: np.ndarray, head: int, desc: tuple[int, int]) -> int:
+        """Read a descriptor into ``data``; the bytes it held."""
+        n, total = desc
+        if head and total != data.size:
+            raise MismatchError(
+                f"{self.label}: rank {self.conn.peer} sends {total} bytes but rank {self.rank}'s recv "
+                f"#{self.i} from it expects {data.size}; the sizes of a send and its recv must match")
+        if n > data.size - self.off:
+            raise MismatchError(
+                f"{self.label}: rank {self.conn.peer} sent {n} bytes where rank {self.rank}'s recv #{self.i} "
+                f"has {data.size - self.off} left (byte {self.off} of {data.size})")
+        self.conn.read_remote([(0, data.__array_interface__["data"][0] + self.off, n)])  # type: ignore[union-attr]
+        self.conn.release()  # type: ignore[union-attr]
+        return n
 
 
 def drive(runners: list, doorbell: Doorbell, deadline: float, what: str, rank: int,
-          aborted: Callable[[], bool] = lambda: False) -> None:
-    """Run ``runners`` to completion; raise CollectiveTimeout at ``deadline`` (monotonic), Aborted when asked."""
+          check: Callable[[], None] = lambda: None) -> None:
+    """Run ``runners`` to completion; raise CollectiveTimeout at ``deadline`` (monotonic).
+
+    ``check()`` runs whenever no runner can progress (at least every 50 ms while waiting) and
+    raises to stop the call: Aborted after ``abort()``, PeerLostError once a peer is lost.
+    """
     active = [r for r in runners if not r.finished]
     while active:
         seen = doorbell.value()
@@ -359,11 +698,9 @@ def drive(runners: list, doorbell: Doorbell, deadline: float, what: str, rank: i
         if progressed:
             active = [r for r in active if not r.finished]
             continue
-        if aborted():
-            raise Aborted(f"rank {rank}: {what} aborted")
+        check()
         if not doorbell.wait(seen, min(deadline, time.monotonic() + 0.05)):
-            if aborted():
-                raise Aborted(f"rank {rank}: {what} aborted")
+            check()
             if time.monotonic() >= deadline:
                 waits = "; ".join(r.describe() for r in active)
                 raise CollectiveTimeout(f"rank {rank}: {what} timed out: {waits}")

@@ -321,23 +321,46 @@ def _mac(secret: bytes, label: bytes, nonce: bytes) -> bytes:
     return hmac.new(secret, label + b"\0" + nonce, hashlib.sha256).digest()
 
 
+CHALLENGE_BYTES = len(_CHALLENGE_MAGIC) + _NONCE_BYTES
+
+
+def new_challenge() -> tuple[bytes, bytes]:
+    """``(bytes to send, nonce)``: a challenge with a fresh random nonce (never reused, so an
+    answer recorded from one connection proves nothing on another)."""
+    nonce = os.urandom(_NONCE_BYTES)
+    return _CHALLENGE_MAGIC + nonce, nonce
+
+
+def answer(secret: bytes, label: bytes, nonce: bytes, body: bytes = b"") -> bytes:
+    """The HMAC-SHA256 answer to ``nonce`` under ``label`` (binding ``body`` too, when given)."""
+    return hmac.new(secret, label + b"\0" + nonce + body, hashlib.sha256).digest()
+
+
 def auth_accept(sock: socket.socket, secret: bytes, label: bytes, deadline: Deadline,
                 what: str = "connection") -> bool:
-    """Server side: send a challenge, check the answer; True when it proves the secret."""
-    nonce = os.urandom(_NONCE_BYTES)
+    """Server side: send a challenge, check the answer; True when it proves the secret.
+
+    Reads exactly :data:`MAC_BYTES` (nothing else) before deciding; ``deadline`` bounds it.
+    """
+    challenge, nonce = new_challenge()
     sock.settimeout(max(0.001, deadline.remaining()))
-    sock.sendall(_CHALLENGE_MAGIC + nonce)
-    answer = recv_exact(sock, MAC_BYTES, deadline, what)
-    return hmac.compare_digest(bytes(answer), _mac(secret, label, nonce))
+    sock.sendall(challenge)
+    got = recv_exact(sock, MAC_BYTES, deadline, what)
+    return hmac.compare_digest(bytes(got), _mac(secret, label, nonce))
+
+
+def read_challenge(sock: socket.socket, deadline: Deadline, what: str) -> bytes:
+    """Client side: read a listener's challenge; its nonce (TransportError when it is none)."""
+    challenge = recv_exact(sock, CHALLENGE_BYTES, deadline, what)
+    if bytes(challenge[:4]) != _CHALLENGE_MAGIC:
+        raise TransportError(f"{what} is not a pyxccl endpoint (bad challenge)")
+    return bytes(challenge[4:])
 
 
 def auth_connect(sock: socket.socket, secret: bytes, label: bytes, deadline: Deadline,
                  what: str) -> bytes:
     """Client side: read the challenge and return the answer to send (first bytes of the hello)."""
-    challenge = recv_exact(sock, len(_CHALLENGE_MAGIC) + _NONCE_BYTES, deadline, what)
-    if bytes(challenge[:4]) != _CHALLENGE_MAGIC:
-        raise TransportError(f"{what} is not a pyxccl bootstrap endpoint (bad challenge)")
-    return _mac(secret, label, bytes(challenge[4:]))
+    return _mac(secret, label, read_challenge(sock, deadline, what))
 
 
 class Listener:

@@ -8,13 +8,19 @@ Wire format of a connection (big-endian): the listener sends a challenge and the
 answers HMAC-SHA256(secret, ``pyxccl-ring`` + nonce) followed by its rank (``!i``); then
 frames ``!IiqQ`` (magic, source rank, tag, length) + payload, length <= 1 GiB. A listener
 thread accepts; one reader thread per incoming connection files frames into mailboxes keyed
-by (source, tag), FIFO. Send connections are cached per peer, one lock each.
+by (source, tag), FIFO. Send connections are cached per peer, one lock each, and kept
+alive with TCP keep-alive probes (a peer host that vanished is noticed within ~10 s).
+
+Peer loss: the end of an incoming connection marks its rank lost, and a ``TAG_LOST``
+frame from any rank marks the rank it names lost; both call :attr:`Bootstrap.on_lost`
+(the communicator's :mod:`pyxccl.health`), and a wait on a lost rank raises PeerLostError.
 """
 
 from __future__ import annotations
 
 import collections
 import socket
+from typing import Callable
 import struct
 import threading
 
@@ -31,8 +37,11 @@ RANK = struct.Struct("!i")
 MAX_MESSAGE = 1 << 30
 MAX_TAG = (1 << 62) - 1
 TAG_ADDRS, TAG_ALLGATHER, TAG_BCAST, TAG_BARRIER = -1, -2, -3, -4
+TAG_LOST = -5  # control frame: "rank R is lost: why" (payload RANK + utf-8 reason), never filed as mail
+MAX_NOTICE = 4096
 _SMALL = 64 * 1024
 _HANDSHAKE_SECONDS = 10.0
+_RECONNECT_SECONDS = 3.0  # how long a known listener may refuse before its rank counts as lost
 
 
 class Bootstrap:
@@ -58,6 +67,8 @@ class Bootstrap:
         self._cond = threading.Condition()
         self._mail: dict[tuple[int, int], collections.deque[bytes]] = {}
         self._lost: dict[int, str] = {}
+        self.on_lost: "Callable[[int, str, int], None] | None" = None
+        """Called as ``on_lost(rank, why, seen_by)`` when this bootstrap learns a rank is lost."""
         self._live: dict[int, int] = {}
         self._closed = False
         self._send_socks: dict[int, socket.socket] = {}
@@ -139,6 +150,7 @@ class Bootstrap:
                          rank=self._rank)
                 return
             conn.settimeout(None)
+            keepalive(conn)
             with self._cond:
                 self._lost.pop(src, None)
                 self._live[src] = self._live.get(src, 0) + 1
@@ -151,7 +163,15 @@ class Bootstrap:
                              rank=self._rank)
                     self._mark_lost(src, f"rank {src} sent a bad frame")
                     return
+                if tag == TAG_LOST and length > MAX_NOTICE:
+                    log.warn("bootstrap rank %d: oversized lost notice from rank %d; connection closed",
+                             self._rank, src, rank=self._rank)
+                    self._mark_lost(src, f"rank {src} sent a bad frame")
+                    return
                 data = bytes(net.recv_exact(conn, length, None, what)) if length else b""
+                if tag == TAG_LOST:
+                    self._notice(src, data)
+                    continue
                 with self._cond:
                     self._mail.setdefault((src, tag), collections.deque()).append(data)
                     self._cond.notify_all()
@@ -167,9 +187,43 @@ class Bootstrap:
     def _mark_lost(self, src: int, why: str) -> None:
         with self._cond:
             self._live[src] = self._live.get(src, 1) - 1
-            if not self._closed and self._live[src] <= 0:
-                self._lost[src] = why
-                self._cond.notify_all()
+            if self._closed or self._live[src] > 0:
+                return
+        self.mark_lost(src, f"its bootstrap connection ended: {why}", self._rank)
+
+    def _notice(self, src: int, data: bytes) -> None:
+        if len(data) < RANK.size:
+            log.warn("bootstrap rank %d: short lost notice from rank %d; ignored", self._rank, src, rank=self._rank)
+            return
+        (lost,) = RANK.unpack_from(data)
+        if not 0 <= lost < self._nranks or lost == self._rank:
+            log.warn("bootstrap rank %d: lost notice from rank %d names rank %d; ignored", self._rank, src,
+                     lost, rank=self._rank)
+            return
+        self.mark_lost(lost, data[RANK.size:].decode("utf-8", "replace"), src)
+
+    def mark_lost(self, peer: int, why: str, seen_by: int | None = None) -> None:
+        """Record that ``peer`` is gone: waits on it raise PeerLostError; :attr:`on_lost` is told."""
+        seen_by = self._rank if seen_by is None else seen_by
+        with self._cond:
+            if self._closed:
+                return
+            self._lost.setdefault(peer, why)
+            self._cond.notify_all()
+        callback = self.on_lost
+        if callback is not None:
+            callback(peer, why, seen_by)
+
+    def notify_lost(self, peer: int, why: str, seconds: float = 2.0) -> None:
+        """Tell every other live rank that ``peer`` is lost (best effort, ``seconds`` per rank)."""
+        payload = RANK.pack(peer) + why.encode("utf-8", "replace")[:MAX_NOTICE - RANK.size]
+        for r in range(self._nranks):
+            if r in (self._rank, peer) or r in self._lost or self._closed:
+                continue
+            try:
+                self._send(r, TAG_LOST, payload, net.Deadline(seconds))
+            except (PeerLostError, CollectiveTimeout, TransportError, Aborted, OSError):
+                pass
 
     # ------------------------------------------------------------ send / recv
     def _check_peer(self, peer: int) -> None:
@@ -188,11 +242,14 @@ class Bootstrap:
         self._check_tag(tag)
         self._send(peer, tag, data, net.Deadline(self.timeout))
 
-    def recv(self, peer: int, tag: int, timeout: float | None = None) -> bytes:
-        """The oldest message from ``peer`` with ``tag``; waits at most ``timeout`` seconds."""
+    def recv(self, peer: int, tag: int, timeout: float | None = None, *, any_loss: bool = False) -> bytes:
+        """The oldest message from ``peer`` with ``tag``; waits at most ``timeout`` seconds.
+
+        Raises PeerLostError when ``peer`` is lost, or with ``any_loss`` when any rank is.
+        """
         self._check_peer(peer)
         self._check_tag(tag)
-        return self._recv(peer, tag, net.Deadline(self.timeout if timeout is None else timeout))
+        return self._recv(peer, tag, net.Deadline(self.timeout if timeout is None else timeout), any_loss)
 
     def _send(self, peer: int, tag: int, data: bytes, deadline: net.Deadline) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -209,7 +266,11 @@ class Bootstrap:
             return
         header = FRAME.pack(FRAME_MAGIC, self._rank, tag, view.nbytes)
         with self._send_locks.setdefault(peer, threading.Lock()):
-            sock = self._send_socks.get(peer) or self._connect(peer, deadline)
+            try:
+                sock = self._send_socks.get(peer) or self._connect(peer, deadline)
+            except PeerLostError as exc:
+                raise PeerLostError(f"rank {self._rank}: lost rank {peer} while connecting to send tag "
+                                    f"{tag}: {exc}", rank=peer) from None
             try:
                 sock.settimeout(max(0.001, deadline.remaining()))
                 if view.nbytes <= _SMALL:
@@ -227,7 +288,7 @@ class Bootstrap:
                     raise Aborted(f"bootstrap rank {self._rank} was closed while sending tag "
                                   f"{tag} to rank {peer}") from None
                 raise PeerLostError(f"rank {self._rank}: lost rank {peer} while sending tag "
-                                    f"{tag}: {exc}") from None
+                                    f"{tag}: {exc}", rank=peer) from None
 
     def _drop_send(self, peer: int) -> None:
         net.close_quietly(self._send_socks.pop(peer, None))
@@ -237,7 +298,14 @@ class Bootstrap:
         if addr is None:
             raise TransportError(f"rank {self._rank}: address of rank {peer} not known yet")
         what = f"rank {peer}"
-        sock = net.connect(addr[0], addr[1], deadline, what)
+        try:  # its listener was up before its address was known: refusals mean it is gone
+            sock = net.connect(addr[0], addr[1], net.Deadline(min(deadline.remaining(), _RECONNECT_SECONDS)), what)
+        except CollectiveTimeout as exc:
+            if deadline.remaining() <= 0:
+                raise
+            raise PeerLostError(f"rank {self._rank}: rank {peer}'s bootstrap listener does not accept "
+                                f"connections ({exc}); its process is gone or closed", rank=peer) from None
+        keepalive(sock)
         try:
             mac = net.auth_connect(sock, self._uid.secret, RING_LABEL, deadline, what)
             sock.sendall(mac + RANK.pack(self._rank))
@@ -251,7 +319,7 @@ class Bootstrap:
             self._send_socks[peer] = sock
         return sock
 
-    def _recv(self, peer: int, tag: int, deadline: net.Deadline) -> bytes:
+    def _recv(self, peer: int, tag: int, deadline: net.Deadline, any_loss: bool = False) -> bytes:
         key = (peer, tag)
         with self._cond:
             while True:
@@ -264,9 +332,10 @@ class Bootstrap:
                 if self._closed:
                     raise Aborted(f"bootstrap rank {self._rank} was closed while waiting for "
                                   f"rank {peer} tag {tag}")
-                if peer in self._lost:
-                    raise PeerLostError(f"rank {self._rank}: lost rank {peer} while waiting for "
-                                        f"tag {tag}: {self._lost[peer]}")
+                lost = peer if peer in self._lost else min(self._lost) if any_loss and self._lost else None
+                if lost is not None:
+                    raise PeerLostError(f"rank {self._rank}: lost rank {lost} while waiting for rank "
+                                        f"{peer}'s tag {tag}: {self._lost[lost]}", rank=lost)
                 left = deadline.remaining()
                 if left <= 0:
                     raise CollectiveTimeout(f"rank {self._rank}: timed out after "
@@ -334,3 +403,14 @@ class Bootstrap:
     def __repr__(self) -> str:
         return (f"Bootstrap(rank={self._rank}, nranks={self._nranks}, "
                 f"address={net.fmt_addr(*self.address)})")
+
+
+def keepalive(sock: socket.socket, idle: int = 5, interval: int = 1, count: int = 5) -> None:
+    """TCP keep-alive probes: a peer host that vanished ends the connection in ~idle + interval*count s."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", count)):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    except OSError:
+        pass

@@ -5,6 +5,12 @@ value length) + key (UTF-8, <= 65535 bytes) + value (<= 256 MiB). Response ``!BI
 length) + payload; status 0 ok, 1 timed out (payload: the missing keys), 2 error (payload:
 UTF-8 message). Ops: 1 set, 2 get, 3 add (value ``!q``), 5 wait (NUL-separated keys in the
 value; check is a wait of 0 ms), 6 delete. Counters are ASCII decimal, like torch's stores.
+
+With a ``secret`` (optional; the same bytes on the server and every client) each connection
+first proves it knows it, like every bootstrap connection (:func:`.net.auth_accept`): the
+server sends a challenge (``PXCH`` + fresh 16-byte nonce) and reads exactly 32 bytes,
+HMAC-SHA256(secret, ``pyxccl-store`` + NUL + nonce), within :data:`HANDSHAKE_SECONDS`, before
+it reads any request; a wrong answer or garbage is logged at WARN and the connection closed.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ REQ, RESP = struct.Struct("!BIII"), struct.Struct("!BI")
 OP_SET, OP_GET, OP_ADD, OP_WAIT, OP_DELETE = 1, 2, 3, 5, 6
 ST_OK, ST_TIMEOUT, ST_ERROR = 0, 1, 2
 MAX_KEY, MAX_VALUE = 0xFFFF, 256 << 20
+STORE_LABEL = b"pyxccl-store"
+HANDSHAKE_SECONDS = 10.0
+_INT64 = 1 << 63
 
 
 class Store(abc.ABC):
@@ -143,17 +152,32 @@ def _counter(old: bytes | None, amount: int, key: str) -> int:
 class _Server:
     """The TCPStore server; closing shuts connections for reading only, so replies finish."""
 
-    def __init__(self, port: int, ipv6: bool) -> None:
+    def __init__(self, port: int, ipv6: bool, secret: bytes | None = None) -> None:
         lsock = net.listen("::" if ipv6 else "0.0.0.0", port)
         self.port = int(lsock.getsockname()[1])
+        self.secret = secret
         self.data: dict[str, bytes] = {}
         self.cond = threading.Condition()
         self.closed = False
         self.listener = net.Listener(lsock, self.serve, f"pyxccl-store-{self.port}", socket.SHUT_RD)
 
     def serve(self, conn: socket.socket, peer: str) -> None:
-        """Answer one client's requests until it disconnects."""
+        """Answer one client's requests until it disconnects (after the handshake, if any)."""
         try:
+            if self.secret is not None:
+                try:
+                    ok = net.auth_accept(conn, self.secret, STORE_LABEL,
+                                         net.Deadline(HANDSHAKE_SECONDS), f"connection from {peer}")
+                except (PeerLostError, CollectiveTimeout, OSError) as exc:
+                    if not self.closed:
+                        log.warn("store server :%d: dropped connection from %s before it "
+                                 "authenticated: %s", self.port, peer, exc)
+                    return
+                if not ok:
+                    log.warn("store server :%d: connection from %s failed authentication (wrong "
+                             "store secret); dropped", self.port, peer)
+                    return
+                conn.settimeout(None)
             while True:
                 op, tmo, klen, vlen = REQ.unpack(net.recv_exact(conn, REQ.size, None, peer))
                 if klen > MAX_KEY or vlen > MAX_VALUE:
@@ -165,6 +189,9 @@ class _Server:
                 try:
                     status, payload = self.handle(op, tmo / 1000.0, key, value)
                 except (ValueError, struct.error, InvalidArgument) as exc:
+                    if op not in (OP_SET, OP_GET, OP_ADD, OP_WAIT, OP_DELETE):
+                        log.warn("store server :%d: request from %s has unknown op %d", self.port,
+                                 peer, op)
                     status, payload = ST_ERROR, str(exc).encode()
                 conn.sendall(RESP.pack(status, len(payload)) + payload)
         except (PeerLostError, OSError):
@@ -177,7 +204,10 @@ class _Server:
         data = self.data
         with self.cond:
             if op == OP_ADD:
-                value = str(_counter(data.get(key), struct.unpack("!q", value)[0], key)).encode()
+                new = _counter(data.get(key), struct.unpack("!q", value)[0], key)
+                if not -_INT64 <= new < _INT64:
+                    raise InvalidArgument(f"store counter {key!r} would overflow 64 bits")
+                value = str(new).encode()
             if op in (OP_SET, OP_ADD):
                 data[key] = value
                 self.cond.notify_all()
@@ -212,19 +242,29 @@ class TCPStore(Store):
     The server listens on every interface at ``port`` (0 picks a free one: see :attr:`port`)
     and is a client of itself; clients connect to ``host:port``, retrying until ``timeout``.
     Thread-safe: a pool of connections, so a blocked ``get`` never holds up another ``set``.
+
+    ``secret`` (keyword, optional: bytes, e.g. a unique id's ``secret``) makes the server admit
+    only connections that prove they know it (challenge-response, the secret is never sent);
+    give the same bytes to the server and every client. Without it the store is open to
+    anyone who can reach the port, like torch's TCPStore.
     """
 
     def __init__(self, host: str, port: int, is_server: bool = False,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, *, secret: bytes | None = None) -> None:
         self.timeout = float(config.get().timeout if timeout is None else timeout)
         if not isinstance(port, int) or not 0 <= port <= 0xFFFF or (port == 0 and not is_server):
             raise InvalidArgument(f"TCPStore port must be 1..65535 (0: server picks), got {port!r}")
+        if secret is not None:
+            if not isinstance(secret, (bytes, bytearray, memoryview)) or not len(secret):
+                raise InvalidArgument("TCPStore secret must be non-empty bytes (or None)")
+            secret = bytes(secret)
+        self._secret = secret
         self.host = host
         self._pool: list[socket.socket] = []
         self._all: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = False
-        self._server: _Server | None = _Server(port, ":" in host) if is_server else None
+        self._server: _Server | None = _Server(port, ":" in host, secret) if is_server else None
         self.port: int = self._server.port if self._server else port
         self.where = f"TCP store {net.fmt_addr(host, self.port)}"
         try:
@@ -235,6 +275,19 @@ class TCPStore(Store):
 
     def _connect(self) -> socket.socket:
         sock = net.connect(self.host, self.port, net.Deadline(self.timeout), self.where)
+        if self._secret is not None:
+            dl = net.Deadline(min(self.timeout, HANDSHAKE_SECONDS))
+            try:
+                nonce = net.read_challenge(sock, dl, self.where)
+                sock.settimeout(max(0.001, dl.remaining()))
+                sock.sendall(net.answer(self._secret, STORE_LABEL, nonce))
+            except CollectiveTimeout:
+                net.close_quietly(sock)
+                raise CollectiveTimeout(f"{self.where} sent no challenge within {dl.seconds:g}s "
+                                        "(a server without a secret?)") from None
+            except (OSError, TransportError) as exc:
+                net.close_quietly(sock)
+                raise TransportError(f"{self.where}: handshake failed: {exc}") from None
         with self._lock:
             self._all.add(sock)
         return sock
@@ -258,9 +311,13 @@ class TCPStore(Store):
             sock.settimeout(wait + self.timeout)
             head = REQ.pack(op, int(min(max(wait, 0.0), 4e6) * 1000), len(raw), len(value))
             sock.sendall(head + raw + value)
-            status, n = RESP.unpack(net.recv_exact(sock, RESP.size, dl, self.where))
-            if n > MAX_VALUE:
-                raise TransportError(f"{self.where} sent a {n}-byte reply")
+            head = net.recv_exact(sock, RESP.size, dl, self.where)
+            if head[:4] == b"PXCH" and self._secret is None:
+                raise TransportError(f"{self.where} asks for a secret (pass TCPStore(..., "
+                                     "secret=...) the server's)")
+            status, n = RESP.unpack(head)
+            if n > MAX_VALUE or status not in (ST_OK, ST_TIMEOUT, ST_ERROR):
+                raise TransportError(f"{self.where} sent a bad reply (status {status}, {n} bytes)")
             payload = bytes(net.recv_exact(sock, n, dl, self.where))
         except (OSError, PeerLostError, CollectiveTimeout, TransportError) as exc:
             with self._lock:
@@ -286,7 +343,10 @@ class TCPStore(Store):
         return [] if status == ST_OK else unpack_keys(payload)
 
     def _add(self, key: str, amount: int) -> int:
-        return int(struct.unpack("!q", self._request(OP_ADD, key, struct.pack("!q", amount))[1])[0])
+        payload = self._request(OP_ADD, key, struct.pack("!q", amount))[1]
+        if len(payload) != 8:
+            raise TransportError(f"{self.where} sent a {len(payload)}-byte counter")
+        return int(struct.unpack("!q", payload)[0])
 
     def _delete(self, key: str) -> bool:
         return self._request(OP_DELETE, key)[1] == b"\x01"

@@ -1,1 +1,1 @@
-"""Command-line tools: pyxccl-run, pyxccl-perf, pyxccl-topo."""
+"""Command-line tools: pyxccl-run, pyxccl-perf, pyxccl-topo, pyxccl-doctor."""

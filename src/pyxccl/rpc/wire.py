@@ -232,6 +232,8 @@ def make_hello(lane: int, client_rank: int, token: bytes, link_id: int) -> bytes
 
 def parse_hello(data: bytes) -> tuple[int, int, bytes, int]:
     """``(lane, client rank, token, link id)``; ProtocolError when it is not a hello."""
+    if len(data) != HELLO.size:
+        raise ProtocolError(f"pRPC hello of {len(data)} bytes, expected {HELLO.size}")
     magic, version, lane, rank, token, link_id = HELLO.unpack(data)
     if magic != HELLO_MAGIC or version != VERSION or lane not in (0, 1):
         raise ProtocolError(f"not a pRPC hello (magic {magic!r}, version {version}, lane {lane})")

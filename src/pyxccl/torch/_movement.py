@@ -29,7 +29,7 @@ class Movement:
                 T.plain_any(tensors[0]):  # the fast path of torch's own calls
             t = tensors[0]
             comm, b, root = self._comm, t.numpy() if t.dtype in T._NUMPY else T.np_bytes(t), opts.rootRank
-            return self._run("broadcast", lambda: comm.broadcast(b, root=root), tensors, opts)
+            return self._run("broadcast", lambda: comm.broadcast(b, root=root), tensors, opts, True)
         if opts is not None and isinstance(opts, int):  # pg.broadcast(t, root) overload
             opts = Opts(rootRank=opts)
         t = self._single(tensors, "broadcast")
@@ -84,7 +84,7 @@ class Movement:
     def _allgather_base(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> Work:
         if T.plain_any(output) and T.plain_any(input) and output.dtype == input.dtype and opts is not None:
             comm, x, y = self._comm, T.np_bytes(input), T.np_bytes(output)  # pyxccl checks the sizes
-            return self._run("all_gather_into_tensor", lambda: comm.all_gather(x, y), [output], opts)
+            return self._run("all_gather_into_tensor", lambda: comm.all_gather(x, y), [output], opts, True)
         out = T.check_tensor(output, "all_gather_into_tensor")
         inp = T.check_tensor(input, "all_gather_into_tensor")
         if out.numel() != inp.numel() * self._size or out.dtype != inp.dtype:
@@ -245,7 +245,7 @@ class Movement:
         if not output_split_sizes and not input_split_sizes and opts is not None and T.plain_any(output) \
                 and T.plain_any(input) and output.dtype == input.dtype:  # the fast path: equal blocks
             comm, x, y = self._comm, T.np_bytes(input), T.np_bytes(output)  # pyxccl checks the sizes
-            return self._run("all_to_all_single", lambda: comm.all_to_all(x, y), [output], opts)
+            return self._run("all_to_all_single", lambda: comm.all_to_all(x, y), [output], opts, True)
         out = T.check_tensor(output, "all_to_all_single")
         inp = T.check_tensor(input, "all_to_all_single")
         if out.dtype != inp.dtype:

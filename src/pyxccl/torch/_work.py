@@ -1,24 +1,26 @@
-"""``Work`` handles for torch.distributed and the ordered lane that runs a group's calls.
+"""``Work`` handles for torch.distributed.
 
-A :class:`Lane` runs the calls of one process group in issue order, like a CUDA
-stream: a blocking call (torch's ``async_op=False``) runs inline on the caller's
-thread when nothing is queued, so a synchronous ``dist.all_reduce`` costs no thread
-hand-off; an asynchronous call (``async_op=True``, and every call DDP's C++ reducer
-makes) is queued to the lane's worker thread so that it overlaps with the caller's
-computation. The call's outputs are copied back (when a staging buffer was needed)
-and its :class:`Work` and future completed on the thread that ran it.
+A group's calls run on its pyxccl communicator's own ordered stream (like a CUDA stream):
+a blocking call (torch's ``async_op=False``) runs inline on the caller's thread when
+nothing is queued, so a synchronous ``dist.all_reduce`` costs no thread hand-off; an
+asynchronous call (``async_op=True``, and every call DDP's C++ reducer makes) is queued
+to the stream's worker thread so that it overlaps with the caller's computation, and
+``wait()`` on a call still queued behind an idle stream runs it on the waiting thread.
+Its :class:`CallWork` follows pyxccl's ``Work`` of the call: the torch future is completed
+from pyxccl's completion callback (after the call's outputs were copied back, which is
+part of the queued call), on the thread that ran the call, after the stream moved on.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+import pyxccl
 
 from ._errors import PyxcclBackendError, wrap_error
 
@@ -52,11 +54,13 @@ class Work(dist.Work):
         self._exc: BaseException | None = None
         self._future: torch.futures.Future | None = None
         self._source = -1
-        self._lane: Lane | None = None  # set while queued on a lane: wait() may run it itself
 
-    # ---------------------------------------------------------------- completion (lane side)
+    # ---------------------------------------------------------------- completion
     def _finish(self, exc: BaseException | None = None) -> None:
+        """Complete the Work (the first call counts): wake waiters, complete the future."""
         with Work._guard:
+            if self._done:
+                return
             self._exc = exc
             self._done = True
             event, fut = self._event, self._future
@@ -74,9 +78,6 @@ class Work(dist.Work):
     # ---------------------------------------------------------------- torch API
     def wait(self, timeout: Any = None) -> bool:
         """Block until the call completed; raise its error. ``timeout`` (timedelta or s): 0/None = forever."""
-        lane = self._lane
-        if lane is not None and not self._done:
-            lane.help(self)  # still queued and the lane idle: run it here, no thread hand-off
         if not self._done:
             with Work._guard:
                 if not self._done and self._event is None:
@@ -132,6 +133,60 @@ class Work(dist.Work):
         return f"<pyxccl.torch.Work {self.what} {state}>"
 
 
+class CallWork(Work):
+    """The Work of a call queued on the group communicator's stream: it follows pyxccl's ``Work``.
+
+    Nothing is added to pyxccl's Work unless someone asks for the future: ``wait`` and
+    ``is_completed`` read pyxccl's Work (and mirror its outcome here), ``get_future`` registers a
+    completion callback on it that completes the torch future.
+    """
+
+    def __init__(self, what: str, outputs: list[torch.Tensor], pw: pyxccl.Work):
+        super().__init__(what, outputs)
+        self._pw = pw
+
+    def _sync(self, pw: pyxccl.Work | None = None) -> None:
+        """pyxccl's Work finished: complete this one with its (torch-typed) outcome."""
+        if not self._done:
+            exc = self._pw.exception()
+            self._finish(wrap_error(exc, self.what) if exc is not None else None)
+
+    def wait(self, timeout: Any = None) -> bool:
+        if not self._done:
+            secs = _seconds(timeout)
+            if not self._pw._await(secs):  # without a timeout, runs the call here if the stream is idle
+                raise PyxcclBackendError(f"pyxccl backend: {self.what} did not complete within {secs} s "
+                                         "(Work.wait)")
+            self._sync()
+        if self._exc is not None:
+            raise self._exc
+        return True
+
+    def is_completed(self) -> bool:
+        if not self._done and self._pw.is_completed():
+            self._sync()
+        return self._done
+
+    def is_success(self) -> bool:
+        return self.is_completed() and self._exc is None
+
+    def exception(self) -> BaseException | None:
+        return self._exc if self.is_completed() else None
+
+    def get_future(self) -> torch.futures.Future:
+        with Work._guard:
+            fut = self._future
+            if fut is not None:
+                return fut
+            fut = self._future = torch.futures.Future()
+            done = self._done
+        if done:
+            self._complete_future(fut)
+        else:
+            self._pw.add_done_callback(self._sync)  # at once if pyxccl's Work already finished
+        return fut
+
+
 class GroupedWork(Work):
     """The Work of several calls (coalesced calls, ``_end_coalescing``): done when all are."""
 
@@ -148,9 +203,13 @@ class GroupedWork(Work):
             w.get_future().add_done_callback(self._one_done)
 
     def wait(self, timeout: Any = None) -> bool:
-        for w in self._works:  # lets each run on this thread when its lane is idle
-            if not w._done and w._lane is not None:
-                w._lane.help(w)
+        if not self._done and _seconds(timeout) is None:
+            for w in self._works:  # lets each run on this thread when the stream is idle
+                if not w._done:
+                    try:
+                        w.wait()
+                    except BaseException:  # noqa: BLE001, S110 - raised below, as the group's error
+                        pass
         return super().wait(timeout)
 
     def _one_done(self, fut: torch.futures.Future) -> None:
@@ -160,144 +219,6 @@ class GroupedWork(Work):
         if last:
             exc = next((w._exc for w in self._works if w._exc is not None), None)
             self._finish(exc)
-
-
-class Lane:
-    """The ordered queue of one process group's calls, with a lazily started worker thread.
-
-    One call runs at a time (``_running``), on the worker thread, inline on a blocking
-    caller's thread, or on a thread waiting for a queued call (:meth:`help`). A call's Work
-    is completed after the lane is released, so that completion callbacks (futures' ``then``,
-    DDP communication hooks) may issue and even wait for further calls of the same group.
-    """
-
-    def __init__(self, name: str):
-        self._name = name
-        self._cv = threading.Condition(threading.Lock())
-        self._queue: deque[tuple[Callable[[], None], Work]] = deque()
-        self._running = False
-        self._thread: threading.Thread | None = None
-        self._closed: BaseException | None = None
-        self._sleepers = 0  # threads waiting on the condition (the worker, drain())
-
-    def submit(self, fn: Callable[[], None], work: Work) -> Work:
-        """Queue ``fn`` behind everything queued; ``work`` completes with it."""
-        with self._cv:
-            if self._closed is not None:
-                closed = self._closed
-            else:
-                closed = None
-                work._lane = self
-                self._queue.append((fn, work))
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
-                    self._thread.start()
-                self._cv.notify_all()
-        if closed is not None:
-            work._finish(closed)
-        return work
-
-    def run(self, fn: Callable[[], None], what: str) -> None:
-        """Run ``fn`` after everything queued and return when it is done; raise its error.
-
-        Inline on this thread when the lane is idle (no Work, no thread hand-off): the path of
-        every blocking torch.distributed call.
-        """
-        cv = self._cv
-        with cv:
-            if self._closed is not None:
-                raise self._closed
-            inline = not self._queue and not self._running
-            if inline:
-                self._running = True
-        if not inline:
-            work = Work(what)
-            self.submit(fn, work)
-            work.wait()
-            return
-        try:
-            fn()
-        except BaseException as exc:
-            err = wrap_error(exc, what)
-            if err is exc:
-                raise
-            raise err from exc
-        finally:
-            self._release()
-
-    def _release(self) -> None:
-        with self._cv:
-            self._running = False
-            if self._sleepers:
-                self._cv.notify_all()
-
-    def _execute(self, fn: Callable[[], None], work: Work) -> None:
-        """Run one call (the lane is held), release the lane, then complete its Work."""
-        work._lane = None
-        exc = None
-        try:
-            fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the waiter
-            exc = wrap_error(e, work.what)
-        finally:
-            self._release()
-        work._finish(exc)
-
-    def _take(self, until: Work | None = None) -> tuple[Callable[[], None], Work] | None:
-        """The next queued call, the lane now held; None when busy (or ``until`` no longer queued)."""
-        with self._cv:
-            if self._running or not self._queue:
-                return None
-            if until is not None and not any(w is until for _, w in self._queue):
-                return None
-            self._running = True
-            return self._queue.popleft()
-
-    def help(self, work: Work) -> None:
-        """Run the queue up to ``work`` on this thread while the lane is idle.
-
-        ``dist.all_reduce(t, async_op=True).wait()`` then costs no thread hand-off, and a call
-        made from a completion callback on the worker thread cannot wait for itself.
-        """
-        while not work._done:
-            item = self._take(until=work)
-            if item is None:
-                return
-            self._execute(*item)
-
-    def _loop(self) -> None:
-        cv = self._cv
-        while True:
-            with cv:
-                while not self._queue or self._running:
-                    if self._closed is not None and not self._queue:
-                        self._thread = None
-                        return
-                    self._sleepers += 1
-                    cv.wait(0.5)
-                    self._sleepers -= 1
-                fn, work = self._queue.popleft()
-                self._running = True
-            self._execute(fn, work)
-
-    def drain(self, timeout: float | None = None) -> bool:
-        """Wait until nothing is queued or running."""
-        with self._cv:
-            self._sleepers += 1
-            try:
-                return self._cv.wait_for(lambda: not self._queue and not self._running, timeout)
-            finally:
-                self._sleepers -= 1
-
-    def close(self, exc: BaseException) -> None:
-        """Refuse new calls; fail the queued ones with ``exc``."""
-        with self._cv:
-            self._closed = exc
-            pending = list(self._queue)
-            self._queue.clear()
-            self._cv.notify_all()
-        for _, work in pending:
-            work._finish(exc)
 
 
 def completed() -> Work:

@@ -7,8 +7,9 @@ returned by the creator registered with ``Backend.register_backend``. The C++
 ``Backend`` class has no Python constructor, so this is the only way.
 
 Each group owns one pyxccl Communicator for its collectives, bootstrapped through the
-c10d store torch hands over (rank 0 publishes ``get_unique_id()``), a :class:`Lane`
-that orders its calls, and a :class:`P2P` engine for send/recv (own communicators per
+c10d store torch hands over (rank 0 publishes ``get_unique_id()``), whose ordered stream
+runs the group's calls in issue order (asynchronous ones as pyxccl ``Work``s, followed by
+:class:`CallWork`), and a :class:`P2P` engine for send/recv (own communicators per
 direction, so that sends and receives never queue behind each other).
 """
 
@@ -27,11 +28,11 @@ import torch.distributed as dist
 import pyxccl
 
 from . import _tensors as T
-from ._errors import BACKEND, PyxcclBackendError, PyxcclInvalidArgument, unsupported
+from ._errors import BACKEND, PyxcclBackendError, PyxcclInvalidArgument, unsupported, wrap_error
 from ._movement import Movement
 from ._p2p import P2P
 from ._tensors import opt
-from ._work import GroupedWork, Lane, Work, completed
+from ._work import CallWork, GroupedWork, Work, completed
 
 _MB_TAG = -(1 << 40)  # monitored_barrier's tags, out of the way of users' (torch's tags are ints >= 0)
 _LIVE: weakref.WeakSet[ProcessGroupPyxccl] = weakref.WeakSet()
@@ -81,7 +82,7 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
         self._group_id = group_id
         self._global_ranks = list(global_ranks or range(size))
         self._comm, gen = bootstrap(store, rank, size, "pyxccl", self._timeout)
-        self._lane = Lane(f"pyxccl-torch-{group_id or 'pg'}-r{rank}")
+        self._stream = self._comm._stream  # the communicator's ordered stream runs every call of the group
         self._p2p = P2P(store, rank, size, self._timeout, gen)
         self._seq = 0
         self._coalescing: list[Work] | None = None
@@ -131,22 +132,37 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
         pass
 
     # ------------------------------------------------------------------ running
-    def _run(self, what: str, fn: Callable[[], None], outputs: list[torch.Tensor], opts: Any) -> Work:
-        """Run ``fn`` in order with the group's other calls.
+    def _run(self, what: str, fn: Callable[[], None], outputs: list[torch.Tensor], opts: Any,
+             single: bool = False) -> Work:
+        """Run ``fn`` on the communicator's stream, in order with the group's other calls.
 
-        torch's blocking calls (``opts.asyncOp`` False) run inline and get a completed Work back
-        (errors are raised here); the others, DDP's included, run on the lane's thread.
+        torch's blocking calls (``opts.asyncOp`` False) run inline when nothing is queued and get a
+        completed Work back (errors are raised here); the others, DDP's included, are queued as a
+        pyxccl ``Work`` (run by the stream's worker thread, or by ``wait()``) that a
+        :class:`CallWork` follows. ``fn``'s own pyxccl calls run nested, inline, on whichever
+        thread runs ``fn``. ``single``: ``fn`` is one pyxccl call (which the stream orders itself), so a
+        blocking ``fn`` is simply called.
         """
         if self._closed:
             raise PyxcclInvalidArgument(f"{BACKEND} backend: {what}: the process group was shut down")
         self._seq += 1
         if opts is not None and not getattr(opts, "asyncOp", True) and self._coalescing is None:
-            self._lane.run(fn, what)
+            try:
+                if single:
+                    fn()
+                else:
+                    self._stream.run(fn, what)
+            except BaseException as exc:
+                err = wrap_error(exc, what)
+                if err is exc:
+                    raise
+                raise err from exc
             return completed()
-        work = Work(what, outputs)
-        self._lane.submit(fn, work)
+        pw = pyxccl.Work(what)
+        work = CallWork(what, outputs, pw)
         if self._coalescing is not None:
             self._coalescing.append(work)
+        self._stream.submit(fn, pw)  # last: the worker wakes now, and wait() should find the call still queued
         return work
 
     def _single(self, tensors: Any, what: str) -> torch.Tensor:
@@ -180,7 +196,7 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
                 rop = T.FAST_OPS.get(int(opts.reduceOp.op))
                 if rop is not None:
                     comm, a = self._comm, t.numpy()
-                    return self._run("allreduce", lambda: comm.all_reduce(a, None, rop), [t], opts)
+                    return self._run("allreduce", lambda: comm.all_reduce(a, None, rop), [t], opts, True)
         if opts is not None and not hasattr(opts, "reduceOp"):  # pg.allreduce(t, op) overload
             op, opts = opts, None
         else:
@@ -348,7 +364,8 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
             rop = T.FAST_OPS.get(int(opts.reduceOp.op))  # the fast path: pyxccl checks sizes and dtypes
             if rop is not None:
                 comm, x, y = self._comm, input.numpy(), output.numpy()
-                return self._run("reduce_scatter_tensor", lambda: comm.reduce_scatter(x, y, rop), [output], opts)
+                return self._run("reduce_scatter_tensor", lambda: comm.reduce_scatter(x, y, rop), [output], opts,
+                                 True)
         out = T.check_tensor(output, "reduce_scatter_tensor")
         inp = T.check_tensor(input, "reduce_scatter_tensor")
         if inp.numel() != out.numel() * self._size or inp.dtype != out.dtype:
@@ -390,7 +407,7 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
 
     def barrier(self, opts: Any = None) -> Work:
         comm = self._comm
-        return self._run("barrier", lambda: comm.barrier(), [], opts)
+        return self._run("barrier", lambda: comm.barrier(), [], opts, True)
 
     # ------------------------------------------------------------------ point to point
     def send(self, tensors: list, dstRank: int, tag: int = 0) -> Work:
@@ -468,15 +485,14 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
 
     # ------------------------------------------------------------------ life
     def _wait_for_pending_works(self) -> None:
-        self._lane.drain()
+        self._stream.drain(float("inf"))
 
     def shutdown(self) -> None:
         """Finish queued calls, then destroy the communicators (collective over the group)."""
         if self._closed:
             return
         self._closed = True
-        self._lane.drain(self._timeout)
-        self._lane.close(PyxcclInvalidArgument(f"{BACKEND} backend: the process group was shut down"))
+        self._stream.drain(time.monotonic() + self._timeout)
         self._p2p.close()
         try:
             self._comm.destroy()
@@ -486,8 +502,6 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
     def abort(self) -> None:
         """Stop now, locally: fail queued calls, abort the communicators. Never blocks."""
         self._closed = True
-        err = PyxcclInvalidArgument(f"{BACKEND} backend: the process group was aborted")
-        self._lane.close(err)
         self._p2p.abort()
         self._comm.abort()
         _LIVE.discard(self)

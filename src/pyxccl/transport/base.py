@@ -9,6 +9,27 @@ executor's :class:`~pyxccl.transport.doorbell.Doorbell`.
 Sender:   ready() -> buffer() (fill it: copy or fused reduce) -> post(nbytes)
 Receiver: ready() -> buffer() (consume it: copy or fused reduce) -> release()
 
+Descriptors (optional; the single-copy path of same-host peers). A sender whose
+``remote_min_bytes`` is > 0 may, instead of filling a slot, post a *descriptor*:
+``post_remote(nbytes, regions, aux)`` where ``regions`` are (logical offset, address,
+length) of the data in the sender's own memory, ascending in offset; logical bytes no
+region covers are padding (undefined on arrival). The receiver then copies the data
+straight from the sender's memory into its destination (one copy instead of two):
+
+Sender:   ready() -> post_remote(nbytes, regions, aux) ... until not remote_pending()
+Receiver: ready() -> remote() -> (nbytes, aux) -> read_remote(targets) -> release()
+
+The release is the acknowledgement: the regions must stay unchanged until the
+receiver released that slot, i.e. until ``remote_pending()`` is False, and a sender
+must not report an operation finished before then. Descriptors and plain slots may
+alternate on one connection; ``remote()`` is None for a plain slot. ``buffer()`` on a
+descriptor slot resolves it into the slot (for consumers that reduce anyway), so a
+receiver that ignores descriptors still works as long as they fit a slot.
+``remote_min_bytes`` is 0 while the transport cannot (or not yet) deliver descriptors
+(not offered, the receiver's probe failed, ``PYXCCL_CMA=0``); it is the size under
+which posting one does not pay. Socket and local connectors keep the defaults (no
+descriptors).
+
 A :class:`Transport` builds connectors for one kind of peer: the receiver sets up
 its side first and returns connect info (bytes) for the sender, which attaches.
 """
@@ -43,6 +64,19 @@ class SendConnector(ABC):
     def post(self, nbytes: int) -> None:
         """Publish the first ``nbytes`` of the slot to the receiver."""
 
+    #: descriptors: 0 when this connector cannot post them now, else the smallest worthwhile step
+    remote_min_bytes: int = 0
+    #: slots in flight (the ring's depth); informative
+    nslots: int = 1
+
+    def post_remote(self, nbytes: int, regions: list[tuple[int, int, int]], aux: int = 0) -> None:
+        """Publish a descriptor of ``nbytes`` logical bytes at ``regions`` (offset, address, length) in this process."""
+        raise NotImplementedError(f"{type(self).__name__} does not post descriptors")
+
+    def remote_pending(self) -> bool:
+        """True while a posted descriptor has not been released (its regions are still being read)."""
+        return False
+
     def close(self) -> None:
         """Release local resources (idempotent)."""
 
@@ -64,6 +98,22 @@ class RecvConnector(ABC):
     @abstractmethod
     def release(self) -> None:
         """Hand the slot back to the sender."""
+
+    #: True when this connector may receive descriptors (then ask ``remote()`` before ``buffer()``)
+    remote_read: bool = False
+    #: 0 while no descriptor can arrive, else the sender's smallest descriptor step (a hint)
+    remote_min_bytes: int = 0
+
+    def remote(self) -> tuple[int, int] | None:
+        """(nbytes, aux) of the posted slot when it is a descriptor, else None; valid after ``ready()``."""
+        return None
+
+    def read_remote(self, targets: list[tuple[int, int, int]]) -> None:
+        """Copy the descriptor's logical bytes [offset, offset + length) to each (offset, address, length) target.
+
+        ``targets`` ascend in offset; bytes outside the descriptor's regions are left as they are.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not read descriptors")
 
     def close(self) -> None:
         """Release local resources (idempotent)."""

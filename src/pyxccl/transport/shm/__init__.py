@@ -4,19 +4,147 @@ The receiver creates the ring file and sends its path; the sender maps it and
 unlinks it at once (both mappings stay valid), so a crash afterwards leaves nothing
 behind. Each side rings the other's doorbell (a small shared file of the peer's
 communicator, named in its PeerInfo).
+
+Every file pyxccl puts in /dev/shm is named ``pyxccl-...-p<pid namespace>.<pid>`` after
+the process that created it: :func:`sweep_stale` (run at every communicator's start and
+when a same-host peer is lost) removes the files of processes that no longer exist, so a
+crash of any rank leaves nothing behind for long.
+
+Single copy (``PYXCCL_CMA``, default on): the sender offers descriptors (see
+:mod:`..base`) by publishing in the ring's header the address of a probe word in its
+own memory and the random value it holds; at its first release the receiver reads
+that word with process_vm_readv from the sender's pid (PeerInfo.pid) and answers
+CMA_OK, or CMA_OFF (logged at INFO) when the kernel refuses or the value differs (a
+pid of another namespace, say). Until the answer every step goes through the slots,
+and afterwards whenever a step is small or cannot be sent from where its data lies.
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
+import re
+import time
 
+from ... import config as _config
+from ... import log
 from ...errors import TransportError
+from .. import cma
 from ..base import RecvConnector, SendConnector, Transport
 from ..doorbell import PROGRESS_WRITER, Doorbell, attach_shared
-from ..slots import RingRecvConnector, RingSendConnector, SlotRing, ring_bytes
+from ..slots import CMA_OFF, CMA_OK, RingRecvConnector, RingSendConnector, SlotRing, ring_bytes
 
 SHM_DIR = "/dev/shm"
+_OWNER = re.compile(r"^pyxccl-.*-p(\d+)\.(\d+)$")
+
+
+def owner_suffix() -> str:
+    """The suffix naming this process in its /dev/shm files: ``-p<pid namespace>.<pid>``."""
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        ns = 0
+    return f"-p{ns}.{os.getpid()}"
+
+
+def sweep_stale(directory: str = SHM_DIR, min_age: float = 1.0) -> list[str]:
+    """Remove pyxccl files whose creating process (in this pid namespace) is gone; return their names.
+
+    Files younger than ``min_age`` seconds are kept (their creator may have just started in a
+    way this process cannot see yet); files of other pid namespaces are never touched.
+    """
+    mine = owner_suffix().split(".")[0][2:]
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        m = _OWNER.match(name)
+        if m is None or m.group(1) != mine or pid_alive(int(m.group(2))):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            if now - os.stat(path).st_mtime < min_age:
+                continue
+            os.unlink(path)
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this pid runs (in this pid namespace); a zombie does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
+
+
+class ShmSendConnector(RingSendConnector):
+    """A ring sender that offers descriptors (single copy) when PYXCCL_CMA allows."""
+
+    def __init__(self, ring: SlotRing, peer: int, channel: int, peer_doorbell: Doorbell, min_bytes: int):
+        super().__init__(ring, peer, channel, peer_doorbell)
+        token = int.from_bytes(os.urandom(8), "little") | 1
+        self._probe = ctypes.c_uint64(token)  # lives as long as the connector: the receiver reads it once
+        self.offer_remote(ctypes.addressof(self._probe) if min_bytes > 0 else 0, token, min_bytes)
+
+
+class ShmRecvConnector(RingRecvConnector):
+    """A ring receiver that reads descriptors from the sender's memory with process_vm_readv."""
+
+    def __init__(self, ring: SlotRing, peer: int, channel: int, pid: int, rank: int, enabled: bool):
+        super().__init__(ring, peer, channel)
+        self._pid, self._rank = pid, rank
+        self.remote_read = enabled
+        self._probed = not enabled
+        self.reads = 0  # descriptors read (tests and tuning look at it)
+        if not enabled:
+            ring.cma_state.value = CMA_OFF
+
+    def _answer_offer(self) -> None:
+        ring = self.ring
+        if not ring.cma_attached.value:  # cannot happen once a slot was posted; ask again next time
+            return
+        self._probed = True
+        addr = ring.cma_addr.value
+        if not addr:
+            ring.cma_state.value = CMA_OFF
+            return
+        word = ctypes.c_uint64(0)
+        why = ""
+        try:
+            cma.read(self._pid, [(ctypes.addressof(word), addr, 8)])
+            if word.value != ring.cma_token.value:
+                why = "the probe read another process's memory (pid namespaces differ?)"
+        except OSError as exc:
+            why = str(exc)
+        if why:
+            ring.cma_state.value = CMA_OFF
+            log.info("shm: single copy from rank %d (pid %d) unavailable, copying through slots: %s",
+                     self.peer, self._pid, why, rank=self._rank)
+        else:
+            ring.cma_state.value = CMA_OK
+
+    def _read(self, pieces: list[tuple[int, int, int]]) -> None:
+        try:
+            cma.read(self._pid, pieces)
+        except OSError as exc:
+            raise TransportError(f"shm: reading rank {self.peer}'s buffer (pid {self._pid}, channel "
+                                 f"{self.channel}) failed: {exc}") from exc
+        self.reads += 1
 
 
 class ShmTransport(Transport):
@@ -28,6 +156,8 @@ class ShmTransport(Transport):
         super().__init__(ctx)
         self._bells: dict[int, Doorbell] = {}
         self._created: list[str] = []
+        cfg = ctx.config if ctx.config is not None else _config.get()
+        self._cma_min = cfg.cma_min_bytes if cfg.cma and cma.available() else 0
 
     def peer_doorbell(self, peer: int) -> Doorbell:
         """A handle on ``peer``'s doorbell (writer id = this rank + 1)."""
@@ -43,7 +173,7 @@ class ShmTransport(Transport):
 
     def _allocate(self, peer: int, channel: int) -> tuple[SlotRing, bytes]:
         ctx = self.ctx
-        path = os.path.join(SHM_DIR, f"pyxccl-{ctx.comm_tag}-{peer}to{ctx.rank}-c{channel}")
+        path = os.path.join(SHM_DIR, f"pyxccl-{ctx.comm_tag}-{peer}to{ctx.rank}-c{channel}{owner_suffix()}")
         size = ring_bytes(ctx.slot_bytes, ctx.nslots)
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
@@ -75,12 +205,12 @@ class ShmTransport(Transport):
 
     def setup_recv(self, peer: int, channel: int) -> tuple[RecvConnector, bytes]:
         ring, info = self._allocate(peer, channel)
-        conn = RingRecvConnector(ring, peer, channel)
+        conn = ShmRecvConnector(ring, peer, channel, self.ctx.peers[peer].pid, self.ctx.rank, self._cma_min > 0)
         conn.bell = self.peer_doorbell(peer)
         return conn, info
 
     def connect_send(self, peer: int, channel: int, info: bytes) -> SendConnector:
-        return RingSendConnector(self._attach(info), peer, channel, self.peer_doorbell(peer))
+        return ShmSendConnector(self._attach(info), peer, channel, self.peer_doorbell(peer), self._cma_min)
 
     def close(self) -> None:
         for path in self._created:

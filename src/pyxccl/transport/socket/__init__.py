@@ -3,10 +3,11 @@
 The receiver listens (one socket per transport, on ``ctx.address``), makes a receive
 connector with ``nslots`` local slots and a random token, and returns
 ``(address, port, token)`` as connect info. The sender connects one or more TCP
-streams (``PYXCCL_SOCKET_NSTREAMS``), each opening with a hello that carries the token
-(authenticated with an HMAC of the communicator's secret), so the receiver binds the
-streams to the right connector whatever order connections arrive in. Strangers,
-garbage and wrong tokens are logged at WARN and dropped.
+streams (``PYXCCL_SOCKET_NSTREAMS``); the listener opens each with a challenge (a fresh
+nonce) and the sender answers with a hello that carries the token, authenticated with an
+HMAC of the communicator's secret and the nonce (a recorded hello cannot be replayed), so
+the receiver binds the streams to the right connector whatever order connections arrive
+in. Strangers, garbage, replays and wrong tokens are logged at WARN and dropped.
 
 Flow control: the sender starts with ``nslots`` credits; each posted slot is written
 (header + payload, split across the streams when large) by the transport's progress
@@ -27,7 +28,8 @@ import threading
 import time
 
 from ... import config as _config
-from ...errors import TransportError
+from ...bootstrap import net
+from ...errors import PyxcclError, TransportError
 from ..doorbell import PROGRESS_WRITER
 from ..base import RecvConnector, SendConnector, Transport, TransportContext
 from .connectors import SocketRecvConnector, SocketSendConnector
@@ -122,13 +124,15 @@ class SocketTransport(Transport):
             for j in range(self.nstreams):
                 sock = self._connect(address, port, deadline, who)
                 socks.append(sock)
-                hello = make_hello(token, j, self.nstreams, ctx.slot_bytes, ctx.nslots, ctx.secret)
                 try:
                     sock.settimeout(max(0.1, deadline - time.monotonic()))
-                    sock.sendall(hello)
+                    nonce = net.read_challenge(sock, net.Deadline(max(0.1, deadline - time.monotonic())),
+                                               f"{address}:{port}")
+                    sock.sendall(make_hello(token, j, self.nstreams, ctx.slot_bytes, ctx.nslots, ctx.secret,
+                                            nonce))
                     sock.setblocking(False)
-                except OSError as exc:
-                    raise TransportError(f"socket: {who}: hello to {address}:{port} failed: {exc}") from exc
+                except (OSError, PyxcclError) as exc:
+                    raise TransportError(f"socket: {who}: handshake with {address}:{port} failed: {exc}") from exc
         except BaseException:
             for sock in socks:
                 sock.close()

@@ -18,6 +18,7 @@ from collections import deque
 from typing import Any
 
 from ... import log
+from ...bootstrap import net
 from ...errors import PeerLostError, TransportError
 from ..doorbell import Doorbell
 from .connectors import Conn, SocketRecvConnector, SocketSendConnector, Stream, drain, mismatch
@@ -26,13 +27,15 @@ from .wire import FRAME, HELLO_BYTES, MAGIC, parse_hello, tune
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _WAKE = object()
 _HDR = FRAME.size
+MAX_PENDING = 256
+"""accepted connections that may wait for their hello at once; beyond, the oldest is dropped"""
 
 
 class _Pending:
-    """An accepted connection whose hello has not fully arrived."""
+    """An accepted connection whose hello has not fully arrived; ``nonce`` is its challenge's."""
 
-    def __init__(self, sock: socket.socket, addr: Any, deadline: float):
-        self.sock, self.addr, self.deadline = sock, addr, deadline
+    def __init__(self, sock: socket.socket, addr: Any, deadline: float, nonce: bytes):
+        self.sock, self.addr, self.deadline, self.nonce = sock, addr, deadline, nonce
         self.buf = bytearray()
 
 
@@ -189,7 +192,19 @@ class Progress:
                 tune(sock, self.bufbytes)
             except OSError:
                 pass
-            pending = _Pending(sock, addr, time.monotonic() + self.hello_timeout)
+            challenge, nonce = net.new_challenge()
+            try:  # 20 bytes into a fresh socket's empty buffer: never blocks
+                if sock.send(challenge) != len(challenge):
+                    raise OSError("short write")
+            except OSError as exc:
+                log.warn("socket: dropped a connection from %s: cannot send the challenge: %s",
+                         addr, exc, rank=self.rank)
+                sock.close()
+                continue
+            if len(self._pending) >= MAX_PENDING:  # a flood: the oldest waiter goes first
+                self._drop(next(iter(self._pending.values())),
+                           f"more than {MAX_PENDING} connections waiting for their hello")
+            pending = _Pending(sock, addr, time.monotonic() + self.hello_timeout, nonce)
             self._pending[sock] = pending
             self._sel.register(sock, _READ, pending)
 
@@ -219,7 +234,7 @@ class Progress:
         if len(pending.buf) < HELLO_BYTES:
             return
         try:
-            hello = parse_hello(bytes(pending.buf), self.secret)
+            hello = parse_hello(bytes(pending.buf), self.secret, pending.nonce)
         except ValueError as exc:
             return self._drop(pending, str(exc))
         conn = self.tokens.get(hello.token)
@@ -368,7 +383,7 @@ class Progress:
 
     def _lost(self, conn: Conn, exc: BaseException | None) -> None:
         what = "closed the connection" if exc is None else f"connection failed ({exc})"
-        err = PeerLostError(f"socket: {conn.who}: the peer {what}")
+        err = PeerLostError(f"socket: {conn.who}: the peer {what}", rank=conn.peer)
         log.info("%s", err, rank=self.rank)
         self._fail(conn, err)
 

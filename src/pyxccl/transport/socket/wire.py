@@ -4,10 +4,18 @@ Connect info (receiver -> sender, through the bootstrap)::
 
     version u8 | family u8 (4 or 6) | port u16 | token 16 bytes | packed IP (4 or 16)
 
-Hello (first bytes the sender writes on each of a connector's TCP streams)::
+Challenge (the listener's first bytes on every accepted connection, nothing read before
+it): ``"PXCH" | nonce 16 bytes``, a fresh random nonce per connection
+(:func:`pyxccl.bootstrap.net.new_challenge`).
+
+Hello (first bytes the sender writes on each of a connector's TCP streams, answering it)::
 
     magic "PXSK" | version u8 | stream u8 | nstreams u8 | 0 u8 |
-    slot_bytes u32 | nslots u32 | token 16 bytes | HMAC-SHA256(secret, all before) 32 bytes
+    slot_bytes u32 | nslots u32 | token 16 bytes |
+    HMAC-SHA256(secret, "pyxccl-socket" NUL nonce + all before) 32 bytes
+
+The HMAC binds the hello to this connection's challenge: a hello recorded from another
+connection fails. Nothing of it but the magic is looked at before the HMAC checks out.
 
 Data (sender -> receiver): per slot and stream, a header ``seq u64 | nbytes u32`` (the
 slot's sequence number and total length) then that stream's chunk of the slot (see
@@ -26,8 +34,9 @@ import os
 import socket
 import struct
 
-VERSION = 1
+VERSION = 2
 MAGIC = b"PXSK"
+LABEL = b"pyxccl-socket"
 TOKEN_BYTES = 16
 
 _INFO = struct.Struct("!BBH16s")
@@ -67,16 +76,15 @@ def decode_info(info: bytes) -> tuple[str, int, bytes]:
     return str(ipaddress.ip_address(packed)), port, token
 
 
-def _mac(secret: bytes, body: bytes) -> bytes:
-    if not secret:
-        return bytes(MAC_BYTES)
-    return hmac.new(secret, body, hashlib.sha256).digest()
+def _mac(secret: bytes, nonce: bytes, body: bytes) -> bytes:
+    return hmac.new(secret, LABEL + b"\0" + nonce + body, hashlib.sha256).digest()
 
 
-def make_hello(token: bytes, stream: int, nstreams: int, slot_bytes: int, nslots: int, secret: bytes) -> bytes:
-    """The hello a sender writes first on stream ``stream`` of ``nstreams``."""
+def make_hello(token: bytes, stream: int, nstreams: int, slot_bytes: int, nslots: int, secret: bytes,
+               nonce: bytes) -> bytes:
+    """The hello a sender writes on stream ``stream`` of ``nstreams``, answering challenge ``nonce``."""
     body = _HELLO.pack(MAGIC, VERSION, stream, nstreams, slot_bytes, nslots, token)
-    return body + _mac(secret, body)
+    return body + _mac(secret, nonce, body)
 
 
 class Hello:
@@ -89,16 +97,20 @@ class Hello:
         self.slot_bytes, self.nslots = slot_bytes, nslots
 
 
-def parse_hello(data: bytes, secret: bytes) -> Hello:
-    """Check and unpack a hello of :data:`HELLO_BYTES`; ValueError saying what is wrong."""
-    body, mac = data[:_HELLO.size], data[_HELLO.size:HELLO_BYTES]
-    magic, version, stream, nstreams, slot_bytes, nslots, token = _HELLO.unpack(body)
-    if magic != MAGIC:
+def parse_hello(data: bytes, secret: bytes, nonce: bytes) -> Hello:
+    """Check (against challenge ``nonce``) and unpack a hello of :data:`HELLO_BYTES`; ValueError
+    saying what is wrong."""
+    if len(data) != HELLO_BYTES:
+        raise ValueError(f"hello of {len(data)} bytes, expected {HELLO_BYTES}")
+    body, mac = bytes(data[:_HELLO.size]), bytes(data[_HELLO.size:])
+    if body[:len(MAGIC)] != MAGIC:
         raise ValueError("not a pyxccl socket hello")
+    if not hmac.compare_digest(mac, _mac(secret, nonce, body)):
+        raise ValueError("hello fails authentication (wrong secret, or not an answer to this "
+                         "connection's challenge)")
+    _, version, stream, nstreams, slot_bytes, nslots, token = _HELLO.unpack(body)
     if version != VERSION:
         raise ValueError(f"hello of protocol version {version}, expected {VERSION}")
-    if not hmac.compare_digest(mac, _mac(secret, body)):
-        raise ValueError("hello fails authentication (wrong secret)")
     if not 0 <= stream < nstreams:
         raise ValueError(f"hello names stream {stream} of {nstreams}")
     return Hello(stream, nstreams, slot_bytes, nslots, token)

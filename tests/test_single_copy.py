@@ -1,0 +1,378 @@
+"""The single-copy path of the shm transport (PYXCCL_CMA): descriptors in slots, process_vm_readv.
+
+Units: the CMA reader, the ring's descriptors mixed with plain slots, the probe and its
+fallback, and the executor's static plan of which steps may send by descriptor. Ranks:
+collectives and point-to-point with odd sizes, in and out of place, several channels and
+small slots (many slices), checking that the path was taken (the receivers' read counters)
+and that PYXCCL_CMA=0 never takes it; a sender that returns while its peer still had to read
+(then overwrites its buffer) must not corrupt what the peer receives.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+
+import numpy as np
+import pytest
+
+import harness
+from pyxccl import algorithms, config
+from pyxccl.executor import _plan_direct
+from pyxccl.transport import cma
+from pyxccl.transport.doorbell import Doorbell
+from pyxccl.transport.shm import ShmRecvConnector, ShmSendConnector
+from pyxccl.transport.slots import CMA_OFF, CMA_OK, SlotRing
+
+pytestmark = pytest.mark.skipif(not cma.available(), reason="process_vm_readv is not available")
+
+
+def _addr(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _cma_works() -> bool:
+    word = ctypes.c_uint64(7)
+    out = ctypes.c_uint64(0)
+    try:
+        cma.read(os.getpid(), [(ctypes.addressof(out), ctypes.addressof(word), 8)])
+    except OSError:
+        return False
+    return out.value == 7
+
+
+needs_cma = pytest.mark.skipif(not _cma_works(), reason="process_vm_readv is refused here")
+
+
+# ============================================================================ units
+
+@needs_cma
+def test_cma_read_many_pieces_and_errors():
+    src = np.arange(300_000, dtype=np.uint8)
+    dst = np.zeros_like(src)
+    # 1500 pieces (more than one system call's IOV_MAX), of odd lengths, some empty
+    bounds = np.linspace(0, src.size, 1501).astype(int)
+    pieces = [(_addr(dst) + int(a), _addr(src) + int(a), int(b - a)) for a, b in zip(bounds, bounds[1:])]
+    pieces.append((_addr(dst), _addr(src), 0))
+    cma.read(os.getpid(), pieces)
+    assert np.array_equal(dst, src)
+    with pytest.raises(cma.CMAError):
+        cma.read(os.getpid(), [(_addr(dst), 8, 16)])  # an unmapped remote address: EFAULT
+
+
+def test_cma_skip_resumes_partial_transfers():
+    pieces = [(100, 1000, 10), (200, 2000, 5), (300, 3000, 7)]
+    assert cma._skip(pieces, 0) == pieces
+    assert cma._skip(pieces, 12) == [(202, 2002, 3), (300, 3000, 7)]
+    assert cma._skip(pieces, 15) == [(300, 3000, 7)]
+    assert cma._skip(pieces, 22) == []
+
+
+def _pair(pid: int | None = None, enabled: bool = True, min_bytes: int = 1024, slot_bytes: int = 8192, nslots: int = 2):
+    ring = SlotRing.allocate(slot_bytes, nslots)
+    recv = ShmRecvConnector(ring, 1, 0, os.getpid() if pid is None else pid, 0, enabled)
+    recv.bell = Doorbell.anonymous()
+    send = ShmSendConnector(ring, 0, 0, Doorbell.anonymous(), min_bytes)
+    return send, recv
+
+
+def _plain(send, recv, payload: bytes) -> bytes:
+    assert send.ready()
+    send.buffer()[:len(payload)] = np.frombuffer(payload, dtype=np.uint8)
+    send.post(len(payload))
+    assert recv.ready() and recv.remote() is None
+    got = recv.buffer().tobytes()
+    recv.release()
+    return got
+
+
+@needs_cma
+def test_ring_descriptors_mix_with_plain_slots():
+    send, recv = _pair()
+    assert send.remote_min_bytes == 0  # offered, not yet answered
+    assert _plain(send, recv, b"first") == b"first"  # the receiver answers at its first release
+    assert send.ring.cma_state.value == CMA_OK
+    assert send.remote_min_bytes == 1024 and recv.remote_min_bytes == 1024
+    a = np.arange(5000, dtype=np.uint8)
+    b = (np.arange(3000, dtype=np.uint8) * 7).astype(np.uint8)
+    # logical bytes: a at [0, 5000), a gap (padding) at [5000, 6000), b at [6000, 9000)
+    send.post_remote(9000, [(0, _addr(a), 5000), (6000, _addr(b), 3000)], aux=42)
+    assert send.remote_pending()
+    assert recv.ready() and recv.remote() == (9000, 42)
+    out = np.full(9000, 0xEE, dtype=np.uint8)
+    # targets cut differently from the regions
+    recv.read_remote([(0, _addr(out), 4000), (4000, _addr(out) + 4000, 5000)])
+    assert np.array_equal(out[:5000], a) and np.array_equal(out[6000:], b)
+    assert (out[5000:6000] == 0xEE).all()  # padding: left as it was
+    assert send.remote_pending()  # the slot is the ack: not released yet
+    recv.release()
+    assert not send.remote_pending()
+    assert _plain(send, recv, b"plain again") == b"plain again"
+    # a consumer that does not read descriptors itself: buffer() resolves one into the slot
+    send.post_remote(3000, [(0, _addr(b), 3000)])
+    assert np.array_equal(recv.buffer(), b) and np.array_equal(recv.buffer(), b)
+    recv.release()
+    assert not send.remote_pending()
+    assert recv.reads == 2
+
+
+def test_probe_failure_and_disabled_fall_back_to_slots():
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)  # a pid that no longer exists: the probe fails (ESRCH)
+    send, recv = _pair(pid=child)
+    assert _plain(send, recv, b"x") == b"x"
+    assert send.ring.cma_state.value == CMA_OFF and send.remote_min_bytes == 0 and recv.remote_min_bytes == 0
+    send, recv = _pair(enabled=False)  # PYXCCL_CMA=0 on the receiver
+    assert send.ring.cma_state.value == CMA_OFF and send.remote_min_bytes == 0 and not recv.remote_read
+    send, recv = _pair(min_bytes=0)  # PYXCCL_CMA=0 on the sender: nothing offered
+    _plain(send, recv, b"y")
+    assert send.remote_min_bytes == 0 and send.ring.cma_state.value == CMA_OFF
+
+
+def test_config_variables():
+    assert config.load({}).cma is True
+    cfg = config.load({"PYXCCL_CMA": "0", "PYXCCL_CMA_MIN_BYTES": "4K"})
+    assert (cfg.cma, cfg.cma_min_bytes) == (False, 4096)
+    with pytest.raises(Exception, match="PYXCCL_CMA"):
+        config.load({"PYXCCL_CMA": "maybe"})
+
+
+def _flags(collective: str, algo: str, n: int, mode: str | None, rank: int) -> list[tuple[str, bool]]:
+    p = algorithms.program(collective, algo, n, 1, 0, None)
+    plan = _plan_direct(p, rank, mode)
+    return [(st.op.value, f) for tb, fl in zip(p.ranks[rank].tbs, plan) for st, f in zip(tb.steps, fl)]
+
+
+def test_direct_plan():
+    # ring allgather: the send of the own block and every forward
+    assert _flags("allgather", "ring", 4, "oop", 1) == [("cpy", False), ("s", True), ("rcs", True), ("rcs", True),
+                                                          ("r", False)]
+    assert _flags("allgather", "ring", 4, "inplace", 2) == _flags("allgather", "ring", 4, "oop", 2)
+    assert not any(f for _, f in _flags("allgather", "ring", 4, None, 0))  # unknown aliasing: none
+    # ring allreduce: the first send feeds a reduction (slot); rrcs forwards stay on slots (measured
+    # no faster), the rcs of the all-gather phase (3+ ranks) forward by descriptor
+    assert _flags("allreduce", "ring", 2, "oop", 0) == [("s", False), ("rrcs", False), ("r", False)]
+    assert [f for op, f in _flags("allreduce", "ring", 3, "oop", 0) if op == "rcs"] == [True]
+    # chain broadcast: the root only sends (stays on slots), a middle rank forwards by descriptor
+    assert [f for op, f in _flags("broadcast", "chain", 3, "oop", 0) if op == "s"] == [False]
+    assert [f for op, f in _flags("broadcast", "chain", 3, "oop", 1) if op == "rcs"] == [True]
+    # all-to-all: out of place the block is sent from the input; in place the receive overwrites
+    # that very block afterwards, so the peer could read the new data: slots
+    assert ("s", True) in _flags("alltoall", "direct", 2, "oop", 0)
+    assert ("s", True) not in _flags("alltoall", "direct", 2, "inplace", 0)
+
+
+def test_sender_finishes_only_once_its_descriptors_were_read():
+    """A chain broadcast 2 -> 0 -> 1 run in this process: rank 0 forwards by descriptor and can run
+    all its steps before rank 1 starts; it must not report finished (its caller would return and
+    reuse the buffer) before rank 1 read everything."""
+    from pyxccl.dtypes import DTYPES, SUM, kernels
+    from pyxccl.executor import ProgramRun
+    from pyxccl.ir.program import Buf
+
+    if not _cma_works():
+        pytest.skip("process_vm_readv is refused here")
+    program = algorithms.program("broadcast", "chain", 3, 1, 2, None)
+    s20, r20 = _pair(slot_bytes=16384, nslots=4)
+    s01, r01 = _pair(slot_bytes=16384, nslots=4)
+    for s, r in ((s20, r20), (s01, r01)):
+        _plain(s, r, b"probe")
+    count = 10_001  # 3 slices of 4096 floats: all fit in the ring at once
+    kern = kernels(SUM, DTYPES["float32"])
+    data = np.arange(count, dtype=np.float32) + 0.5
+    bufs = [np.zeros(count, np.float32), np.zeros(count, np.float32), data.copy()]
+    runs = [ProgramRun(program, q, {Buf.INPUT: bufs[q], Buf.OUTPUT: bufs[q]}, count, kern, 16384) for q in range(3)]
+    (root,) = runs[2].runners({(0, 0, "send"): s20})
+    (mid,) = runs[0].runners({(1, 0, "send"): s01, (2, 0, "recv"): r20})
+    (last,) = runs[1].runners({(0, 0, "recv"): r01})
+    while root.advance() | mid.advance():
+        pass
+    assert root.finished and mid.it == runs[0].geo.niters and s01.remote_pending()
+    assert not mid.finished and "read" in mid.describe()
+    assert not mid.advance() and not mid.finished
+    while not last.finished:
+        last.advance()
+    assert mid.advance() and mid.finished
+    assert all(np.array_equal(b, data) for b in bufs)
+    assert r01.reads == 3 and r20.reads == 0  # the root (it only sends) stays on slots
+
+
+# ============================================================================ ranks
+
+def _reads(comm) -> int:
+    return sum(getattr(c, "reads", 0) for c in comm._conns.values())
+
+
+def _expect(label: str, got: np.ndarray, want: np.ndarray) -> list[str]:
+    if got.shape == want.shape and np.array_equal(got, want):
+        return []
+    bad = np.flatnonzero(got != want) if got.shape == want.shape else []
+    return [f"{label}: wrong at {list(bad[:5])} of {want.size}"]
+
+
+def job_collectives(comm, counts=(1, 1237, 70001), expect_reads: bool = True) -> list[str]:
+    """Every byte-moving collective with odd counts, in and out of place; data depends on rank."""
+    r, n = comm.rank, comm.size
+    fails: list[str] = []
+    before = _reads(comm)
+    for count in counts:
+        base = np.arange(count, dtype=np.float32)
+        blocks = [base + 1000 * q for q in range(n)]
+        # allgather, out of place and in place
+        out = np.full(n * count, -1, np.float32)
+        comm.all_gather(blocks[r].copy(), out)
+        fails += _expect(f"allgather {count}", out, np.concatenate(blocks))
+        out = np.full(n * count, -1, np.float32)
+        out[r * count:(r + 1) * count] = blocks[r]
+        comm.all_gather(None, out)
+        fails += _expect(f"allgather in place {count}", out, np.concatenate(blocks))
+        # broadcast from the last rank
+        root = n - 1
+        buf = blocks[root].copy() if r == root else np.zeros(count, np.float32)
+        comm.broadcast(buf, root=root)
+        fails += _expect(f"broadcast {count}", buf, blocks[root])
+        out = np.zeros(count, np.float32)
+        comm.broadcast(blocks[root].copy() if r == root else np.zeros(count, np.float32), out, root=root)
+        fails += _expect(f"broadcast out of place {count}", out, blocks[root])
+        # all-to-all: block q of rank r is q * 10 + r
+        send = np.concatenate([base + 10 * q + r for q in range(n)])
+        out = np.full(n * count, -1, np.float32)
+        comm.all_to_all(send, out)
+        fails += _expect(f"alltoall {count}", out, np.concatenate([base + 10 * r + q for q in range(n)]))
+        inplace = send.copy()
+        comm.all_to_all(inplace)
+        fails += _expect(f"alltoall in place {count}", inplace, out)
+        # allreduce and reduce-scatter (their forwards may go by descriptor)
+        x = base + r
+        comm.all_reduce(x)
+        fails += _expect(f"allreduce {count}", x, n * base + n * (n - 1) / 2)
+        src = np.concatenate([base + q + r for q in range(n)])
+        out = np.zeros(count, np.float32)
+        comm.reduce_scatter(src, out)
+        fails += _expect(f"reducescatter {count}", out, n * (base + r) + n * (n - 1) / 2)
+    reads = _reads(comm) - before
+    if expect_reads and not reads:
+        fails.append("no descriptor was read: the single-copy path was not taken")
+    if not expect_reads and reads:
+        fails.append(f"{reads} descriptors read although the single-copy path is off")
+    return fails
+
+
+def job_p2p(comm, counts=(0, 1, 5000, 200_001, 1_000_003), expect_reads: bool = True) -> list[str]:
+    """Ranks 2k and 2k+1 exchange several messages in one group, in both directions, then one-way."""
+    import pyxccl
+
+    r, n = comm.rank, comm.size
+    peer = r ^ 1
+    if peer >= n:
+        return []
+    fails: list[str] = []
+    before = _reads(comm)
+
+    def msg(src: int, i: int, count: int) -> np.ndarray:
+        return ((np.arange(count, dtype=np.int64) * (src + 3) + i) % 251).astype(np.uint8)
+
+    outs = [np.zeros(c, np.uint8) for c in counts]
+    with pyxccl.group():
+        for i, c in enumerate(counts):
+            comm.send(msg(r, i, c), peer)
+            comm.recv(outs[i], peer)
+    for i, c in enumerate(counts):
+        fails += _expect(f"p2p #{i} ({c} B)", outs[i], msg(peer, i, c))
+    reads = _reads(comm) - before
+    if expect_reads and r % 2 == 0 and not reads:
+        fails.append("no descriptor was read: the single-copy path was not taken")
+    if not expect_reads and reads:
+        fails.append(f"{reads} descriptors read although the single-copy path is off")
+    return fails
+
+
+def job_sender_returns_first(comm, count: int = 3_000_001) -> list[str]:
+    """Rank 0 returns from its call, then overwrites its buffers at once; the late rank 1 must still
+    receive the original data (descriptors are released before a sending call completes)."""
+    r = comm.rank
+    fails: list[str] = []
+    n = comm.size
+    data = np.arange(count, dtype=np.float32) + 1000 * r
+    if r == 1:
+        time.sleep(0.3)
+    out = np.zeros(n * count, np.float32)
+    comm.all_gather(data, out)
+    data[:] = -5  # the peer must have read it already
+    out[:] = -6
+    if r == 1:
+        time.sleep(0.3)
+    big = np.arange(count, dtype=np.uint8)
+    if r == 0:
+        comm.send(big, 1)
+        big[:] = 9
+    elif r == 1:
+        time.sleep(0.3)
+        got = np.zeros(count, np.uint8)
+        comm.recv(got, 0)
+        fails += _expect("p2p after a late recv", got, np.arange(count, dtype=np.uint8))
+    comm.barrier()
+    x = np.arange(count, dtype=np.float32) + 1000 * r
+    if r == 1:
+        time.sleep(0.3)
+    comm.all_gather(x, out)
+    fails += _expect("allgather after a late rank", out,
+                     np.concatenate([np.arange(count, dtype=np.float32) + 1000 * q for q in range(n)]))
+    return fails
+
+
+@pytest.fixture(scope="module")
+def pools():
+    made: dict[tuple, harness.Pool] = {}
+
+    def get(nranks: int, **env: str) -> harness.Pool:
+        key = (nranks, tuple(sorted(env.items())))
+        pool = made.get(key)
+        if pool is None or not pool.healthy:
+            pool = made[key] = harness.Pool(nranks, "auto", env=dict(env)).start()
+        return pool
+
+    yield get
+    for pool in made.values():
+        pool.close()
+
+
+#: small slots and a low threshold: many slices per call, short chunks, every step by descriptor
+SMALL = {"PYXCCL_SLOT_BYTES": "16K", "PYXCCL_CMA_MIN_BYTES": "1K"}
+
+
+@needs_cma
+@pytest.mark.parametrize("nranks", [2, 3])
+def test_collectives_single_copy(pools, nranks):
+    pools(nranks, **SMALL).check(job_collectives)
+
+
+@needs_cma
+def test_collectives_single_copy_two_channels(pools):
+    pools(3, PYXCCL_NCHANNELS="2", **SMALL).check(job_collectives)
+
+
+@needs_cma
+def test_collectives_default_threshold(pools):
+    """Default slots and threshold: only large calls take the path (after small ones on the same rings)."""
+    pools(2).check(job_collectives, counts=(5, 3_000_017))
+
+
+@needs_cma
+def test_p2p_single_copy(pools):
+    pools(2, **SMALL).check(job_p2p)
+    pools(2).check(job_p2p, counts=(7, 8 << 20))  # default slots: descriptors of up to DESC_MAX
+
+
+@needs_cma
+def test_sender_returns_only_after_the_peer_read(pools):
+    pools(2, **SMALL).check(job_sender_returns_first)
+
+
+def test_cma_off_copies_through_slots(pools):
+    pool = pools(2, PYXCCL_CMA="0", **SMALL)
+    pool.check(job_collectives, expect_reads=False)
+    pool.check(job_p2p, expect_reads=False)
