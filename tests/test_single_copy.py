@@ -11,6 +11,7 @@ and that PYXCCL_CMA=0 never takes it; a sender that returns while its peer still
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import time
 
@@ -53,7 +54,7 @@ def test_cma_read_many_pieces_and_errors():
     dst = np.zeros_like(src)
     # 1500 pieces (more than one system call's IOV_MAX), of odd lengths, some empty
     bounds = np.linspace(0, src.size, 1501).astype(int)
-    pieces = [(_addr(dst) + int(a), _addr(src) + int(a), int(b - a)) for a, b in zip(bounds, bounds[1:])]
+    pieces = [(_addr(dst) + int(a), _addr(src) + int(a), int(b - a)) for a, b in itertools.pairwise(bounds)]
     pieces.append((_addr(dst), _addr(src), 0))
     cma.read(os.getpid(), pieces)
     assert np.array_equal(dst, src)

@@ -37,6 +37,7 @@ from .ir.verify import verify
 from .transport import PeerInfo, TransportContext, choose, create
 from .transport.doorbell import create_shared
 from .transport.shm import owner_suffix, sweep_stale
+from .repeat import Repeat, Repeats
 from .work import BatchWork, Stream, Work
 
 _TAG_CONNECT = 1 << 20  # bootstrap tags for connector set-up: + channel
@@ -145,6 +146,7 @@ class Communicator:
         self._seq = 0
         self._verified: dict[int, Program] = {}
         self._programs: dict[tuple, Program] = {}  # (collective, algorithm, nbytes, root) -> program
+        self._repeats = Repeats()  # small blocking calls that repeat: no planning the second time
         self._coll_seq = 0  # collectives issued: the flight recorder's and PYXCCL_CHECK's sequence numbers
         self._flight = flight.FlightRecorder(cfg.trace_size) if cfg.trace_size else None
         self._check_call = _check.verify if cfg.check else None
@@ -299,7 +301,9 @@ class Communicator:
             raise
 
     def _collective(self, call: Call, algorithm: "str | Program | None", async_op: bool,
-                    timeout: float | None = None) -> Any:
+                    timeout: float | None = None, repeat: "tuple | None" = None) -> Any:
+        """Check, plan and submit ``call``; ``repeat``: (key, input, output) to remember it by
+        (:mod:`pyxccl.repeat`; a blocking call with the communicator's algorithm choice)."""
         self._check_open()
         timeout = calls.check_timeout(timeout)
         program = kern = None  # count 0: nothing moves; still ordered after earlier calls
@@ -313,6 +317,8 @@ class Communicator:
         rec = None if self._flight is None else self._flight.collective(  # call site: 3 frames up
             seq, call, None if program is None else program.name, 3)
         check = self._check_call
+        if repeat is not None and repeat[0] is not None and check is None and not _group.active():
+            self._repeats.remember(repeat[0], repeat[1], repeat[2], call, program, kern)
 
         def run() -> Any:
             if rec is not None:
@@ -332,6 +338,38 @@ class Communicator:
             return call.result
 
         return self._submit(run if timeout is None else self._timed(run, timeout), call.describe(), async_op)
+
+    def _repeat(self, rep: Repeat) -> Any:
+        """Run a remembered call again (same arrays, op, root): no checks or planning to redo."""
+        self._check_open()
+        seq = self._coll_seq = self._coll_seq + 1
+        rec = None if self._flight is None else self._flight.collective(seq, rep.call, rep.program.name, 3)
+        return self._stream.run(lambda: self._run_repeat(rep, rec), rep.what)
+
+    def _run_repeat(self, rep: Repeat, rec: Any) -> Any:
+        call = rep.call
+        if rec is not None:
+            rec.start()
+        try:
+            self._seq += 1
+            label = f"{rep.what} #{self._seq} algorithm {rep.program.name}"
+            if rep.prun is None:  # the first repeat binds the runners, later ones reset them
+                rep.prun = executor.ProgramRun(rep.program, self._rank, {Buf.INPUT: call.input, Buf.OUTPUT: call.output},
+                                               call.count, rep.kern, self._slot_bytes, label)
+                rep.runners = rep.prun.runners(self._connect(rep.prun.needed(), label))
+            else:
+                rep.prun.label = label
+                rep.prun.reset(rep.runners)
+            self._drive(rep.runners, label)
+            if call.op.name == "avg":
+                for arr in call.reduced:
+                    postdivide(arr, self._size)
+        except BaseException as exc:
+            flight.failed(self, rec, exc)
+            raise
+        if rec is not None:
+            rec.done()
+        return call.result
 
     def _timed(self, fn, timeout: float):
         """``fn`` running with its own ``timeout`` (seconds) for every wait, instead of the communicator's."""
@@ -422,8 +460,15 @@ class Communicator:
     def all_reduce(self, input: Any, output: Any = None, op: Any = "sum", *, algorithm: "str | Program | None" = None,
                    async_op: bool = False, timeout: float | None = None) -> Any:
         """Reduce ``input`` over all ranks into ``output`` on every rank (in place when output is None)."""
+        key = None
+        if not async_op and algorithm is None and timeout is None:
+            key = self._repeats.key("allreduce", input, output, op, None)
+            if key is not None:
+                rep = self._repeats.get(key, input, output)
+                if rep is not None and not _group.active():
+                    return self._repeat(rep)
         return self._collective(calls.plan_elementwise("allreduce", self._rank, self._size, input, output, op),
-                                algorithm, async_op, timeout)
+                                algorithm, async_op, timeout, (key, input, output))
 
     def broadcast(self, input: Any, output: Any = None, *, root: int = 0, algorithm: "str | Program | None" = None,
                   async_op: bool = False, timeout: float | None = None) -> Any:
@@ -702,6 +747,7 @@ class Communicator:
             except Exception:  # noqa: BLE001
                 pass
         self._transports.clear()
+        self._repeats.clear()
         try:
             os.unlink(self._bell_path)
         except FileNotFoundError:

@@ -192,6 +192,12 @@ class ProgramRun:
         """The connectors this rank's part uses."""
         return _needed(self.program, self.rank)
 
+    def reset(self, runners: list["TBRunner"]) -> None:
+        """Make this run and its ``runners`` ready to run again over the same arrays (a repeated call)."""
+        self.done = [0] * len(self.part.tbs)
+        for r in runners:
+            r.reset()
+
     def runners(self, conns: dict[ConnKey, object]) -> list["TBRunner"]:
         """One runner per thread block (none when the call moves no data)."""
         if self.geo.niters == 0:
@@ -386,11 +392,23 @@ class TBRunner:
             biggest = cnt * run.geo.n * run.dtype.itemsize
             if may_send and rmin and biggest >= rmin and cnt <= 128:  # 128 regions fit any slot that offers them
                 plan = run.direct_plan()[index]
+            # (the call's arrays are flat and C-contiguous: calls.py checks; addresses are computed from that)
             self._rread = may_recv and bool(rmin_in) and biggest >= rmin_in
         self._rmin = rmin
         self._posted_remote = False
-        self._steps = [(st, bind(srcs), bind(dsts), bool(plan and plan[i]))
-                       for i, (st, srcs, dsts) in enumerate(skeleton)]
+        self._steps = []
+        for i, (st, srcs, dsts) in enumerate(skeleton):
+            src_p, dst_p = bind(srcs), bind(dsts)
+            # a COPY whose source and destination are the same memory (in place) is skipped;
+            # decided once here, since a run's arrays never change
+            same = tuple(_same_piece(a, b) for a, b in zip(src_p, dst_p)) if st.op is Op.COPY else None
+            self._steps.append((st, src_p, dst_p, bool(plan and plan[i]), same))
+
+    def reset(self) -> None:
+        """Back to the first step of the first slice (the run repeats over the same arrays)."""
+        self.it = self.s = 0
+        self.finished = not self.tb.steps
+        self._posted_remote = False
 
     def describe(self) -> str:
         if self.finished:
@@ -422,7 +440,7 @@ class TBRunner:
                     return progressed
                 self.finished = True
                 return True
-            st, srcs, dsts, direct = self._steps[self.s]
+            st, srcs, dsts, direct, same = self._steps[self.s]
             for dtb, dstep in st.deps:
                 if done[dtb] < self.it * nsteps[dtb] + dstep + 1:
                     return progressed
@@ -431,7 +449,7 @@ class TBRunner:
                 return progressed
             if op.sends and not self.sendc.ready():  # type: ignore[union-attr]
                 return progressed
-            self._execute(op, st.cnt, srcs, dsts, direct)
+            self._execute(op, st.cnt, srcs, dsts, direct, same)
             progressed = True
             done[tbid] += 1
             self.s += 1
@@ -442,7 +460,7 @@ class TBRunner:
                     self.finished = True
         return progressed
 
-    def _execute(self, op: Op, cnt: int, srcs, dsts, direct: bool = False) -> None:
+    def _execute(self, op: Op, cnt: int, srcs, dsts, direct: bool = False, same: tuple | None = None) -> None:
         run = self.run
         g = run.geo
         o = self.it * g.n
@@ -486,9 +504,10 @@ class TBRunner:
                 reduce(rv[lo:lo + dst.size], src, dst)
                 copy(sv[lo:lo + dst.size], dst)
             elif op is Op.COPY:
-                dst, src = _common(dsts[j].view(o, m), srcs[j].view(o, m))
-                if dst.size and not (dst.base is src.base and _addr(dst) == _addr(src)):
-                    copy(dst, src)
+                if not same[j]:  # type: ignore[index]
+                    dst, src = _common(dsts[j].view(o, m), srcs[j].view(o, m))
+                    if dst.size:
+                        copy(dst, src)
             elif op is Op.REDUCE:
                 dst, src = _common(dsts[j].view(o, m), srcs[j].view(o, m))
                 reduce(dst, src, dst)
@@ -571,6 +590,13 @@ def _common(dst: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _addr(a: np.ndarray) -> int:
     return a.__array_interface__["data"][0]
 
+
+def _same_piece(a: "_Piece", b: "_Piece") -> bool:
+    """True when two pieces are the same memory (the same start of the same buffer)."""
+    if a.array is b.array:
+        return a.start == b.start
+    return a.array.base is b.array.base and a.array.dtype == b.array.dtype and \
+        _addr(a.array) + a.start * a.array.itemsize == _addr(b.array) + b.start * b.array.itemsize
 
 class P2PRunner:
     """Point-to-point ops towards one peer in one direction, in order, sliced into slots.
@@ -660,7 +686,7 @@ class P2PRunner:
         if n < rmin:
             return 0
         n = min(n, max(self.DESC_MAX, self.slot_bytes))
-        addr = data.__array_interface__["data"][0] + self.off
+        addr = data.ctypes.data + self.off
         conn.post_remote(n, [(0, addr, n)], data.size if head else 0)  # type: ignore[union-attr]
         self._remote = True
         return n
@@ -676,7 +702,7 @@ class P2PRunner:
             raise MismatchError(
                 f"{self.label}: rank {self.conn.peer} sent {n} bytes where rank {self.rank}'s recv #{self.i} "
                 f"has {data.size - self.off} left (byte {self.off} of {data.size})")
-        self.conn.read_remote([(0, data.__array_interface__["data"][0] + self.off, n)])  # type: ignore[union-attr]
+        self.conn.read_remote([(0, data.ctypes.data + self.off, n)])  # type: ignore[union-attr]
         self.conn.release()  # type: ignore[union-attr]
         return n
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import log
 from .errors import Aborted, CollectiveTimeout
@@ -56,7 +57,7 @@ class Work:
 
     def _run_callbacks(self) -> None:
         """Run (once) the callbacks added so far; an error a callback raises is logged at WARN."""
-        if self._callbacks is None:  # the common case, lock-free; read after the event was set
+        if self._callbacks is None:  # the common case, lock-free; read after _done was set
             return
         while True:
             with _CALLBACKS:
@@ -77,8 +78,8 @@ class Work:
         At once, on this thread, if it already has; otherwise on the thread that finishes it
         (the stream's worker thread, or a thread that ran the call itself), after the stream has
         moved on, so that ``fn`` may issue further calls of the communicator and wait for them.
-        The callbacks added before the call finished run in the order they were added. An exception ``fn`` raises is logged
-        (``PYXCCL_DEBUG=WARN``) and otherwise ignored.
+        The callbacks added before the call finished run in the order they were added. An
+        exception ``fn`` raises is logged (``PYXCCL_DEBUG=WARN``) and otherwise ignored.
         """
         with _CALLBACKS:
             if self._callbacks is None:

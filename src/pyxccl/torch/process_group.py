@@ -28,7 +28,13 @@ import torch.distributed as dist
 import pyxccl
 
 from . import _tensors as T
-from ._errors import BACKEND, PyxcclBackendError, PyxcclInvalidArgument, unsupported, wrap_error
+from ._errors import (
+    BACKEND,
+    PyxcclBackendError,
+    PyxcclInvalidArgument,
+    unsupported,
+    wrap_error,
+)
 from ._movement import Movement
 from ._p2p import P2P
 from ._tensors import opt

@@ -1,0 +1,81 @@
+"""Repeated small calls: a blocking call identical to an earlier one skips planning.
+
+A training loop or a benchmark issues the same small collective over the same buffers
+again and again. For such a call most of the per-call cost is Python bookkeeping:
+checking the arguments, laying out the call, finding the program, binding the thread
+blocks to the arrays. When a blocking call names the very same numpy arrays (same
+objects, same shape, strides and dtype), op and root as a call remembered here, the
+communicator reuses that call's checked :class:`~pyxccl.calls.Call`, program and bound
+runners (reset to their first step) — NCCL keeps persistent plans for the same reason.
+
+Only small calls (at most :data:`SMALL_BYTES` per rank) are remembered, at most
+:data:`MAX_ENTRIES` of them, holding references to their arrays: a numpy array's memory
+cannot move while it is referenced (``ndarray.resize`` refuses), so the same object
+means the same memory. Other array types (torch, CuPy) always take the full path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+SMALL_BYTES = 64 * 1024
+MAX_ENTRIES = 16
+
+
+class Repeat:
+    """One remembered call: its arrays' signatures, the checked call, program, kernels and runners."""
+
+    __slots__ = ("input", "output", "sig", "call", "program", "kern", "what", "prun", "runners")
+
+    def __init__(self, input: np.ndarray, output: np.ndarray | None, call: Any, program: Any, kern: Any):
+        self.input, self.output = input, output
+        self.sig = _signature(input, output)
+        self.call, self.program, self.kern = call, program, kern
+        self.what = call.describe()
+        self.prun: Any = None  # bound on the first repeat
+        self.runners: list = []
+
+
+def _signature(input: np.ndarray, output: np.ndarray | None) -> tuple:
+    if output is None:
+        return (input.shape, input.strides, input.dtype)
+    return (input.shape, input.strides, input.dtype, output.shape, output.strides, output.dtype)
+
+
+class Repeats:
+    """A communicator's remembered calls, keyed by (collective, arrays' ids, op, root)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple, Repeat] = {}
+
+    @staticmethod
+    def key(collective: str, input: Any, output: Any, op: Any, root: Any) -> tuple | None:
+        """The lookup key, or None when the call cannot be remembered (not numpy, unhashable op)."""
+        if type(input) is not np.ndarray or (output is not None and type(output) is not np.ndarray):
+            return None
+        if not isinstance(op, str) and op is not None:
+            return None
+        return (collective, id(input), id(output), op, root)
+
+    def get(self, key: tuple, input: np.ndarray, output: np.ndarray | None) -> Repeat | None:
+        """The remembered call for ``key`` if its arrays are still these, unchanged."""
+        rep = self._entries.get(key)
+        if rep is None or rep.input is not input or rep.output is not output or rep.sig != _signature(input, output):
+            return None
+        return rep
+
+    def remember(self, key: tuple, input: np.ndarray, output: np.ndarray | None, call: Any, program: Any,
+                 kern: Any) -> None:
+        """Keep ``call`` (checked and planned from ``input``/``output``) for its repeats, if small enough."""
+        if call.count * call.dtype.itemsize > SMALL_BYTES or call.layout is not None or call.agree_count \
+                or call.op.name == "premul_sum" or program is None:
+            return
+        if len(self._entries) >= MAX_ENTRIES:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = Repeat(input, output, call, program, kern)
+
+    def clear(self) -> None:
+        """Forget every call (and release its arrays)."""
+        self._entries.clear()
