@@ -88,8 +88,10 @@ class Config:
     """PYXCCL_TIMEOUT: seconds any blocking wait may take before it raises."""
     transport: str = "auto"
     """PYXCCL_TRANSPORT: auto (shm on one host, socket across), or force socket/shm/local."""
-    slot_bytes: int = 512 * 1024
-    """PYXCCL_SLOT_BYTES: bytes of one transport slot (NCCL's step buffer)."""
+    slot_bytes: int = 1024 * 1024
+    """PYXCCL_SLOT_BYTES: bytes of one transport slot (NCCL's step buffer). With 4 slots a
+    connection holds 4 MiB, NCCL's default buffer; on the 2-core VM 1 MiB slots ran 16-64 MiB
+    calls 1.5-2x faster than 512 KiB ones (fewer Python steps per byte), 2-4 MiB no better."""
     nslots: int = 4
     """PYXCCL_NSLOTS: slots in flight per connector (NCCL's NCCL_STEPS)."""
     nchannels: int = 1
