@@ -3,8 +3,10 @@
 The parent creates a unique id (its root rendezvous runs in this process), starts N rank
 processes with it and waits; each rank builds ``pyxccl.Communicator(n, uid, rank)`` and
 runs the shared timing loop of ``_worker_common.py`` with out-of-place calls:
-``all_reduce(x, y)``, ``all_gather(x, y)``, ``reduce_scatter(x, y)``,
-``broadcast(x, y, root=0)``, ``all_to_all(x, y)``. Rank 0 prints the JSON result line.
+``all_reduce(x, y)``, ``all_gather(x, y)``, ``reduce_scatter(x, y)``, ``all_to_all(x, y)``;
+broadcast in place, as MPI's ``Bcast`` and torch's ``broadcast`` are (the root sends from
+its input buffer, the others receive into their output buffer): ``broadcast(buf, root=0)``.
+Rank 0 prints the JSON result line.
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ class Backend:
             return lambda: c.all_gather(send, recv)
         if op == "reducescatter":
             return lambda: c.reduce_scatter(send, recv)
-        if op == "broadcast":
-            return lambda: c.broadcast(send, recv, root=wc.ROOT)
+        if op == "broadcast":  # in place, like MPI_Bcast and torch's broadcast
+            arr = send if self.rank == wc.ROOT else recv
+            return lambda: c.broadcast(arr, root=wc.ROOT)
         if op == "alltoall":
             return lambda: c.all_to_all(send, recv)
         raise ValueError(op)
