@@ -27,6 +27,7 @@ from . import check as _check, flight
 from .bootstrap import Bootstrap, UniqueId
 from .bootstrap.root import start_root
 from .calls import Call
+from .collectives import Collectives
 from .dtypes import DTYPES, MAX, kernels, postdivide, prescale
 from .errors import (Aborted, CollectiveTimeout, InvalidArgument, MismatchError, PeerLostError, PyxcclError,
                      TransportError)
@@ -72,7 +73,7 @@ def _as_uid(uid: Any) -> UniqueId:
     raise InvalidArgument(f"uid: expected a pyxccl UniqueId (or its bytes/string), got {type(uid).__name__}")
 
 
-class Communicator:
+class Communicator(Collectives):
     """A group of ``nranks`` ranks; this object is rank ``rank`` of it.
 
     Every collective (and send/recv) takes ``async_op=False``; with True it returns a
@@ -456,106 +457,6 @@ class Communicator:
             self._verified[id(program)] = program
         return program
 
-    # ------------------------------------------------------------------ collectives
-    def all_reduce(self, input: Any, output: Any = None, op: Any = "sum", *, algorithm: "str | Program | None" = None,
-                   async_op: bool = False, timeout: float | None = None) -> Any:
-        """Reduce ``input`` over all ranks into ``output`` on every rank (in place when output is None)."""
-        key = None
-        if not async_op and algorithm is None and timeout is None:
-            key = self._repeats.key("allreduce", input, output, op, None)
-            if key is not None:
-                rep = self._repeats.get(key, input, output)
-                if rep is not None and not _group.active():
-                    return self._repeat(rep)
-        return self._collective(calls.plan_elementwise("allreduce", self._rank, self._size, input, output, op),
-                                algorithm, async_op, timeout, (key, input, output))
-
-    def broadcast(self, input: Any, output: Any = None, *, root: int = 0, algorithm: "str | Program | None" = None,
-                  async_op: bool = False, timeout: float | None = None) -> Any:
-        """Copy the root's ``input`` into ``output`` on every rank (in place when output is None)."""
-        return self._collective(calls.plan_elementwise("broadcast", self._rank, self._size, input, output, None, root),
-                                algorithm, async_op, timeout)
-
-    def reduce(self, input: Any, output: Any = None, op: Any = "sum", *, root: int = 0,
-               algorithm: "str | Program | None" = None, async_op: bool = False, timeout: float | None = None) -> Any:
-        """Reduce ``input`` over all ranks into the root's ``output`` (in place when output is None)."""
-        return self._collective(calls.plan_elementwise("reduce", self._rank, self._size, input, output, op, root),
-                                algorithm, async_op, timeout)
-
-    def all_gather(self, input: Any, output: Any, *, algorithm: "str | Program | None" = None, async_op: bool = False, timeout: float | None = None) -> Any:
-        """Concatenate every rank's ``input`` (count elements) into ``output`` (size * count) on every rank.
-
-        In place: pass ``input=None`` (or output's block of this rank) with the data in that block.
-        """
-        return self._collective(calls.plan_gatherlike("allgather", self._rank, self._size, input, output),
-                                algorithm, async_op, timeout)
-
-    def reduce_scatter(self, input: Any, output: Any = None, op: Any = "sum", *, algorithm: "str | Program | None" = None,
-                       async_op: bool = False, timeout: float | None = None) -> Any:
-        """Reduce ``input`` (size * count) over ranks; rank r gets block r in ``output`` (count).
-
-        In place (output None): the result is the rank's block of ``input``, which is returned.
-        """
-        return self._collective(calls.plan_scatterlike("reducescatter", self._rank, self._size, input, output, op),
-                                algorithm, async_op, timeout)
-
-    def all_to_all(self, input: Any, output: Any = None, *, algorithm: "str | Program | None" = None,
-                   async_op: bool = False, timeout: float | None = None) -> Any:
-        """Block q of ``input`` goes to rank q, into block r (this rank) of its ``output``."""
-        return self._collective(calls.plan_alltoall(self._rank, self._size, input, output), algorithm, async_op, timeout)
-
-    def gather(self, input: Any, output: Any = None, *, root: int = 0, algorithm: "str | Program | None" = None,
-               async_op: bool = False, timeout: float | None = None) -> Any:
-        """Concatenate every rank's ``input`` into the root's ``output`` (size * count)."""
-        return self._collective(calls.plan_gatherlike("gather", self._rank, self._size, input, output, root),
-                                algorithm, async_op, timeout)
-
-    def scatter(self, input: Any, output: Any = None, *, root: int = 0, algorithm: "str | Program | None" = None,
-                async_op: bool = False, timeout: float | None = None) -> Any:
-        """Block r of the root's ``input`` (size * count) goes to rank r's ``output`` (count)."""
-        return self._collective(calls.plan_scatterlike("scatter", self._rank, self._size, input, output, None, root),
-                                algorithm, async_op, timeout)
-
-    def all_gatherv(self, input: Any, output: Any, counts: Any, displs: Any = None, *,
-                    algorithm: "str | Program | None" = None, async_op: bool = False, timeout: float | None = None) -> Any:
-        """Rank q's ``counts[q]`` elements land at ``displs[q]`` (default: packed) of every rank's output.
-
-        In place: ``input=None``, with this rank's data already at its place in ``output``.
-        """
-        return self._collective(calls.plan_allgatherv(self._rank, self._size, input, output, counts, displs),
-                                algorithm, async_op, timeout)
-
-    def reduce_scatterv(self, input: Any, output: Any = None, counts: Any = (), op: Any = "sum", *,
-                        algorithm: "str | Program | None" = None, async_op: bool = False, timeout: float | None = None) -> Any:
-        """Reduce ``input`` (``sum(counts)`` elements, packed blocks) over ranks; rank r gets block r."""
-        return self._collective(calls.plan_reducescatterv(self._rank, self._size, input, output, counts, op),
-                                algorithm, async_op, timeout)
-
-    def all_to_allv(self, input: Any, output: Any, send_counts: Any, recv_counts: Any, send_displs: Any = None,
-                    recv_displs: Any = None, *, algorithm: "str | Program | None" = None,
-                    async_op: bool = False, timeout: float | None = None) -> Any:
-        """MPI_Alltoallv: ``send_counts[q]`` elements at ``send_displs[q]`` go to rank q's ``recv_displs[r]``."""
-        return self._collective(calls.plan_alltoallv(self._rank, self._size, input, output, send_counts,
-                                                     recv_counts, send_displs, recv_displs), algorithm, async_op, timeout)
-
-    def gatherv(self, input: Any, output: Any = None, counts: Any = None, displs: Any = None, *, root: int = 0,
-                algorithm: "str | Program | None" = None, async_op: bool = False, timeout: float | None = None) -> Any:
-        """Rank q's input lands at ``displs[q]`` of the root's output; ``counts``/``displs`` matter on the root."""
-        return self._collective(calls.plan_gatherv(self._rank, self._size, input, output, counts, displs, root),
-                                algorithm, async_op, timeout)
-
-    def scatterv(self, input: Any, output: Any, counts: Any = None, displs: Any = None, *, root: int = 0,
-                 algorithm: "str | Program | None" = None, async_op: bool = False, timeout: float | None = None) -> Any:
-        """``counts[q]`` elements at ``displs[q]`` of the root's input go to rank q's output."""
-        return self._collective(calls.plan_scatterv(self._rank, self._size, input, output, counts, displs, root),
-                                algorithm, async_op, timeout)
-
-    def barrier(self, *, async_op: bool = False, timeout: float | None = None) -> Any:
-        """Return once every rank has entered the barrier."""
-        token = np.zeros(1, dtype=np.uint8)
-        call = Call("barrier", 1, DTYPES["uint8"], token, token, True, None, MAX)
-        return self._collective(call, None, async_op, timeout)
-
     # ------------------------------------------------------------------ point to point
     def send(self, buf: Any, peer: int, *, async_op: bool = False, timeout: float | None = None) -> Any:
         """Send ``buf`` to ``peer``; matched in order with ``peer``'s recv from this rank."""
@@ -645,7 +546,6 @@ class Communicator:
             return None
         members = sorted((k, r) for r, (c, k) in enumerate(entries) if c == int(color))
         ranks = [r for _, r in members]
-        new_rank = ranks.index(self._rank)
         return self._child(ranks, _TAG_SPLIT + self._splits, b"split")
 
     def shrink(self, exclude: Any) -> "Communicator":
