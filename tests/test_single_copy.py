@@ -20,7 +20,7 @@ import pytest
 
 import harness
 from pyxccl import algorithms, config
-from pyxccl.executor import _plan_direct
+from pyxccl.direct_plan import _plan_direct
 from pyxccl.transport import cma
 from pyxccl.transport.doorbell import Doorbell
 from pyxccl.transport.shm import ShmRecvConnector, ShmSendConnector

@@ -31,13 +31,13 @@ from .collectives import Collectives
 from .dtypes import DTYPES, MAX, kernels, postdivide, prescale
 from .errors import (Aborted, CollectiveTimeout, InvalidArgument, MismatchError, PeerLostError, PyxcclError,
                      TransportError)
-from .health import Health, pid_namespace
+from .health import Health
 from .ir.program import COLLECTIVES, Buf, Program
 from .ir.relabel import relabel
 from .ir.verify import verify
 from .transport import PeerInfo, TransportContext, choose, create
 from .transport.doorbell import create_shared
-from .transport.shm import owner_suffix, sweep_stale
+from .transport.shm import owner_suffix, pid_namespace, sweep_stale
 from .repeat import Repeat, Repeats
 from .work import BatchWork, Stream, Work
 

@@ -14,7 +14,7 @@ is independent of slice ``j``, so thread blocks may be at different iterations.
 Single copy: where a connector takes descriptors (``remote_min_bytes`` > 0, the shm
 transport with PYXCCL_CMA), a step that only forwards bytes posts where they lie in
 this rank's memory instead of copying them into the slot, and the receiving ``r`` /
-``rcs`` copies them straight into its destination. :func:`_direct_plan` decides per
+``rcs`` copies them straight into its destination. :func:`pyxccl.direct_plan.direct_plan` decides per
 program, rank and aliasing which sending steps may: ``s`` (its source) and ``rcs``
 (the destination it just wrote), when the peer's matching step is ``r`` or ``rcs``
 (reductions read the slot anyway) and no step of this rank that is not ordered before
@@ -34,6 +34,7 @@ from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
+from .direct_plan import DIRECT_RECV, direct_any, direct_plan
 from .dtypes import Kernels
 from .errors import CollectiveTimeout, MismatchError
 from .ir.program import Buf, Op, Program, ThreadBlock, inplace_alias
@@ -139,9 +140,9 @@ class ProgramRun:
         return a
 
     def direct_plan(self) -> list[tuple[bool, ...]]:
-        """Per thread block, per step: may it send by descriptor (see :func:`_direct_plan`)?"""
+        """Per thread block, per step: may it send by descriptor (see :func:`pyxccl.direct_plan.direct_plan`)?"""
         if self._plan is None:
-            self._plan = _direct_plan(self.program, self.rank, self._alias_mode())
+            self._plan = direct_plan(self.program, self.rank, self._alias_mode())
         return self._plan
 
     def alias_hint(self) -> str:
@@ -207,152 +208,6 @@ class ProgramRun:
                 for i, tb in enumerate(self.part.tbs)]
 
 
-#: ops whose receiving side may read a descriptor straight into its destination
-_DIRECT_RECV = frozenset((Op.RECV, Op.RECV_COPY_SEND))
-_DIRECT: dict[tuple[int, int, str | None], tuple[Program, list[tuple[bool, ...]]]] = {}
-
-
-def _direct_plan(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
-    """Per thread block of ``rank`` (in order), per step: may the step send by descriptor?
-
-    A sending step qualifies when it only forwards bytes that stay put (``s`` from its
-    source, ``rcs`` from the destination it wrote), the peer's matching
-    receiving step (the i-th receive of the peer's thread block on that channel pairs
-    with the i-th send) is ``r`` or ``rcs``, the rank receives too (a rank that only
-    sends keeps its idle core busy copying into slots), and every other step of this rank that
-    writes one of the chunks sent (in-place aliasing of input and output included:
-    ``mode``) is ordered before it, through its thread block or ``deps``. Writes of
-    other slice iterations touch other elements. ``mode`` None: nothing qualifies.
-    Cached per (program, rank, mode).
-    """
-    key = (id(program), rank, mode)
-    hit = _DIRECT.get(key)
-    if hit is not None and hit[0] is program:
-        return hit[1]
-    plan = _plan_direct(program, rank, mode)
-    if len(_DIRECT) >= _SKELETON_CACHE_SIZE:
-        _DIRECT.clear()
-    _DIRECT[key] = (program, plan)
-    return plan
-
-
-def _plan_direct(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
-    tbs = program.ranks[rank].tbs
-    none = [(False,) * len(tb.steps) for tb in tbs]
-    if mode is None or not any(st.op.receives for tb in tbs for st in tb.steps):
-        # a rank that only sends (a broadcast's root) copies into the slots while its peer
-        # copies out, in parallel; a descriptor would leave both copies to the peer, and the
-        # kernel's copy is slower than memcpy (about 0.6x measured), so it stays on slots
-        return none
-    alias = inplace_alias(program.collective, program.nranks, program.chunks_per_block, rank) \
-        if mode == "inplace" else None
-
-    def canon(buf: Buf, c: int) -> tuple[Buf, int]:
-        if alias is not None and buf is alias[0]:
-            return alias[1], alias[2] + c
-        return buf, c
-
-    byid = {tb.id: tb for tb in tbs}
-    base: dict[int, int] = {}
-    n = 0
-    for tb in tbs:
-        base[tb.id] = n
-        n += len(tb.steps)
-    # anc[i]: bit set of the steps ordered before step i (same slice iteration)
-    anc: list[int | None] = [None] * n
-    for tb in tbs:
-        for s0 in range(len(tb.steps)):
-            stack, onstack = [(tb.id, s0)], {(tb.id, s0)}
-            while stack:
-                t, i = stack[-1]
-                idx = base[t] + i
-                if anc[idx] is not None:
-                    stack.pop()
-                    onstack.discard((t, i))
-                    continue
-                preds = ([(t, i - 1)] if i else []) + [d for d in byid[t].steps[i].deps
-                                                       if d[0] in byid and 0 <= d[1] < len(byid[d[0]].steps)]
-                missing = [d for d in preds if anc[base[d[0]] + d[1]] is None]
-                if missing:
-                    if any(d in onstack for d in missing):
-                        return none  # a dependency cycle: the program cannot run anyway
-                    stack.extend(missing)
-                    onstack.update(missing)
-                    continue
-                a = 0
-                for pt, pi in preds:
-                    j = base[pt] + pi
-                    a |= anc[j] | (1 << j)  # type: ignore[operator]
-                anc[idx] = a
-                stack.pop()
-                onstack.discard((t, i))
-    writers: dict[tuple[Buf, int], list[int]] = {}
-    for tb in tbs:
-        for i, st in enumerate(tb.steps):
-            if st.op.writes_dst and st.dstbuf is not None:
-                for j in range(st.cnt):
-                    writers.setdefault(canon(st.dstbuf, st.dstoff + j), []).append(base[tb.id] + i)
-    plan = []
-    for tb in tbs:
-        flags = [False] * len(tb.steps)
-        peer_ops = _peer_receives(program, rank, tb)
-        sends = [i for i, st in enumerate(tb.steps) if st.op.sends]
-        if peer_ops is not None and len(peer_ops) == len(sends):
-            for i, peer_op in zip(sends, peer_ops):
-                st = tb.steps[i]
-                if peer_op not in _DIRECT_RECV:
-                    continue
-                if st.op is Op.SEND:
-                    buf, off = st.srcbuf, st.srcoff
-                elif st.op is Op.RECV_COPY_SEND:
-                    buf, off = st.dstbuf, st.dstoff
-                else:
-                    continue
-                idx = base[tb.id] + i
-                before = anc[idx] or 0
-                flags[i] = buf is not None and all(
-                    w == idx or (before >> w) & 1
-                    for j in range(st.cnt) for w in writers.get(canon(buf, off + j), ()))
-        plan.append(tuple(flags))
-    return plan
-
-
-def _peer_receives(program: Program, rank: int, tb: ThreadBlock) -> list[Op] | None:
-    """The ops of the receiving steps of the thread block that receives what ``tb`` sends."""
-    if tb.send < 0:
-        return None
-    for ptb in program.ranks[tb.send].tbs:
-        if ptb.recv == rank and ptb.channel == tb.channel:
-            return [st.op for st in ptb.steps if st.op.receives]
-    return None
-
-
-_ANY: dict[tuple[int, int, str], tuple[Program, list[tuple[bool, bool, int]]]] = {}
-
-
-def _direct_any(program: Program, rank: int, mode: str) -> list[tuple[bool, bool, int]]:
-    """Per thread block of ``rank``: (may it send a descriptor, may it receive one, its largest slot ``cnt``)
-    in a call of aliasing ``mode`` (the peer's call assumed alike; a descriptor that comes anyway
-    is still read, through the slot): calls that cannot use descriptors skip every other check."""
-    hit = _ANY.get((id(program), rank, mode))
-    if hit is not None and hit[0] is program:
-        return hit[1]
-    out = []
-    for i, tb in enumerate(program.ranks[rank].tbs):
-        may_send = any(_direct_plan(program, rank, mode)[i])
-        may_recv = False
-        if tb.recv >= 0:
-            for j, ptb in enumerate(program.ranks[tb.recv].tbs):
-                if ptb.send == rank and ptb.channel == tb.channel:
-                    may_recv = any(_direct_plan(program, tb.recv, mode)[j])
-        cnt = max((st.cnt for st in tb.steps if st.op.sends or st.op.receives), default=0)
-        out.append((may_send, may_recv, cnt))
-    if len(_ANY) >= _SKELETON_CACHE_SIZE:
-        _ANY.clear()
-    _ANY[(id(program), rank, mode)] = (program, out)
-    return out
-
-
 _NEEDED: dict[tuple[int, int], tuple[Program, frozenset[ConnKey]]] = {}
 
 
@@ -388,7 +243,7 @@ class TBRunner:
         plan = None
         self._rread = False
         if (rmin or rmin_in) and index >= 0:
-            may_send, may_recv, cnt = _direct_any(run.program, run.rank, run.alias_hint())[index]
+            may_send, may_recv, cnt = direct_any(run.program, run.rank, run.alias_hint())[index]
             biggest = cnt * run.geo.n * run.dtype.itemsize
             if may_send and rmin and biggest >= rmin and cnt <= 128:  # 128 regions fit any slot that offers them
                 plan = run.direct_plan()[index]
@@ -526,7 +381,7 @@ class TBRunner:
             self._post_regions(nbytes, srcs, o, m)
             return True
         recvc = self.recvc
-        desc = recvc.remote() if self._rread and op in _DIRECT_RECV else None  # type: ignore[union-attr]
+        desc = recvc.remote() if self._rread and op in DIRECT_RECV else None  # type: ignore[union-attr]
         copy = run.kernels.copy
         if desc is None:  # a plain slot in: an rcs still forwards by descriptor when it may
             if not direct or op is not Op.RECV_COPY_SEND:

@@ -36,14 +36,6 @@ if TYPE_CHECKING:
     from .transport.base import PeerInfo
 
 
-def pid_namespace() -> str:
-    """This process's pid namespace (pids are comparable only within one)."""
-    try:
-        return str(os.stat("/proc/self/ns/pid").st_ino)
-    except OSError:
-        return ""
-
-
 #: seconds a loss seen by this rank waits for a notice of an earlier loss (see Health.report)
 GRACE = 0.25
 

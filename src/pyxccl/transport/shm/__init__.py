@@ -39,13 +39,17 @@ SHM_DIR = "/dev/shm"
 _OWNER = re.compile(r"^pyxccl-.*-p(\d+)\.(\d+)$")
 
 
+def pid_namespace() -> str:
+    """This process's pid namespace ("0" when unknown): pids compare only within one."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
 def owner_suffix() -> str:
     """The suffix naming this process in its /dev/shm files: ``-p<pid namespace>.<pid>``."""
-    try:
-        ns = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        ns = 0
-    return f"-p{ns}.{os.getpid()}"
+    return f"-p{pid_namespace()}.{os.getpid()}"
 
 
 def sweep_stale(directory: str = SHM_DIR, min_age: float = 1.0) -> list[str]:
@@ -54,7 +58,7 @@ def sweep_stale(directory: str = SHM_DIR, min_age: float = 1.0) -> list[str]:
     Files younger than ``min_age`` seconds are kept (their creator may have just started in a
     way this process cannot see yet); files of other pid namespaces are never touched.
     """
-    mine = owner_suffix().split(".")[0][2:]
+    mine = pid_namespace()
     removed = []
     try:
         names = os.listdir(directory)
