@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import hmac
 import json
 import os
 import socket
@@ -25,11 +24,11 @@ import numpy as np
 from . import algorithms, calls, config, executor, group as _group, log, topo, tuner
 from . import check as _check, flight
 from .bootstrap import Bootstrap, UniqueId
-from .bootstrap.root import start_root
 from .calls import Call
 from .collectives import Collectives
+from .membership import Membership
 from .dtypes import DTYPES, MAX, kernels, postdivide, prescale
-from .errors import (Aborted, CollectiveTimeout, InvalidArgument, MismatchError, PeerLostError, PyxcclError,
+from .errors import (Aborted, CollectiveTimeout, InvalidArgument, PeerLostError, PyxcclError,
                      TransportError)
 from .health import Health
 from .ir.program import COLLECTIVES, Buf, Program
@@ -42,25 +41,7 @@ from .repeat import Repeat, Repeats
 from .work import BatchWork, Stream, Work
 
 _TAG_CONNECT = 1 << 20  # bootstrap tags for connector set-up: + channel
-_TAG_SPLIT = 1 << 21
-_TAG_SHRINK = 1 << 22
 _P2P_CHANNEL = 1 << 10  # p2p traffic uses its own channels, after any collective's
-
-
-def host_identity(cfg: config.Config) -> str:
-    """Ranks with equal identity share a host (and /dev/shm): hostname, boot id, network namespace."""
-    if cfg.hostid:
-        return cfg.hostid
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-    except OSError:
-        boot = ""
-    try:
-        netns = str(os.stat("/proc/self/ns/net").st_ino)
-    except OSError:
-        netns = ""
-    return f"{socket.gethostname()}/{boot}/{netns}"
 
 
 def _as_uid(uid: Any) -> UniqueId:
@@ -73,7 +54,7 @@ def _as_uid(uid: Any) -> UniqueId:
     raise InvalidArgument(f"uid: expected a pyxccl UniqueId (or its bytes/string), got {type(uid).__name__}")
 
 
-class Communicator(Collectives):
+class Communicator(Collectives, Membership):
     """A group of ``nranks`` ranks; this object is rank ``rank`` of it.
 
     Every collective (and send/recv) takes ``async_op=False``; with True it returns a
@@ -120,7 +101,7 @@ class Communicator(Collectives):
         self._bell_path = bell_path
         self._doorbell = create_shared(bell_path, spin_us=cfg.spin_us)
         system = topo.local_system(cfg, dump=self._rank == 0, rank=self._rank)
-        me = {"rank": self._rank, "host": host_identity(cfg), "pid": os.getpid(), "doorbell": bell_path,
+        me = {"rank": self._rank, "host": topo.host_hash(cfg), "pid": os.getpid(), "doorbell": bell_path,
               "hostname": socket.gethostname(), "slot_bytes": cfg.slot_bytes, "nslots": cfg.nslots,
               "topo": topo.summarize(system), "pidns": pid_namespace()}
         infos = [json.loads(b) for b in self._bootstrap.allgather(json.dumps(me).encode())]
@@ -533,72 +514,6 @@ class Communicator(Collectives):
         self._drive(runners, what)
 
     # ------------------------------------------------------------------ life
-    def split(self, color: int | None, key: int = 0) -> "Communicator | None":
-        """A new communicator of the ranks with the same ``color``, ordered by (key, rank).
-
-        Collective over this communicator. ``color=None`` (or negative) takes no part and gets None.
-        """
-        self._check_open()
-        mine = json.dumps([-1 if color is None else int(color), int(key)]).encode()
-        entries = [json.loads(b) for b in self._stream.run(lambda: self._bootstrap.allgather(mine), "split")]
-        self._splits += 1
-        if color is None or int(color) < 0:
-            return None
-        members = sorted((k, r) for r, (c, k) in enumerate(entries) if c == int(color))
-        ranks = [r for _, r in members]
-        return self._child(ranks, _TAG_SPLIT + self._splits, b"split")
-
-    def shrink(self, exclude: Any) -> "Communicator":
-        """A new communicator of every rank not in ``exclude``, in the same order; no new unique id needed.
-
-        Collective over the survivors: each rank not excluded calls it with the same ranks.
-        This is how to go on after a :class:`PeerLostError`: ``comm.shrink(exclude=[err.rank])``
-        (lost peers need not be listed twice; list every rank that is gone). The old
-        communicator is left as it is: abort or destroy it afterwards.
-        """
-        if self._aborted:
-            raise Aborted(f"rank {self._rank}: shrink on an aborted communicator; shrink before abort()")
-        if self._closed:
-            raise InvalidArgument("shrink: the communicator was destroyed")
-        try:
-            excluded = sorted({calls.check_rank(r, self._size, "exclude") for r in exclude})
-        except TypeError:
-            raise InvalidArgument(f"exclude must be an iterable of ranks, got {exclude!r}") from None
-        if self._rank in excluded:
-            raise InvalidArgument(f"shrink: rank {self._rank} is in exclude={excluded}; excluded ranks do not call it")
-        lost = sorted(set(self._health.lost) - set(excluded))  # type: ignore[union-attr]
-        if lost:
-            raise InvalidArgument(f"shrink: rank(s) {lost} are lost but not in exclude={excluded}")
-        survivors = [r for r in range(self._size) if r not in excluded]
-        self._shrinks += 1
-        return self._child(survivors, _TAG_SHRINK + self._shrinks, json.dumps(excluded).encode())
-
-    def _child(self, ranks: list[int], tag: int, agreement: bytes) -> "Communicator":
-        """The communicator of ``ranks`` (ascending new rank order; this rank among them).
-
-        Its first rank starts the new root on its own bootstrap address and sends the address
-        to the others; the secret is derived from this communicator's, so it never travels.
-        ``agreement`` (what every member computed, e.g. the excluded ranks) must match.
-        """
-        new_rank = ranks.index(self._rank)
-        digest = hashlib.sha256(agreement).digest()
-        secret = hmac.new(self._secret, b"pyxccl-child" + tag.to_bytes(8, "big") + digest, "sha256").digest()[:16]
-        if new_rank == 0:
-            host = self._bootstrap.address[0]
-            port = start_root(secret, host, 0, self._timeout)
-            for r in ranks[1:]:
-                self._bootstrap.send(r, tag, digest + json.dumps([host, port]).encode())
-        else:
-            msg = self._bootstrap.recv(ranks[0], tag, timeout=self._timeout)
-            if msg[:32] != digest:
-                raise MismatchError(f"rank {self._rank}: rank {ranks[0]} builds a different communicator "
-                                    f"(its {agreement.decode(errors='replace')!r} differs from this rank's)")
-            try:
-                host, port = json.loads(msg[32:])
-            except ValueError:
-                raise PyxcclError(f"rank {self._rank}: malformed root address from rank {ranks[0]}") from None
-        return Communicator(len(ranks), UniqueId(secret, str(host), int(port)), new_rank, timeout=self._timeout)
-
     def abort(self) -> None:
         """Stop now, locally: fail pending work with Aborted and release resources. Idempotent."""
         with self._lock:
