@@ -134,9 +134,10 @@ def test_probe_failure_and_disabled_fall_back_to_slots():
 
 
 def test_config_variables():
-    assert config.load({}).cma is True
+    assert config.load({}).cma == "auto"
     cfg = config.load({"PYXCCL_CMA": "0", "PYXCCL_CMA_MIN_BYTES": "4K"})
-    assert (cfg.cma, cfg.cma_min_bytes) == (False, 4096)
+    assert (cfg.cma, cfg.cma_min_bytes) == ("off", 4096)
+    assert config.load({"PYXCCL_CMA": "yes"}).cma == "on" and config.load({"PYXCCL_CMA": "AUTO"}).cma == "auto"
     with pytest.raises(Exception, match="PYXCCL_CMA"):
         config.load({"PYXCCL_CMA": "maybe"})
 
@@ -153,12 +154,15 @@ def test_direct_plan():
                                                           ("r", False)]
     assert _flags("allgather", "ring", 4, "inplace", 2) == _flags("allgather", "ring", 4, "oop", 2)
     assert not any(f for _, f in _flags("allgather", "ring", 4, None, 0))  # unknown aliasing: none
-    # ring allreduce: the first send feeds a reduction (slot); rrcs forwards stay on slots (measured
-    # no faster), the rcs of the all-gather phase (3+ ranks) forward by descriptor
-    assert _flags("allreduce", "ring", 2, "oop", 0) == [("s", False), ("rrcs", False), ("r", False)]
-    assert [f for op, f in _flags("allreduce", "ring", 3, "oop", 0) if op == "rcs"] == [True]
-    # chain broadcast: the root only sends (stays on slots), a middle rank forwards by descriptor
-    assert [f for op, f in _flags("broadcast", "chain", 3, "oop", 0) if op == "s"] == [False]
+    # ring allreduce: the input's send (its peer reduces it: read into the slot), the reduced
+    # chunk's rrcs and the rcs forwards may go by descriptor; an rrs sends a sum kept nowhere
+    assert _flags("allreduce", "ring", 2, "oop", 0) == [("s", True), ("rrcs", True), ("r", False)]
+    assert _flags("allreduce", "ring", 3, "oop", 0) == [("s", True), ("rrs", False), ("rrcs", True),
+                                                         ("rcs", True), ("r", False)]
+    # in place, the chunk sent first is overwritten by the final receive, not ordered before it
+    assert _flags("allreduce", "ring", 2, "inplace", 0) == [("s", False), ("rrcs", True), ("r", False)]
+    # chain broadcast: the root's send and a middle rank's forward
+    assert [f for op, f in _flags("broadcast", "chain", 3, "oop", 0) if op == "s"] == [True]
     assert [f for op, f in _flags("broadcast", "chain", 3, "oop", 1) if op == "rcs"] == [True]
     # all-to-all: out of place the block is sent from the input; in place the receive overwrites
     # that very block afterwards, so the peer could read the new data: slots
@@ -198,7 +202,19 @@ def test_sender_finishes_only_once_its_descriptors_were_read():
         last.advance()
     assert mid.advance() and mid.finished
     assert all(np.array_equal(b, data) for b in bufs)
-    assert r01.reads == 3 and r20.reads == 0  # the root (it only sends) stays on slots
+    assert r01.reads == 3 and r20.reads == 3  # the root's sends and the forwards went by descriptor
+    # the same program with the call's choice "slots" (use_direct False): no descriptor at all
+    bufs = [np.zeros(count, np.float32), np.zeros(count, np.float32), data.copy()]
+    runs = [ProgramRun(program, q, {Buf.INPUT: bufs[q], Buf.OUTPUT: bufs[q]}, count, kern, 16384) for q in range(3)]
+    for run in runs:
+        run.use_direct = False
+    runners = [runs[2].runners({(0, 0, "send"): s20})[0], runs[0].runners({(1, 0, "send"): s01, (2, 0, "recv"): r20})[0],
+               runs[1].runners({(0, 0, "recv"): r01})[0]]
+    while not all(r.finished for r in runners):
+        for r in runners:
+            r.advance()
+    assert all(np.array_equal(b, data) for b in bufs)
+    assert r01.reads == 3 and r20.reads == 3 and runs[0].sends_direct and runs[2].sends_direct
 
 
 # ============================================================================ ranks
@@ -214,8 +230,9 @@ def _expect(label: str, got: np.ndarray, want: np.ndarray) -> list[str]:
     return [f"{label}: wrong at {list(bad[:5])} of {want.size}"]
 
 
-def job_collectives(comm, counts=(1, 1237, 70001), expect_reads: bool = True) -> list[str]:
-    """Every byte-moving collective with odd counts, in and out of place; data depends on rank."""
+def job_collectives(comm, counts=(1, 1237, 70001), expect_reads: bool | None = True) -> list[str]:
+    """Every byte-moving collective with odd counts, in and out of place; data depends on rank.
+    ``expect_reads``: True/False: descriptors must / must not have been read; None: either."""
     r, n = comm.rank, comm.size
     fails: list[str] = []
     before = _reads(comm)
@@ -255,9 +272,9 @@ def job_collectives(comm, counts=(1, 1237, 70001), expect_reads: bool = True) ->
         comm.reduce_scatter(src, out)
         fails += _expect(f"reducescatter {count}", out, n * (base + r) + n * (n - 1) / 2)
     reads = _reads(comm) - before
-    if expect_reads and not reads:
+    if expect_reads is True and not reads:
         fails.append("no descriptor was read: the single-copy path was not taken")
-    if not expect_reads and reads:
+    if expect_reads is False and reads:
         fails.append(f"{reads} descriptors read although the single-copy path is off")
     return fails
 
@@ -346,9 +363,22 @@ SMALL = {"PYXCCL_SLOT_BYTES": "16K", "PYXCCL_CMA_MIN_BYTES": "1K"}
 
 
 @needs_cma
-@pytest.mark.parametrize("nranks", [2, 3])
+@pytest.mark.parametrize("nranks", [2, 3, 4, 5])
 def test_collectives_single_copy(pools, nranks):
-    pools(nranks, **SMALL).check(job_collectives)
+    """PYXCCL_CMA=auto: the first call of a kind goes by descriptor, the second through the slots,
+    later ones by the faster; every one numpy-checked."""
+    pool = pools(nranks, **SMALL)
+    pool.check(job_collectives)
+    for _ in range(2):
+        pool.check(job_collectives, expect_reads=None)
+
+
+@needs_cma
+def test_collectives_single_copy_always(pools):
+    """PYXCCL_CMA=1: every step that may goes by descriptor, call after call."""
+    pool = pools(3, PYXCCL_CMA="1", **SMALL)
+    for _ in range(2):
+        pool.check(job_collectives)
 
 
 @needs_cma

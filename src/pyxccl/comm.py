@@ -22,7 +22,7 @@ from typing import AbstractSet, Any
 import numpy as np
 
 from . import algorithms, calls, config, executor, group as _group, log, topo, tuner
-from . import check as _check, flight
+from . import check as _check, flight, paths
 from .bootstrap import Bootstrap, UniqueId
 from .calls import Call
 from .collectives import Collectives
@@ -132,6 +132,7 @@ class Communicator(Collectives, Membership):
         self._coll_seq = 0  # collectives issued: the flight recorder's and PYXCCL_CHECK's sequence numbers
         self._flight = flight.FlightRecorder(cfg.trace_size) if cfg.trace_size else None
         self._check_call = _check.verify if cfg.check else None
+        self._paths = paths.PathChooser() if cfg.cma == "auto" else None
         flight.register(self)  # for SIGUSR1 dumps (PYXCCL_TRACE_DIR)
         if self._rank == 0:
             log.info("init: %d ranks on %d host(s) %s, slot %d B x %d, channels %d, timeout %.0f s",
@@ -375,7 +376,17 @@ class Communicator(Collectives, Membership):
                                    call.layout)
         conns = self._connect(prun.needed(), label)
         log.trace("%s", label, rank=self._rank)
-        self._drive(prun.runners(conns), label)
+        runners = prun.runners(conns)
+        if not prun.sends_direct or self._paths is None:  # nothing to choose (or PYXCCL_CMA=1: descriptors)
+            self._drive(runners, label)
+        else:
+            nbytes = call.count * call.dtype.itemsize
+            key = self._paths.key(program, nbytes)
+            path = self._paths.choose(key)
+            prun.use_direct = path == paths.DIRECT
+            t0 = time.perf_counter()
+            self._drive(runners, label)
+            self._paths.record(key, path, time.perf_counter() - t0, nbytes)
         if call.op.name == "avg":
             for arr in call.reduced:
                 postdivide(arr, self._size)

@@ -69,6 +69,15 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _parse_cma(text: str) -> str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return "on" if _parse_bool(text) else "off"
+    except ValueError:
+        raise ValueError("auto, 1 or 0") from None
+
+
 def _parse_bool(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -96,8 +105,8 @@ class Config:
     """PYXCCL_NSLOTS: slots in flight per connector (NCCL's NCCL_STEPS)."""
     nchannels: int = 1
     """PYXCCL_NCHANNELS: channels the built-in algorithms use."""
-    cma: bool = True
-    """PYXCCL_CMA: 1 lets a same-host receiver copy large messages straight from the sender's buffer (process_vm_readv, one copy instead of two); 0 always copies through the shared slots."""
+    cma: str = "auto"
+    """PYXCCL_CMA: same-host single copy (a receiver copies large messages straight from the sender's buffer with process_vm_readv): auto (default: per call, whichever of it and the shared slots measured faster, see pyxccl.paths), 1 (whenever a step may), 0 (never: always the slots)."""
     cma_min_bytes: int = 512 * 1024
     """PYXCCL_CMA_MIN_BYTES: smallest step (bytes per slot) that goes by single copy (smaller ones measured slower than the slots)."""
     spin_us: float = 1000.0
@@ -137,7 +146,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "slot_bytes": ("PYXCCL_SLOT_BYTES", _parse_bytes),
     "nslots": ("PYXCCL_NSLOTS", _positive_int),
     "nchannels": ("PYXCCL_NCHANNELS", _positive_int),
-    "cma": ("PYXCCL_CMA", _parse_bool),
+    "cma": ("PYXCCL_CMA", _parse_cma),
     "cma_min_bytes": ("PYXCCL_CMA_MIN_BYTES", _parse_bytes),
     "spin_us": ("PYXCCL_SPIN_US", _non_negative_float),
     "socket_ifname": ("PYXCCL_SOCKET_IFNAME", str),

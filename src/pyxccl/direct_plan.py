@@ -2,11 +2,11 @@
 
 Where a connector takes descriptors (the shm transport with PYXCCL_CMA), a sending step
 may post where its bytes lie instead of copying them into the slot, and the receiver
-reads them straight into its destination (see :mod:`pyxccl.executor`). That is safe
-only when nothing overwrites those bytes before the peer read them, and useful only
-when the peer's matching step is a plain receive. This module decides both from the IR
-alone, per (program, rank, aliasing mode), and caches the answer like the executor's
-other per-program tables.
+reads them itself (straight into its destination, or into the slot before a reduction).
+That is safe only when nothing overwrites those bytes before the peer read them. This
+module decides it from the IR alone, per (program, rank, aliasing mode), and caches the
+answer like the executor's other per-program tables; whether a call uses it is measured
+per call (:mod:`pyxccl.paths`).
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ def direct_plan(program: Program, rank: int, mode: str | None) -> list[tuple[boo
     """Per thread block of ``rank`` (in order), per step: may the step send by descriptor?
 
     A sending step qualifies when it only forwards bytes that stay put (``s`` from its
-    source, ``rcs`` from the destination it wrote), the peer's matching
-    receiving step (the i-th receive of the peer's thread block on that channel pairs
-    with the i-th send) is ``r`` or ``rcs``, the rank receives too (a rank that only
-    sends keeps its idle core busy copying into slots), and every other step of this rank that
-    writes one of the chunks sent (in-place aliasing of input and output included:
-    ``mode``) is ordered before it, through its thread block or ``deps``. Writes of
-    other slice iterations touch other elements. ``mode`` None: nothing qualifies.
+    source, ``rcs`` and ``rrcs`` from the destination they wrote), the peer has the
+    matching receiving thread block, and every other step of this rank that writes one of
+    the chunks sent (in-place aliasing of input and output included: ``mode``) is ordered
+    before it, through its thread block or ``deps``. Writes of other slice iterations touch
+    other elements. ``mode`` None: nothing qualifies. Whether a qualifying step does go by
+    descriptor is decided per call (:mod:`pyxccl.paths`): a plain receive reads it straight
+    into its destination, a reduction reads it into the slot first.
     Cached per (program, rank, mode).
     """
     key = (id(program), rank, mode)
@@ -48,10 +48,7 @@ def direct_plan(program: Program, rank: int, mode: str | None) -> list[tuple[boo
 def _plan_direct(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
     tbs = program.ranks[rank].tbs
     none = [(False,) * len(tb.steps) for tb in tbs]
-    if mode is None or not any(st.op.receives for tb in tbs for st in tb.steps):
-        # a rank that only sends (a broadcast's root) copies into the slots while its peer
-        # copies out, in parallel; a descriptor would leave both copies to the peer, and the
-        # kernel's copy is slower than memcpy (about 0.6x measured), so it stays on slots
+    if mode is None:
         return none
     alias = inplace_alias(program.collective, program.nranks, program.chunks_per_block, rank) \
         if mode == "inplace" else None
@@ -107,15 +104,13 @@ def _plan_direct(program: Program, rank: int, mode: str | None) -> list[tuple[bo
         peer_ops = _peer_receives(program, rank, tb)
         sends = [i for i, st in enumerate(tb.steps) if st.op.sends]
         if peer_ops is not None and len(peer_ops) == len(sends):
-            for i, peer_op in zip(sends, peer_ops):
+            for i in sends:
                 st = tb.steps[i]
-                if peer_op not in DIRECT_RECV:
-                    continue
                 if st.op is Op.SEND:
                     buf, off = st.srcbuf, st.srcoff
-                elif st.op is Op.RECV_COPY_SEND:
+                elif st.op in (Op.RECV_COPY_SEND, Op.RECV_REDUCE_COPY_SEND):
                     buf, off = st.dstbuf, st.dstoff
-                else:
+                else:  # rrs sends a sum it keeps nowhere
                     continue
                 idx = base[tb.id] + i
                 before = anc[idx] or 0

@@ -12,17 +12,17 @@ slice index, exactly like MSCCL's loop over ``gridOffset``. Slice ``i`` of every
 is independent of slice ``j``, so thread blocks may be at different iterations.
 
 Single copy: where a connector takes descriptors (``remote_min_bytes`` > 0, the shm
-transport with PYXCCL_CMA), a step that only forwards bytes posts where they lie in
-this rank's memory instead of copying them into the slot, and the receiving ``r`` /
-``rcs`` copies them straight into its destination. :func:`pyxccl.direct_plan.direct_plan` decides per
-program, rank and aliasing which sending steps may: ``s`` (its source) and ``rcs``
-(the destination it just wrote), when the peer's matching step is ``r`` or ``rcs``
-(reductions read the slot anyway) and no step of this rank that is not ordered before
-it writes the same chunk (the peer reads it later, at its own pace). A runner that
-posted descriptors finishes only once the peer released them all. The kernel's copy
-is slower than memcpy (about 0.6x on the 16-core benchmark machine), so the path pays
-only where it saves a whole copy on a busy rank: ``rrcs`` forwards (allreduce) and
-ranks that only send (a broadcast's root) measured no better, and stay on slots.
+transport with PYXCCL_CMA), a step that only forwards bytes may post where they lie in
+this rank's memory instead of copying them into the slot; a receiving ``r`` / ``rcs``
+copies them straight into its destination, a reduction reads them into the slot first.
+:func:`pyxccl.direct_plan.direct_plan` decides per program, rank and aliasing which
+sending steps may: ``s`` (its source), ``rcs`` and ``rrcs`` (the destination just
+written), when no step of this rank that is not ordered before it writes the same chunk
+(the peer reads it later, at its own pace). Whether they do is the call's choice
+(``ProgramRun.use_direct``, measured per call by :mod:`pyxccl.paths`): the kernel's copy
+is slower than memcpy between cores that share a cache and much faster than pulling
+slot lines out of another CCD's cache. A runner that posted descriptors finishes only
+once the peer released them all.
 """
 
 from __future__ import annotations
@@ -131,6 +131,8 @@ class ProgramRun:
         self.nsteps = [len(tb.steps) for tb in self.part.tbs]
         self._addrs: dict[int, int] = {}
         self._plan: list[tuple[bool, ...]] | None = None
+        self.sends_direct = False  # some step of this run may send by descriptor (set by its runners)
+        self.use_direct = True  # this call's choice for those steps (:mod:`pyxccl.paths`)
 
     def addr_of(self, array: np.ndarray) -> int:
         """The address of ``array``'s first element (memoized: the call's arrays live as long as it)."""
@@ -247,6 +249,7 @@ class TBRunner:
             biggest = cnt * run.geo.n * run.dtype.itemsize
             if may_send and rmin and biggest >= rmin and cnt <= 128:  # 128 regions fit any slot that offers them
                 plan = run.direct_plan()[index]
+                run.sends_direct = run.sends_direct or any(plan)
             # (the call's arrays are flat and C-contiguous: calls.py checks; addresses are computed from that)
             self._rread = may_recv and bool(rmin_in) and biggest >= rmin_in
         self._rmin = rmin
@@ -321,6 +324,7 @@ class TBRunner:
         o = self.it * g.n
         m = min(g.n, g.ce - o)
         nbytes = cnt * m * run.dtype.itemsize
+        direct = direct and run.use_direct
         if (direct or self._rread) and self._execute_direct(op, cnt, srcs, dsts, direct, o, m, nbytes):
             return
         reduce, copy = run.kernels.reduce, run.kernels.copy
@@ -381,6 +385,8 @@ class TBRunner:
             self._post_regions(nbytes, srcs, o, m)
             return True
         recvc = self.recvc
+        if op is Op.RECV_REDUCE_COPY_SEND:  # only with ``direct``: reduce into dst, then post dst
+            return direct and self._reduce_then_post(cnt, srcs, dsts, o, m, nbytes)
         desc = recvc.remote() if self._rread and op in DIRECT_RECV else None  # type: ignore[union-attr]
         copy = run.kernels.copy
         if desc is None:  # a plain slot in: an rcs still forwards by descriptor when it may
@@ -418,6 +424,23 @@ class TBRunner:
                     dst = dsts[j].view(o, m)
                     copy(sv[j * m:j * m + dst.size], dst)
                 self.sendc.post(nbytes)  # type: ignore[union-attr]
+        recvc.release()  # type: ignore[union-attr]
+        return True
+
+    def _reduce_then_post(self, cnt: int, srcs, dsts, o: int, m: int, nbytes: int) -> bool:
+        """``rrcs`` on the single-copy path: reduce what arrived (a descriptor is read into the
+        slot first) with the source into the destination, and post the destination."""
+        run = self.run
+        recvc = self.recvc
+        raw = recvc.buffer()  # type: ignore[union-attr]
+        if raw.size != nbytes:
+            return False  # the slot path raises the MismatchError
+        rv = raw.view(run.dtype)
+        reduce = run.kernels.reduce
+        for j in range(cnt):
+            dst, src = _common(dsts[j].view(o, m), srcs[j].view(o, m))
+            reduce(rv[j * m:j * m + dst.size], src, dst)
+        self._post_regions(nbytes, dsts, o, m)
         recvc.release()  # type: ignore[union-attr]
         return True
 

@@ -161,7 +161,7 @@ class ShmTransport(Transport):
         self._bells: dict[int, Doorbell] = {}
         self._created: list[str] = []
         cfg = ctx.config if ctx.config is not None else _config.get()
-        self._cma_min = cfg.cma_min_bytes if cfg.cma and cma.available() else 0
+        self._cma_min = cfg.cma_min_bytes if cfg.cma != "off" and cma.available() else 0
 
     def peer_doorbell(self, peer: int) -> Doorbell:
         """A handle on ``peer``'s doorbell (writer id = this rank + 1)."""

@@ -1,0 +1,59 @@
+"""The per-call choice between slots and single copy (pyxccl.paths), on a simulated machine."""
+
+from __future__ import annotations
+
+from pyxccl.paths import DIRECT, MAX_INTERVAL, MIN_INTERVAL, SLOTS, PathChooser
+
+NBYTES = 16 << 20
+
+
+def _run(chooser: PathChooser, key, cost: dict[int, float], calls: int) -> list[int]:
+    """``calls`` calls whose time is ``cost[path]`` seconds; the paths taken."""
+    taken = []
+    for _ in range(calls):
+        path = chooser.choose(key)
+        chooser.record(key, path, cost[path], NBYTES)
+        taken.append(path)
+    return taken
+
+
+def test_tries_both_then_keeps_the_faster_and_backs_off():
+    c = PathChooser()
+    key = c.key(object(), NBYTES)
+    taken = _run(c, key, {SLOTS: 1.0, DIRECT: 1.6}, 2 + 400)
+    assert taken[:2] == [DIRECT, SLOTS]
+    rest = taken[2:]
+    tries = [i for i, p in enumerate(rest) if p == DIRECT]
+    assert rest.count(SLOTS) > 380 and tries  # mostly the faster path, the other tried now and then
+    gaps = [b - a for a, b in zip(tries, tries[1:])]
+    assert gaps == sorted(gaps) and gaps[-1] == MAX_INTERVAL  # each losing try doubles the interval
+    assert tries[0] == MIN_INTERVAL - 1
+
+
+def test_follows_the_machine_when_it_changes():
+    c = PathChooser()
+    key = c.key(object(), NBYTES)
+    _run(c, key, {SLOTS: 1.0, DIRECT: 1.6}, 300)  # slots win (vCPUs sharing a cache)
+    assert c.best(key) == SLOTS
+    after = _run(c, key, {SLOTS: 5.0, DIRECT: 1.6}, 50)  # the slots get 5x slower
+    assert after[0] == SLOTS and after.count(DIRECT) >= 48  # one slow call is enough to switch
+    assert c.best(key) == DIRECT
+    # the slots recover: the next try of them (at most MAX_INTERVAL calls away) wins them back
+    back = _run(c, key, {SLOTS: 1.0, DIRECT: 1.6}, MAX_INTERVAL + 20)
+    first = back.index(SLOTS)
+    assert first <= MAX_INTERVAL and c.best(key) == SLOTS
+    # from then on single copy is only tried, at growing intervals (8, 16, 32, ...)
+    assert back[first + 1:first + MIN_INTERVAL] == [SLOTS] * (MIN_INTERVAL - 1)
+    assert back[first:].count(DIRECT) <= 4
+
+
+def test_keys_are_per_program_and_size_class():
+    c = PathChooser()
+    p, q = object(), object()
+    assert c.key(p, 1 << 20) == c.key(p, (1 << 21) - 1) != c.key(p, 1 << 21)
+    assert c.key(p, 1 << 20) != c.key(q, 1 << 20)
+    a, b = c.key(p, 1 << 20), c.key(q, 1 << 20)
+    _run(c, a, {SLOTS: 1.0, DIRECT: 2.0}, 20)
+    _run(c, b, {SLOTS: 2.0, DIRECT: 1.0}, 20)
+    assert (c.best(a), c.best(b)) == (SLOTS, DIRECT)
+    assert c.best(c.key(p, 1 << 25)) is None
