@@ -2,9 +2,11 @@
 
 Each method lays its arguments out with :mod:`pyxccl.calls` (the checks that raise
 InvalidArgument on the rank that made the mistake) and hands the call to
-``Communicator._collective``; ``all_reduce`` first looks for a remembered repeat of the same
-call (:mod:`pyxccl.repeat`). Every method takes ``algorithm`` (a registered name or an IR
-Program), ``async_op`` and ``timeout`` as the Communicator's docstring describes.
+``Communicator._collective``; ``all_reduce``, ``broadcast``, ``reduce``, ``all_gather``,
+``reduce_scatter`` and ``all_to_all`` first look for a remembered repeat of the same call
+(:mod:`pyxccl.repeat`, through :meth:`Collectives._remembered`). Every method takes
+``algorithm`` (a registered name or an IR Program), ``async_op`` and ``timeout`` as the
+Communicator's docstring describes.
 """
 
 from __future__ import annotations
@@ -22,38 +24,63 @@ from .ir.program import Program
 class Collectives:
     """Mixin of :class:`~pyxccl.comm.Communicator`: one public method per collective."""
 
+    def _remembered(self, collective: str, input: Any, output: Any, op: Any, root: Any,
+                    algorithm: "str | Program | None", async_op: bool, timeout: float | None) -> tuple:
+        """``(key, repeat)`` for a call :mod:`pyxccl.repeat` may serve: ``repeat`` is the remembered
+        call to run again (or None), ``key`` what to remember this one by (None: never remembered).
+
+        Only blocking calls with the communicator's algorithm and timeout qualify; a remembered
+        call is not reused inside ``group()`` (``_collective`` remembers nothing there, nor with
+        PYXCCL_CHECK on). The caller runs ``self._repeat(repeat)`` itself: the flight recorder
+        finds the call site a fixed number of frames up.
+        """
+        if async_op or algorithm is not None or timeout is not None:
+            return None, None
+        key = self._repeats.key(collective, input, output, op, root)
+        if key is None:
+            return None, None
+        rep = self._repeats.get(key, input, output)
+        if rep is not None and _group.active():
+            rep = None
+        return key, rep
+
     def all_reduce(self, input: Any, output: Any = None, op: Any = "sum", *, algorithm: "str | Program | None" = None,
                    async_op: bool = False, timeout: float | None = None) -> Any:
         """Reduce ``input`` over all ranks into ``output`` on every rank (in place when output is None)."""
-        key = None
-        if not async_op and algorithm is None and timeout is None:
-            key = self._repeats.key("allreduce", input, output, op, None)
-            if key is not None:
-                rep = self._repeats.get(key, input, output)
-                if rep is not None and not _group.active():
-                    return self._repeat(rep)
+        key, rep = self._remembered("allreduce", input, output, op, None, algorithm, async_op, timeout)
+        if rep is not None:
+            return self._repeat(rep)
         return self._collective(calls.plan_elementwise("allreduce", self._rank, self._size, input, output, op),
                                 algorithm, async_op, timeout, (key, input, output))
 
     def broadcast(self, input: Any, output: Any = None, *, root: int = 0, algorithm: "str | Program | None" = None,
                   async_op: bool = False, timeout: float | None = None) -> Any:
         """Copy the root's ``input`` into ``output`` on every rank (in place when output is None)."""
+        key, rep = self._remembered("broadcast", input, output, None, root, algorithm, async_op, timeout)
+        if rep is not None:
+            return self._repeat(rep)
         return self._collective(calls.plan_elementwise("broadcast", self._rank, self._size, input, output, None, root),
-                                algorithm, async_op, timeout)
+                                algorithm, async_op, timeout, (key, input, output))
 
     def reduce(self, input: Any, output: Any = None, op: Any = "sum", *, root: int = 0,
                algorithm: "str | Program | None" = None, async_op: bool = False, timeout: float | None = None) -> Any:
         """Reduce ``input`` over all ranks into the root's ``output`` (in place when output is None)."""
+        key, rep = self._remembered("reduce", input, output, op, root, algorithm, async_op, timeout)
+        if rep is not None:
+            return self._repeat(rep)
         return self._collective(calls.plan_elementwise("reduce", self._rank, self._size, input, output, op, root),
-                                algorithm, async_op, timeout)
+                                algorithm, async_op, timeout, (key, input, output))
 
     def all_gather(self, input: Any, output: Any, *, algorithm: "str | Program | None" = None, async_op: bool = False, timeout: float | None = None) -> Any:
         """Concatenate every rank's ``input`` (count elements) into ``output`` (size * count) on every rank.
 
         In place: pass ``input=None`` (or output's block of this rank) with the data in that block.
         """
+        key, rep = self._remembered("allgather", input, output, None, None, algorithm, async_op, timeout)
+        if rep is not None:
+            return self._repeat(rep)
         return self._collective(calls.plan_gatherlike("allgather", self._rank, self._size, input, output),
-                                algorithm, async_op, timeout)
+                                algorithm, async_op, timeout, (key, input, output))
 
     def reduce_scatter(self, input: Any, output: Any = None, op: Any = "sum", *, algorithm: "str | Program | None" = None,
                        async_op: bool = False, timeout: float | None = None) -> Any:
@@ -61,13 +88,20 @@ class Collectives:
 
         In place (output None): the result is the rank's block of ``input``, which is returned.
         """
+        key, rep = self._remembered("reducescatter", input, output, op, None, algorithm, async_op, timeout)
+        if rep is not None:
+            return self._repeat(rep)
         return self._collective(calls.plan_scatterlike("reducescatter", self._rank, self._size, input, output, op),
-                                algorithm, async_op, timeout)
+                                algorithm, async_op, timeout, (key, input, output))
 
     def all_to_all(self, input: Any, output: Any = None, *, algorithm: "str | Program | None" = None,
                    async_op: bool = False, timeout: float | None = None) -> Any:
         """Block q of ``input`` goes to rank q, into block r (this rank) of its ``output``."""
-        return self._collective(calls.plan_alltoall(self._rank, self._size, input, output), algorithm, async_op, timeout)
+        key, rep = self._remembered("alltoall", input, output, None, None, algorithm, async_op, timeout)
+        if rep is not None:
+            return self._repeat(rep)
+        return self._collective(calls.plan_alltoall(self._rank, self._size, input, output), algorithm, async_op,
+                                timeout, (key, input, output))
 
     def gather(self, input: Any, output: Any = None, *, root: int = 0, algorithm: "str | Program | None" = None,
                async_op: bool = False, timeout: float | None = None) -> Any:

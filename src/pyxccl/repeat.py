@@ -4,14 +4,25 @@ A training loop or a benchmark issues the same small collective over the same bu
 again and again. For such a call most of the per-call cost is Python bookkeeping:
 checking the arguments, laying out the call, finding the program, binding the thread
 blocks to the arrays. When a blocking call names the very same numpy arrays (same
-objects, same shape, strides and dtype), op and root as a call remembered here, the
-communicator reuses that call's checked :class:`~pyxccl.calls.Call`, program and bound
-runners (reset to their first step) — NCCL keeps persistent plans for the same reason.
+objects, same shape, strides, dtype and writeability), op and root as a call remembered
+here, the communicator reuses that call's checked :class:`~pyxccl.calls.Call`, program
+and bound runners (reset to their first step) — NCCL keeps persistent plans for the same
+reason.
 
-Only small calls (at most :data:`SMALL_BYTES` per rank) are remembered, at most
-:data:`MAX_ENTRIES` of them, holding references to their arrays: a numpy array's memory
-cannot move while it is referenced (``ndarray.resize`` refuses), so the same object
-means the same memory. Other array types (torch, CuPy) always take the full path.
+Covered: ``all_reduce``, ``broadcast``, ``reduce``, ``all_gather``, ``reduce_scatter`` and
+``all_to_all`` (not the v-variants, gather or scatter), in place or not (``all_gather``'s
+``input=None`` form included), called blocking (``async_op=False``) with the communicator's
+algorithm choice (``algorithm=None``) and timeout (``timeout=None``), outside ``group()``,
+with ``PYXCCL_CHECK`` off; ops given by name (``avg`` included: the repeat divides again;
+never ``premul_sum``), roots as plain ints.
+``Collectives._remembered`` in :mod:`pyxccl.collectives` makes that decision for all of them.
+
+Only small calls (at most :data:`SMALL_BYTES` per block: the call's ``count``, i.e. the whole
+buffer for all_reduce/broadcast/reduce, one rank's block for the others) are remembered,
+at most :data:`MAX_ENTRIES` of them (the oldest is forgotten first), holding references
+to their arrays: a numpy array's memory cannot move while it is referenced
+(``ndarray.resize`` refuses), so the same object means the same memory. Other array types
+(torch, CuPy) always take the full path.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ class Repeat:
 
     __slots__ = ("input", "output", "sig", "call", "program", "kern", "what", "prun", "runners")
 
-    def __init__(self, input: np.ndarray, output: np.ndarray | None, call: Any, program: Any, kern: Any):
+    def __init__(self, input: np.ndarray | None, output: np.ndarray | None, call: Any, program: Any, kern: Any):
         self.input, self.output = input, output
         self.sig = _signature(input, output)
         self.call, self.program, self.kern = call, program, kern
@@ -38,10 +49,14 @@ class Repeat:
         self.runners: list = []
 
 
-def _signature(input: np.ndarray, output: np.ndarray | None) -> tuple:
+def _signature(input: np.ndarray | None, output: np.ndarray | None) -> tuple:
+    """Shape, strides and dtype of the arrays named, and whether the one written to is writeable."""
     if output is None:
-        return (input.shape, input.strides, input.dtype)
-    return (input.shape, input.strides, input.dtype, output.shape, output.strides, output.dtype)
+        return (input.shape, input.strides, input.dtype, input.flags.writeable)  # type: ignore[union-attr]
+    if input is None:  # all_gather in place: the input is output's block
+        return (output.shape, output.strides, output.dtype, output.flags.writeable)
+    return (input.shape, input.strides, input.dtype, output.shape, output.strides, output.dtype,
+            output.flags.writeable)
 
 
 class Repeats:
@@ -52,21 +67,27 @@ class Repeats:
 
     @staticmethod
     def key(collective: str, input: Any, output: Any, op: Any, root: Any) -> tuple | None:
-        """The lookup key, or None when the call cannot be remembered (not numpy, unhashable op)."""
-        if type(input) is not np.ndarray or (output is not None and type(output) is not np.ndarray):
+        """The lookup key, or None when the call cannot be remembered (not numpy, op not a name,
+        root not a plain int: ``True`` or ``1.0`` hash like ``1`` but are refused by the full path)."""
+        if type(input) is not np.ndarray:
+            if input is not None or type(output) is not np.ndarray:
+                return None
+        elif output is not None and type(output) is not np.ndarray:
             return None
         if not isinstance(op, str) and op is not None:
             return None
+        if root is not None and type(root) is not int:
+            return None
         return (collective, id(input), id(output), op, root)
 
-    def get(self, key: tuple, input: np.ndarray, output: np.ndarray | None) -> Repeat | None:
+    def get(self, key: tuple, input: np.ndarray | None, output: np.ndarray | None) -> Repeat | None:
         """The remembered call for ``key`` if its arrays are still these, unchanged."""
         rep = self._entries.get(key)
         if rep is None or rep.input is not input or rep.output is not output or rep.sig != _signature(input, output):
             return None
         return rep
 
-    def remember(self, key: tuple, input: np.ndarray, output: np.ndarray | None, call: Any, program: Any,
+    def remember(self, key: tuple, input: np.ndarray | None, output: np.ndarray | None, call: Any, program: Any,
                  kern: Any) -> None:
         """Keep ``call`` (checked and planned from ``input``/``output``) for its repeats, if small enough."""
         if call.count * call.dtype.itemsize > SMALL_BYTES or call.layout is not None or call.agree_count \
