@@ -14,9 +14,18 @@ Run:
     python benchmarks/compare.py --nranks 2 --ops allreduce --sizes 8,16M --libs pyxccl,ompi
     python benchmarks/compare.py --mpich-python /path/venv/bin/python --ompi-python ...
 
-For every rank count and every repeat, each library runs once over all ops and sizes (one
-process tree per run, each with a timeout); the order of the libraries rotates from one
-repeat to the next, so slow drifts of the machine hit every library alike. The workers
+For every rank count, every repeat and every op, each library runs once over that op's sizes
+(one process tree per (library, op), each with a timeout); the order of the libraries
+rotates from one (repeat, op) to the next, so the libraries' runs of one op follow each other
+closely and slow drifts of the machine hit every library alike. (Earlier, one run covered
+all ops and sizes, minutes long: on a VM whose host moves its vCPUs between placements
+every few seconds, the libraries could land in different placements. The split adds one
+process start per op: a few seconds per (repeat, op) step, most of it torch's import.)
+Right before and right after each library run, ``_vcpu_probe.probe()`` times a pure-Python
+cache-line ping-pong between CPUs 0 and 1 and ``_vcpu_probe.probe_copy()`` the same with
+4 KiB moved per turn (a few ms each): they show where the host had the vCPUs (near: sharing
+a cache; far: not), which shared-memory paths feel; the values are kept with the run and
+listed in the report. The workers
 (``benchmarks/_worker_*.py``) share one measurement method (``_worker_common.py``):
 float32 buffers, nccl-tests' size convention and busbw factors, one exact correctness check
 per (op, size) (``#wrong``), warmup, samples of K back-to-back calls after a barrier, per
@@ -28,7 +37,11 @@ sets it up; a failed run is recorded with its stderr tail and the comparison goe
 
 Results: ``benchmarks/results/compare-<date>-<time>-n<ranks>.md`` and ``.json`` (``--out``
 picks the folder): command line, machine, versions, the tables, the targets, and the raw
-rows of every run.
+rows of every run. In the JSON, ``runs`` holds one record per (rank count, library, repeat)
+with all its rows, as before; its ``parts`` are the (library, op) process trees that made it,
+in the order they ran (``seq``), each with its command, status, wall time, load average,
+``probe_before_ns`` / ``probe_after_ns`` and ``copy_probe_before_ns`` / ``copy_probe_after_ns``
+(null where a probe could not run).
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import shlex
@@ -47,6 +61,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import _vcpu_probe  # noqa: E402
 import _worker_common as wc  # noqa: E402
 
 LIBS = ["pyxccl", "gloo", "mpich", "ompi"]
@@ -148,17 +163,39 @@ def _kill_tree(proc: subprocess.Popen) -> None:
             return
 
 
-def run_one(lib: str, n: int, repeat: int, cmd: list[str], timeout: float, env: dict) -> dict:
+def vcpu_probe(fn=None) -> float | None:
+    """A placement probe in ns (None where it cannot run: one CPU, a too busy machine, or it failed)."""
+    try:
+        v = (fn or _vcpu_probe.probe)()
+    except Exception:  # noqa: BLE001 -- a probe must never stop the comparison
+        return None
+    return None if math.isnan(v) else round(v, 1)
+
+
+def run_one(lib: str, n: int, repeat: int, cmd: list[str], timeout: float, env: dict, op: str | None = None) -> dict:
     rec = {"lib": lib, "nranks": n, "repeat": repeat, "command": shlex.join(cmd), "status": "failed",
            "rc": None, "rows": [], "info": {}, "loadavg_before": list(os.getloadavg()),
            "started": _dt.datetime.now().isoformat(timespec="seconds")}
+    if op is not None:
+        rec["op"] = op
+    rec["probe_before_ns"] = vcpu_probe()
+    rec["copy_probe_before_ns"] = vcpu_probe(_vcpu_probe.probe_copy)
+    try:
+        _run_tree(rec, cmd, timeout, env)
+    finally:
+        rec["probe_after_ns"] = vcpu_probe()
+        rec["copy_probe_after_ns"] = vcpu_probe(_vcpu_probe.probe_copy)
+    return rec
+
+
+def _run_tree(rec: dict, cmd: list[str], timeout: float, env: dict) -> None:
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                 text=True, env=env, start_new_session=True, cwd=os.path.dirname(HERE))
     except OSError as exc:
-        rec.update(stderr_tail=str(exc), wall_s=0.0)
-        return rec
+        rec.update(stderr_tail=str(exc), wall_s=0.0, loadavg_after=list(os.getloadavg()))
+        return
     try:
         out, err = proc.communicate(timeout=timeout)
         rec["rc"] = proc.returncode
@@ -192,6 +229,27 @@ def run_one(lib: str, n: int, repeat: int, cmd: list[str], timeout: float, env: 
             rec["status"] = "ok" if rec["rc"] == 0 else ("wrong" if result["wrong"] else "failed")
     if rec["status"] != "ok":
         rec["stderr_tail"] = "\n".join((err or "").strip().splitlines()[-25:])[-3000:]
+
+
+def merge_parts(parts: list[dict]) -> dict:
+    """One record per (rank count, library, repeat), as before the runs were split per op.
+
+    ``rows`` holds the rows of every part; ``status`` is ``ok`` when every part is, else the
+    first bad part's; ``parts`` keeps each part without its rows (they carry their op).
+    """
+    first, last = parts[0], parts[-1]
+    bad = [p for p in parts if p["status"] != "ok"]
+    rec = {"lib": first["lib"], "nranks": first["nranks"], "repeat": first["repeat"],
+           "command": " ; ".join(p["command"] for p in parts), "status": bad[0]["status"] if bad else "ok",
+           "rc": next((p["rc"] for p in parts if p["rc"] != 0), 0), "rows": [row for p in parts for row in p["rows"]],
+           "info": next((p["info"] for p in parts if p["info"]), {}), "loadavg_before": first["loadavg_before"],
+           "started": first["started"], "wall_s": round(sum(p.get("wall_s", 0.0) for p in parts), 2),
+           "loadavg_after": last.get("loadavg_after", first["loadavg_before"])}
+    if all("worker_wall_s" in p for p in parts):
+        rec["worker_wall_s"] = round(sum(p["worker_wall_s"] for p in parts), 2)
+    if bad:
+        rec["stderr_tail"] = "\n".join(f"[{p.get('op', '?')}] {p.get('stderr_tail', '')}" for p in bad)[-6000:]
+    rec["parts"] = [dict({k: v for k, v in p.items() if k != "rows"}, nrows=len(p["rows"])) for p in parts]
     return rec
 
 
@@ -386,14 +444,54 @@ def spread_table(agg: dict, n: int, libs: list[str], ops: list[str], sizes: list
     return "\n".join(L)
 
 
+PROBE_TEXT = (
+    "`probe` and `copy probe` are the vCPU placement probes of `benchmarks/_vcpu_probe.py`, taken right before and "
+    "right after each run, in ns per round trip (the fastest batch): two Python processes pinned to CPUs 0 and 1 "
+    "take turns on one shared 8-byte word (`probe`), or on that word plus 4 KiB that one side writes and the other "
+    "copies out (`copy probe`). Besides the interpreter's own work, they time cache lines moving between the two "
+    "CPUs, which depends on where the host runs the vCPUs: on cores that share a cache (near) or not (far). A VM's "
+    "host may move its vCPUs between such placements while it runs; shared-memory transfers between ranks are slower "
+    "when the vCPUs are far apart, so a run whose probes stand clearly above the others' (the copy probe more "
+    "clearly than the other) may have measured the far placement. Only differences between probes of one report "
+    "mean something; `–` = no probe (fewer than 2 CPUs, a machine too busy to finish it, or it failed).")
+
+
+def fprobe(v: float | None) -> str:
+    return "–" if v is None else f"{v:.0f}"
+
+
+def probe_summary(parts: list[dict]) -> str:
+    out = []
+    for key, name in (("probe", "probe"), ("copy_probe", "copy probe")):
+        vals = [v for p in parts for v in (p.get(f"{key}_before_ns"), p.get(f"{key}_after_ns")) if v is not None]
+        if not vals:
+            out.append(f"- {name}: no values")
+            continue
+        q = statistics.quantiles(vals, n=4) if len(vals) > 1 else [vals[0]] * 3
+        out.append(f"- {name}, this comparison's {len(vals)} values: min {min(vals):.0f}, quartiles {q[0]:.0f} / "
+                   f"{q[1]:.0f} / {q[2]:.0f}, max {max(vals):.0f} ns")
+    return "\n".join(out)
+
+
 def raw_table(runs: list[dict]) -> str:
-    L = ["| ranks | library | repeat | op | time per call by size (µs) |", "|---:|---|---:|---|---|"]
+    """Every library run (a part: one library, one op) with its probes and its median time per size."""
+    L = ["| # | ranks | repeat | op | library | probe (ns) before → after | copy probe (ns) before → after "
+         "| wall (s) | status | time per call by size (µs) |", "|---:|---:|---:|---|---|---|---|---:|---|---|"]
+    items = []
     for r in runs:
+        for p in r.get("parts") or [dict(r, op=None, seq=None)]:
+            rows = [row for row in r["rows"] if p["op"] is None or row["op"] == p["op"]]
+            items.append((p.get("seq") or 0, r, p, rows))
+    for seq, r, p, rows in sorted(items, key=lambda x: x[0]):
         by_op: dict = {}
-        for row in r["rows"]:
+        for row in rows:
             by_op.setdefault(row["op"], []).append(f"{fsize(row['size'])} {row['time_us']:.4g}")
-        for op, items in by_op.items():
-            L.append(f"| {r['nranks']} | {r['lib']} | {r['repeat']} | {op} | " + ", ".join(items) + " |")
+        ops = list(by_op) or ([p["op"]] if p["op"] else ["–"])
+        for op in ops:
+            L.append(f"| {seq or '–'} | {r['nranks']} | {r['repeat']} | {op} | {r['lib']} | "
+                     f"{fprobe(p.get('probe_before_ns'))} → {fprobe(p.get('probe_after_ns'))} | "
+                     f"{fprobe(p.get('copy_probe_before_ns'))} → {fprobe(p.get('copy_probe_after_ns'))} | "
+                     f"{p.get('wall_s', 0.0):.1f} | {p['status']} | " + ", ".join(by_op.get(op, [])) + " |")
     return "\n".join(L)
 
 
@@ -467,24 +565,34 @@ def main(argv: list[str] | None = None) -> int:
         log("compare: pyxccl itself is not runnable; its ratios will be empty")
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    ops, sizes = ",".join(args.ops_list), ",".join(str(s) for s in args.sizes_list)
-    runs: list[dict] = []
-    total = len(args.nranks_list) * args.repeats * len(libs)
+    sizes = ",".join(str(s) for s in args.sizes_list)
+    parts: list[dict] = []  # one per (rank count, repeat, op, library), in the order they ran
+    total = len(args.nranks_list) * args.repeats * len(args.ops_list) * len(libs)
     interrupted = False
     try:
         for n in args.nranks_list:
+            turn = 0  # counts (repeat, op) steps: the library order rotates by one per step
             for rep in range(1, args.repeats + 1):
-                k = (rep - 1) % max(1, len(libs))
-                for lib in libs[k:] + libs[:k]:
-                    log(f"compare: [{len(runs) + 1}/{total}] {n} ranks, repeat {rep}, {lib} ...")
-                    rec = run_one(lib, n, rep, command(lib, n, args, ops, sizes), args.timeout, env)
-                    runs.append(rec)
-                    log(f"compare:     {rec['status']} in {rec['wall_s']:.0f} s, {len(rec['rows'])} rows, "
-                        f"load {rec['loadavg_before'][0]:.2f}→{rec['loadavg_after'][0]:.2f}"
-                        + (f"\n{rec.get('stderr_tail', '')}" if rec["status"] != "ok" else ""))
+                for op in args.ops_list:
+                    k = turn % max(1, len(libs))
+                    turn += 1
+                    for lib in libs[k:] + libs[:k]:
+                        log(f"compare: [{len(parts) + 1}/{total}] {n} ranks, repeat {rep}, {op}, {lib} ...")
+                        rec = run_one(lib, n, rep, command(lib, n, args, op, sizes), args.timeout, env, op=op)
+                        rec["seq"] = len(parts) + 1
+                        parts.append(rec)
+                        log(f"compare:     {rec['status']} in {rec['wall_s']:.1f} s, {len(rec['rows'])} rows, "
+                            f"load {rec['loadavg_before'][0]:.2f}→{rec['loadavg_after'][0]:.2f}, "
+                            f"probe {fprobe(rec['probe_before_ns'])}→{fprobe(rec['probe_after_ns'])} ns, "
+                            f"copy probe {fprobe(rec['copy_probe_before_ns'])}→{fprobe(rec['copy_probe_after_ns'])} ns"
+                            + (f"\n{rec.get('stderr_tail', '')}" if rec["status"] != "ok" else ""))
     except KeyboardInterrupt:
         interrupted = True
         log("compare: interrupted; saving what was measured")
+    groups: dict = {}
+    for p in parts:
+        groups.setdefault((p["nranks"], p["lib"], p["repeat"]), []).append(p)
+    runs = [merge_parts(g) for g in groups.values()]  # in the order of each group's first part
     agg = aggregate(runs)
     targets = check_targets(agg) if TARGET_NRANKS in agg else []
     wall = time.monotonic() - t_start
@@ -498,11 +606,12 @@ def main(argv: list[str] | None = None) -> int:
     tag = "-".join(f"n{n}" for n in args.nranks_list) + ("-quick" if args.quick else "") + (f"-{args.tag}" if args.tag else "")
     base = os.path.join(args.out, f"compare-{started:%Y-%m-%d-%H%M}-{tag}")
     head = [f"# pyxccl vs Gloo, MPICH, Open MPI — {started:%Y-%m-%d %H:%M}", "",
-            f"- command: `{cmdline}`", f"- total time: {wall / 60:.1f} min ({len(runs)} library runs"
-            + (", INTERRUPTED" if interrupted else "") + ")",
+            f"- command: `{cmdline}`", f"- total time: {wall / 60:.1f} min ({len(parts)} library runs, one per "
+            "rank count × repeat × op × library" + (", INTERRUPTED" if interrupted else "") + ")",
             f"- machine: {machine().get('cpu', '?')}, {os.cpu_count()} cores, {machine().get('mem', '?')}; "
             f"{platform.system()} {platform.release()}; Python {platform.python_version()}",
-            f"- settings: {args.repeats} repeats, libraries in rotating order, budget {args.budget} s per (op, size), "
+            f"- settings: {args.repeats} repeats; per repeat and op one run of each library over that op's sizes, the "
+            f"library order rotating from one (repeat, op) to the next; budget {args.budget} s per (op, size), "
             f"sample ≥ {args.sample_ms} ms, {args.min_samples}-{args.max_samples} samples, per-run timeout {args.timeout:.0f} s",
             "- method: float32, out of place (torch's all_reduce and every broadcast are in place: no other form "
             "exists there), nccl-tests sizes and busbw factors; one exact check per (op, size); per sample (barrier + K "
@@ -517,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
             head.append(f"  - pyxccl {info.get('pyxccl', '?')} (git {info.get('git', '?')}, source hash "
                         f"{info.get('src_hash', '?')}, from {info.get('pyxccl_path', '?')}), transports "
                         f"{','.join(info.get('transports', []))}, numpy {info.get('numpy', '?')}")
-            seen = sorted({(r["info"].get("git"), r["info"].get("src_hash")) for r in runs
+            seen = sorted({(r["info"].get("git"), r["info"].get("src_hash")) for r in parts
                            if r["lib"] == "pyxccl" and r["info"]})
             if len(seen) > 1:
                 head.append("  - WARNING: pyxccl's code changed during this comparison (the runs saw "
@@ -526,13 +635,13 @@ def main(argv: list[str] | None = None) -> int:
             head.append(f"  - torch {info.get('torch', c['detail'])} gloo, 1 thread per rank, loopback TCP")
         else:
             head.append(f"  - {lib}: {info.get('mpi_library', c['detail'])}, mpi4py {info.get('mpi4py', '?')}")
-    loads = [r["loadavg_before"][0] for r in runs] + [r["loadavg_after"][0] for r in runs]
+    loads = [r["loadavg_before"][0] for r in parts] + [r["loadavg_after"][0] for r in parts]
     if loads:
         head.append(f"- 1-min load average around the runs: {min(loads):.2f} … {max(loads):.2f} "
                     f"(the machine has {os.cpu_count()} cores; other work on it adds noise)")
-    bad_runs = [r for r in runs if r["status"] != "ok"]
+    bad_runs = [r for r in parts if r["status"] != "ok"]
     for r in bad_runs:
-        head.append(f"- run {r['lib']} {r['nranks']} ranks repeat {r['repeat']}: {r['status'].upper()} "
+        head.append(f"- run {r['lib']} {r['nranks']} ranks repeat {r['repeat']} {r['op']}: {r['status'].upper()} "
                     f"(rc {r['rc']}, {len(r['rows'])} rows kept): `{_last_line(r.get('stderr_tail'))}`")
     body = []
     for n in args.nranks_list:
@@ -545,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.nranks_list:
         if n in agg and args.repeats > 1:
             spread += [spread_table(agg, n, args.libs_list, args.ops_list, args.sizes_list), ""]
-    raw = ["## Raw: every run's median time per call", "", raw_table(runs), ""]
+    raw = ["## Raw: every library run, in the order they ran", "", PROBE_TEXT, "", probe_summary(parts), "",
+           raw_table(runs), ""]
     md = "\n".join(head + ["", "## Results"] + body + spread + raw)
     print(md)
     os.makedirs(args.out, exist_ok=True)
