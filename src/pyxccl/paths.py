@@ -8,28 +8,33 @@ L3 are the fastest path: 16 MiB broadcast 0.85 ms) or on two (~330 ns; pulling s
 out of the other CCD's cache is 3-8x slower, 4.5-7 ms, while ``process_vm_readv`` of the
 sender's buffer stays at 1.2-1.8 ms). The host moves the vCPUs every few seconds.
 
-So the sender measures. Per (program, size class) it keeps the recent time per byte of
-each path and takes the faster one; every ``interval`` calls it tries the other path
-once (the interval doubles, up to :data:`MAX_INTERVAL`, while the other path keeps
-losing, and drops back to :data:`MIN_INTERVAL` when it wins). The choice is the
-sender's alone and per call; receivers read whatever arrives.
+So the sender measures. Per (program, size class) it keeps each path's time per byte:
+the fastest of its last :data:`HISTORY` calls (delays from other processes only ever add
+time, so the minimum is the robust estimate, and it still follows a change of placement
+within :data:`HISTORY` calls). It takes the slots unless single copy is faster by
+:data:`_MARGIN` (the slots use both ranks' cores and no system call: at equal speed they
+disturb less), and tries the other path once every ``interval`` calls (the interval
+doubles, up to :data:`MAX_INTERVAL`, while the other path keeps losing, and drops back to
+:data:`MIN_INTERVAL` when it wins). The choice is the sender's alone and per call;
+receivers read whatever arrives.
 """
 
 from __future__ import annotations
 
 SLOTS, DIRECT = 0, 1
 MIN_INTERVAL = 8
-MAX_INTERVAL = 128
+MAX_INTERVAL = 64
 MAX_KEYS = 256
-_WEIGHT = 0.5  # of the newest sample in a path's running time per byte
-_MARGIN = 1.1  # a tried path must be this much slower to count as losing
+HISTORY = 3  # calls per path whose fastest is that path's cost
+_MARGIN = 1.1  # single copy must be this much faster than the slots to be taken
 
 
 class _Record:
-    __slots__ = ("cost", "best", "calls", "interval", "trying")
+    __slots__ = ("samples", "cost", "best", "calls", "interval", "trying")
 
     def __init__(self) -> None:
-        self.cost: list[float | None] = [None, None]  # seconds per byte, per path
+        self.samples: list[list[float]] = [[], []]  # seconds per byte of the last calls, per path
+        self.cost: list[float | None] = [None, None]  # the fastest of them
         self.best = DIRECT
         self.calls = 0
         self.interval = MIN_INTERVAL
@@ -68,18 +73,21 @@ class PathChooser:
         rec = self._records.get(key)
         if rec is None or nbytes <= 0:
             return
-        sample = seconds / nbytes
-        old = rec.cost[path]
-        # a path in use keeps a running average; a tried one starts afresh (its old time is stale)
-        rec.cost[path] = sample if old is None or rec.trying else _WEIGHT * sample + (1 - _WEIGHT) * old
-        other = rec.cost[1 - path]
-        if other is None:
+        history = rec.samples[path]
+        if rec.trying:  # a tried path starts afresh: its old times are stale
+            history.clear()
+        history.append(seconds / nbytes)
+        if len(history) > HISTORY:
+            del history[0]
+        rec.cost[path] = min(history)
+        slots, direct = rec.cost
+        if slots is None or direct is None:
             return
+        best = DIRECT if direct * _MARGIN < slots else SLOTS
         if rec.trying:
-            lost = rec.cost[path] > other * _MARGIN  # type: ignore[operator]
-            rec.interval = min(rec.interval * 2, MAX_INTERVAL) if lost else MIN_INTERVAL
+            rec.interval = MIN_INTERVAL if best == path else min(rec.interval * 2, MAX_INTERVAL)
             rec.trying = False
-        rec.best = path if rec.cost[path] <= other else 1 - path  # type: ignore[operator]
+        rec.best = best
 
     def best(self, key: tuple) -> int | None:
         """The path currently preferred for ``key`` (None before any call)."""
