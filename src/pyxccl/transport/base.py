@@ -69,6 +69,11 @@ class SendConnector(ABC):
     #: slots in flight (the ring's depth); informative
     nslots: int = 1
 
+    def slot_index(self) -> int:
+        """Which fixed slot ``buffer()`` returns now (0..nslots-1), or -1 when slots are not fixed
+        memory (then callers must not keep views of a slot between steps)."""
+        return -1
+
     def post_remote(self, nbytes: int, regions: list[tuple[int, int, int]], aux: int = 0) -> None:
         """Publish a descriptor of ``nbytes`` logical bytes at ``regions`` (offset, address, length) in this process."""
         raise NotImplementedError(f"{type(self).__name__} does not post descriptors")
@@ -103,6 +108,11 @@ class RecvConnector(ABC):
     remote_read: bool = False
     #: 0 while no descriptor can arrive, else the sender's smallest descriptor step (a hint)
     remote_min_bytes: int = 0
+
+    def slot_index(self, nbytes: int) -> int:
+        """Which fixed slot ``buffer()`` returns now, when it holds exactly ``nbytes`` plain bytes
+        (not a descriptor); else -1 (also when slots are not fixed memory). Valid after ``ready()``."""
+        return -1
 
     def remote(self) -> tuple[int, int] | None:
         """(nbytes, aux) of the posted slot when it is a descriptor, else None; valid after ``ready()``."""

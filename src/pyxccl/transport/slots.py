@@ -88,6 +88,9 @@ class RingSendConnector(SendConnector):
     def buffer(self) -> np.ndarray:
         return self.ring.slots[self._head % self._nslots]
 
+    def slot_index(self) -> int:
+        return self._head % self._nslots
+
     def post(self, nbytes: int) -> None:
         ring = self.ring
         ring.sizes[self._head % self._nslots] = nbytes
@@ -158,6 +161,10 @@ class RingRecvConnector(RecvConnector):
 
     def ready(self) -> bool:
         return self.ring.head.value != self._tail
+
+    def slot_index(self, nbytes: int) -> int:
+        i = self._tail % self._nslots
+        return i if self.ring.sizes[i] == nbytes else -1  # a descriptor has DESC_FLAG set: never equal
 
     def buffer(self) -> np.ndarray:
         i = self._tail % self._nslots
