@@ -27,6 +27,7 @@ from .bootstrap import Bootstrap, UniqueId
 from .calls import Call
 from .collectives import Collectives
 from .membership import Membership
+from .p2p_runner import P2PRunner
 from .dtypes import DTYPES, MAX, kernels, postdivide, prescale
 from .errors import (Aborted, CollectiveTimeout, InvalidArgument, PeerLostError, PyxcclError,
                      TransportError)
@@ -377,16 +378,10 @@ class Communicator(Collectives, Membership):
         conns = self._connect(prun.needed(), label)
         log.trace("%s", label, rank=self._rank)
         runners = prun.runners(conns)
-        if not prun.sends_direct or self._paths is None:  # nothing to choose (or PYXCCL_CMA=1: descriptors)
-            self._drive(runners, label)
+        if prun.sends_direct and self._paths is not None:  # single copy or slots: measured per call
+            self._paths.drive(prun, call.count * call.dtype.itemsize, lambda: self._drive(runners, label))
         else:
-            nbytes = call.count * call.dtype.itemsize
-            key = self._paths.key(program, nbytes)
-            path = self._paths.choose(key)
-            prun.use_direct = path == paths.DIRECT
-            t0 = time.perf_counter()
             self._drive(runners, label)
-            self._paths.record(key, path, time.perf_counter() - t0, nbytes)
         if call.op.name == "avg":
             for arr in call.reduced:
                 postdivide(arr, self._size)
@@ -520,7 +515,7 @@ class Communicator(Collectives, Membership):
                 lanes.setdefault((peer, kind), []).append(arr)
         needed = {(peer, _P2P_CHANNEL, kind) for peer, kind in lanes}
         conns = self._connect(needed, what)
-        runners = [executor.P2PRunner(conns[(peer, _P2P_CHANNEL, kind)], kind == "send", arrs, self._slot_bytes,
+        runners = [P2PRunner(conns[(peer, _P2P_CHANNEL, kind)], kind == "send", arrs, self._slot_bytes,
                                       self._rank, what) for (peer, kind), arrs in lanes.items()]
         self._drive(runners, what)
 

@@ -21,6 +21,9 @@ receivers read whatever arrives.
 
 from __future__ import annotations
 
+import time
+from typing import Any, Callable
+
 SLOTS, DIRECT = 0, 1
 MIN_INTERVAL = 8
 MAX_INTERVAL = 64
@@ -88,6 +91,16 @@ class PathChooser:
             rec.interval = MIN_INTERVAL if best == path else min(rec.interval * 2, MAX_INTERVAL)
             rec.trying = False
         rec.best = best
+
+    def drive(self, run: Any, nbytes: int, drive: Callable[[], None]) -> None:
+        """Run ``drive()`` (the call of ``run``, a :class:`~pyxccl.executor.ProgramRun` moving
+        ``nbytes`` per rank) on the path chosen for it, and record how long it took."""
+        key = self.key(run.program, nbytes)
+        path = self.choose(key)
+        run.use_direct = path == DIRECT
+        t0 = time.perf_counter()
+        drive()
+        self.record(key, path, time.perf_counter() - t0, nbytes)
 
     def best(self, key: tuple) -> int | None:
         """The path currently preferred for ``key`` (None before any call)."""
