@@ -48,13 +48,17 @@ def test_follows_the_machine_when_it_changes():
     assert back[first:].count(DIRECT) <= 4
 
 
-def test_prefers_the_slots_unless_single_copy_is_clearly_faster():
+def test_keeps_the_path_in_use_unless_the_other_is_clearly_faster():
     c = PathChooser()
     key = c.key(object(), NBYTES)
-    taken = _run(c, key, {SLOTS: 1.05, DIRECT: 1.0}, 100)  # 5 % apart: noise, not a reason
-    assert c.best(key) == SLOTS and taken[2:].count(SLOTS) > 90
-    taken = _run(c, key, {SLOTS: 1.3, DIRECT: 1.0}, 100)
+    _run(c, key, {SLOTS: 1.0, DIRECT: 1.5}, 30)
+    assert c.best(key) == SLOTS
+    taken = _run(c, key, {SLOTS: 1.02, DIRECT: 1.0}, 100)  # 2 % apart: no reason to move
+    assert c.best(key) == SLOTS and taken.count(SLOTS) > 90
+    taken = _run(c, key, {SLOTS: 1.2, DIRECT: 1.0}, 100)
     assert c.best(key) == DIRECT and taken[-50:].count(DIRECT) > 45
+    taken = _run(c, key, {SLOTS: 0.99, DIRECT: 1.0}, 100)  # and back: 1 % is not enough either
+    assert c.best(key) == DIRECT and taken.count(DIRECT) > 90
 
 
 def test_a_delayed_call_does_not_flip_the_choice():

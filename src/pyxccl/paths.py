@@ -11,12 +11,12 @@ sender's buffer stays at 1.2-1.8 ms). The host moves the vCPUs every few seconds
 So the sender measures. Per (program, size class) it keeps each path's time per byte:
 the fastest of its last :data:`HISTORY` calls (delays from other processes only ever add
 time, so the minimum is the robust estimate, and it still follows a change of placement
-within :data:`HISTORY` calls). It takes the slots unless single copy is faster by
-:data:`_MARGIN` (the slots use both ranks' cores and no system call: at equal speed they
-disturb less), and tries the other path once every ``interval`` calls (the interval
-doubles, up to :data:`MAX_INTERVAL`, while the other path keeps losing, and drops back to
-:data:`MIN_INTERVAL` when it wins). The choice is the sender's alone and per call;
-receivers read whatever arrives.
+within :data:`HISTORY` calls). It keeps the path in use unless the other one is faster by
+:data:`_MARGIN` (no flapping between two paths of equal speed), and tries the other path
+once every ``interval`` calls (the interval doubles, up to :data:`MAX_INTERVAL`, while the
+other path keeps losing, and drops back to :data:`MIN_INTERVAL` when it wins). The choice
+is the sender's alone and per call; receivers read whatever arrives. The first call of a
+kind goes by single copy, the second through the slots.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ MIN_INTERVAL = 8
 MAX_INTERVAL = 64
 MAX_KEYS = 256
 HISTORY = 3  # calls per path whose fastest is that path's cost
-_MARGIN = 1.1  # single copy must be this much faster than the slots to be taken
+_MARGIN = 1.03  # the path not in use must be this much faster to take over
 
 
 class _Record:
@@ -86,7 +86,11 @@ class PathChooser:
         slots, direct = rec.cost
         if slots is None or direct is None:
             return
-        best = DIRECT if direct * _MARGIN < slots else SLOTS
+        best = rec.best  # the other path must be faster by _MARGIN to take over (no flapping)
+        if best == SLOTS and direct * _MARGIN < slots:
+            best = DIRECT
+        elif best == DIRECT and slots * _MARGIN < direct:
+            best = SLOTS
         if rec.trying:
             rec.interval = MIN_INTERVAL if best == path else min(rec.interval * 2, MAX_INTERVAL)
             rec.trying = False
