@@ -351,3 +351,61 @@ def test_repeats_of_every_covered_collective(pool, nranks):
 
 def test_repeats_of_every_covered_collective_over_sockets(pool):
     pool(2, "socket").check(job_repeats_all)
+
+
+def job_gather_scatter_repeats(comm, count: int = 5) -> list[str]:
+    """gather and scatter, in and out of place, from two roots: repeats are used (counted) and every
+    result is exact while the arrays' contents change between calls."""
+    n, me = comm.size, comm.rank
+    failures: list[str] = []
+    hits: list[str] = []
+    plain = comm._repeat
+
+    def counting(rep):
+        hits.append(rep.what)
+        return plain(rep)
+
+    comm._repeats.clear()
+    comm._repeat = counting
+    try:
+        for root in sorted({0, n - 1}):
+            for inplace in (False, True):
+                x = np.empty(count, np.float32)
+                big = np.empty(n * count, np.float32)
+                for it in range(4):
+                    before = len(hits)
+                    blocks = [_val(q, it + 10 * root, count, np.float32) for q in range(n)]
+                    # gather: the root's output gets every rank's block
+                    big[:] = -1
+                    if inplace and me == root:
+                        big[me * count:(me + 1) * count] = blocks[me]
+                        comm.gather(None, big, root=root)
+                    else:
+                        x[:] = blocks[me]
+                        comm.gather(x, big if me == root else None, root=root)
+                    if me == root and not np.array_equal(big, np.concatenate(blocks)):
+                        failures.append(f"gather root {root} in place {inplace} call {it}: {big}")
+                    # scatter: block r of the root's input lands on rank r
+                    if me == root:
+                        big[:] = np.concatenate(blocks)
+                    x[:] = -1
+                    if inplace and me == root:
+                        comm.scatter(big, None, root=root)
+                        got = big[me * count:(me + 1) * count]
+                    else:
+                        comm.scatter(big if me == root else None, x, root=root)
+                        got = x
+                    if not np.array_equal(got, blocks[me]):
+                        failures.append(f"scatter root {root} in place {inplace} call {it}: {got}")
+                    used = len(hits) - before
+                    if used != (2 if it else 0):
+                        failures.append(f"root {root} in place {inplace} call {it}: {used} remembered plans used")
+    finally:
+        del comm._repeat
+        comm._repeats.clear()
+    return failures
+
+
+@pytest.mark.parametrize("nranks", (1, 2, 3))
+def test_repeats_of_gather_and_scatter(pool, nranks):
+    pool(nranks).check(job_gather_scatter_repeats)

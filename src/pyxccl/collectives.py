@@ -3,7 +3,7 @@
 Each method lays its arguments out with :mod:`pyxccl.calls` (the checks that raise
 InvalidArgument on the rank that made the mistake) and hands the call to
 ``Communicator._collective``; ``all_reduce``, ``broadcast``, ``reduce``, ``all_gather``,
-``reduce_scatter`` and ``all_to_all`` first look for a remembered repeat of the same call
+``reduce_scatter``, ``all_to_all``, ``gather`` and ``scatter`` first look for a remembered repeat of the same call
 (:mod:`pyxccl.repeat`, through :meth:`Collectives._remembered`). Every method takes
 ``algorithm`` (a registered name or an IR Program), ``async_op`` and ``timeout`` as the
 Communicator's docstring describes.
@@ -106,14 +106,20 @@ class Collectives:
     def gather(self, input: Any, output: Any = None, *, root: int = 0, algorithm: "str | Program | None" = None,
                async_op: bool = False, timeout: float | None = None) -> Any:
         """Concatenate every rank's ``input`` into the root's ``output`` (size * count)."""
+        key, rep = self._remembered("gather", input, output, None, root, algorithm, async_op, timeout)
+        if rep is not None:
+            return self._repeat(rep)
         return self._collective(calls.plan_gatherlike("gather", self._rank, self._size, input, output, root),
-                                algorithm, async_op, timeout)
+                                algorithm, async_op, timeout, (key, input, output))
 
     def scatter(self, input: Any, output: Any = None, *, root: int = 0, algorithm: "str | Program | None" = None,
                 async_op: bool = False, timeout: float | None = None) -> Any:
         """Block r of the root's ``input`` (size * count) goes to rank r's ``output`` (count)."""
+        key, rep = self._remembered("scatter", input, output, None, root, algorithm, async_op, timeout)
+        if rep is not None:
+            return self._repeat(rep)
         return self._collective(calls.plan_scatterlike("scatter", self._rank, self._size, input, output, None, root),
-                                algorithm, async_op, timeout)
+                                algorithm, async_op, timeout, (key, input, output))
 
     def all_gatherv(self, input: Any, output: Any, counts: Any, displs: Any = None, *,
                     algorithm: "str | Program | None" = None, async_op: bool = False, timeout: float | None = None) -> Any:

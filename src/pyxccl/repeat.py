@@ -9,9 +9,9 @@ here, the communicator reuses that call's checked :class:`~pyxccl.calls.Call`, p
 and bound runners (reset to their first step) — NCCL keeps persistent plans for the same
 reason.
 
-Covered: ``all_reduce``, ``broadcast``, ``reduce``, ``all_gather``, ``reduce_scatter`` and
-``all_to_all`` (not the v-variants, gather or scatter), in place or not (``all_gather``'s
-``input=None`` form included), called blocking (``async_op=False``) with the communicator's
+Covered: ``all_reduce``, ``broadcast``, ``reduce``, ``all_gather``, ``reduce_scatter``,
+``all_to_all``, ``gather`` and ``scatter`` (not the v-variants), in place or not (the
+``input=None`` / ``output=None`` forms included), called blocking (``async_op=False``) with the communicator's
 algorithm choice (``algorithm=None``) and timeout (``timeout=None``), outside ``group()``,
 with ``PYXCCL_CHECK`` off; ops given by name (``avg`` included: the repeat divides again;
 never ``premul_sum``), roots as plain ints.
