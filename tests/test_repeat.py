@@ -9,6 +9,8 @@ out-of-place form, counting which calls were served from memory.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -240,6 +242,16 @@ def job_repeats_all(comm, count: int = 6) -> list[str]:
     """Every covered collective and call form: repeats reuse the plan (counted) and give the
     full path's results; a change of shape, dtype, root, op or array object plans afresh."""
     failures: list[str] = []
+    with _counting_repeats(comm) as hits:
+        for label, make, run in _cases(comm, count):
+            failures += _one_case(comm, label, make, run, hits)
+    return failures
+
+
+@contextlib.contextmanager
+def _counting_repeats(comm):
+    """A fresh repeat cache whose uses are listed (the remembered calls' descriptions) in the
+    yielded list; forgotten again afterwards."""
     hits: list[str] = []
     plain = comm._repeat
 
@@ -250,12 +262,10 @@ def job_repeats_all(comm, count: int = 6) -> list[str]:
     comm._repeats.clear()
     comm._repeat = counting  # the instance attribute shadows the method
     try:
-        for label, make, run in _cases(comm, count):
-            failures += _one_case(comm, label, make, run, hits)
+        yield hits
     finally:
         del comm._repeat
         comm._repeats.clear()
-    return failures
 
 
 def _one_case(comm, label: str, make, run, hits: list) -> list[str]:
@@ -358,16 +368,7 @@ def job_gather_scatter_repeats(comm, count: int = 5) -> list[str]:
     result is exact while the arrays' contents change between calls."""
     n, me = comm.size, comm.rank
     failures: list[str] = []
-    hits: list[str] = []
-    plain = comm._repeat
-
-    def counting(rep):
-        hits.append(rep.what)
-        return plain(rep)
-
-    comm._repeats.clear()
-    comm._repeat = counting
-    try:
+    with _counting_repeats(comm) as hits:
         for root in sorted({0, n - 1}):
             for inplace in (False, True):
                 x = np.empty(count, np.float32)
@@ -400,9 +401,6 @@ def job_gather_scatter_repeats(comm, count: int = 5) -> list[str]:
                     used = len(hits) - before
                     if used != (2 if it else 0):
                         failures.append(f"root {root} in place {inplace} call {it}: {used} remembered plans used")
-    finally:
-        del comm._repeat
-        comm._repeats.clear()
     return failures
 
 
