@@ -11,11 +11,15 @@ per call (:mod:`pyxccl.paths`).
 
 from __future__ import annotations
 
+from typing import Callable
+
 from .ir.program import Buf, Op, Program, ThreadBlock, inplace_alias
 
 _CACHE_SIZE = 256
 
 
+#: a descriptor's ``aux`` bit: it holds every slice of the step still to come, not one
+SPAN_REST = 1
 #: ops whose receiving side may read a descriptor straight into its destination
 DIRECT_RECV = frozenset((Op.RECV, Op.RECV_COPY_SEND))
 _DIRECT: dict[tuple[int, int, str | None], tuple[Program, list[tuple[bool, ...]]]] = {}
@@ -50,14 +54,7 @@ def _plan_direct(program: Program, rank: int, mode: str | None) -> list[tuple[bo
     none = [(False,) * len(tb.steps) for tb in tbs]
     if mode is None:
         return none
-    alias = inplace_alias(program.collective, program.nranks, program.chunks_per_block, rank) \
-        if mode == "inplace" else None
-
-    def canon(buf: Buf, c: int) -> tuple[Buf, int]:
-        if alias is not None and buf is alias[0]:
-            return alias[1], alias[2] + c
-        return buf, c
-
+    canon = _canon(program, rank, mode)
     byid = {tb.id: tb for tb in tbs}
     base: dict[int, int] = {}
     n = 0
@@ -92,12 +89,7 @@ def _plan_direct(program: Program, rank: int, mode: str | None) -> list[tuple[bo
                 anc[idx] = a
                 stack.pop()
                 onstack.discard((t, i))
-    writers: dict[tuple[Buf, int], list[int]] = {}
-    for tb in tbs:
-        for i, st in enumerate(tb.steps):
-            if st.op.writes_dst and st.dstbuf is not None:
-                for j in range(st.cnt):
-                    writers.setdefault(canon(st.dstbuf, st.dstoff + j), []).append(base[tb.id] + i)
+    writers = _touching(program, rank, mode, reads=False)
     plan = []
     for tb in tbs:
         flags = [False] * len(tb.steps)
@@ -123,12 +115,117 @@ def _plan_direct(program: Program, rank: int, mode: str | None) -> list[tuple[bo
 
 def _peer_receives(program: Program, rank: int, tb: ThreadBlock) -> list[Op] | None:
     """The ops of the receiving steps of the thread block that receives what ``tb`` sends."""
+    found = _peer_receiving_steps(program, rank, tb)
+    return None if found is None else [program.ranks[tb.send].tbs[found[0]].steps[i].op for i in found[1]]
+
+
+def _peer_receiving_steps(program: Program, rank: int, tb: ThreadBlock) -> tuple[int, list[int]] | None:
+    """(index of the peer's thread block that receives what ``tb`` sends, its receiving steps in order)."""
     if tb.send < 0:
         return None
-    for ptb in program.ranks[tb.send].tbs:
+    for t, ptb in enumerate(program.ranks[tb.send].tbs):
         if ptb.recv == rank and ptb.channel == tb.channel:
-            return [st.op for st in ptb.steps if st.op.receives]
+            return t, [i for i, st in enumerate(ptb.steps) if st.op.receives]
     return None
+
+
+def _canon(program: Program, rank: int, mode: str | None) -> Callable[[Buf, int], tuple[Buf, int]]:
+    """Chunk (buffer, index) -> the memory it names on ``rank`` in a call of aliasing ``mode``."""
+    if mode != "inplace":
+        return lambda buf, c: (buf, c)
+    small, big, off = inplace_alias(program.collective, program.nranks, program.chunks_per_block, rank)
+    return lambda buf, c: (big, off + c) if buf is small else (buf, c)
+
+
+def _touching(program: Program, rank: int, mode: str | None, reads: bool) -> dict[tuple[Buf, int], list[int]]:
+    """Per chunk of ``rank``'s memory (canonical), the steps that write it (and read it: ``reads``),
+    numbered through the thread blocks in order."""
+    canon = _canon(program, rank, mode)
+    out: dict[tuple[Buf, int], list[int]] = {}
+    n = 0
+    for tb in program.ranks[rank].tbs:
+        for st in tb.steps:
+            if st.op is Op.COPY and st.srcbuf is not None and \
+                    all(canon(st.srcbuf, st.srcoff + j) == canon(st.dstbuf, st.dstoff + j) for j in range(st.cnt)):
+                n += 1  # copies a chunk onto itself (in place): the executor skips it
+                continue
+            for used, buf, off in ((st.op.writes_dst, st.dstbuf, st.dstoff), (reads and st.op.reads_src, st.srcbuf, st.srcoff)):
+                if used and buf is not None:
+                    for j in range(st.cnt):
+                        out.setdefault(canon(buf, off + j), []).append(n)
+            n += 1
+    return out
+
+
+_SPAN: dict[tuple[int, int, str | None, bool], tuple[Program, list[tuple[bool, ...]]]] = {}
+
+
+def span_plan(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+    """Per thread block of ``rank``, per step: may the step post, on the single-copy path, one
+    descriptor for every slice still to come (the peer reads them all at once and both skip
+    the step afterwards)?
+
+    Only a plain send (``s``) that :func:`direct_plan` allows, whose source no step of this rank
+    ever writes (so every later slice is already final), towards a plain receive (``r``) that
+    :func:`span_ok` allows on the peer in a call aliased like this one. A peer whose call is
+    aliased otherwise still reads it correctly, through a private buffer. Fewer, larger reads:
+    one ``process_vm_readv`` per call instead of one per slice, and no per-slice work.
+    Cached per (program, rank, mode).
+    """
+    return _cached(program, rank, mode, True, _plan_span)
+
+
+def span_ok(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+    """Per thread block of ``rank``, per step: may a plain receive write every slice still to come
+    at once (no other step of the rank reads or writes its destination)? Otherwise a descriptor
+    spanning them is read into a private buffer and copied slice by slice at the step's turn."""
+    return _cached(program, rank, mode, False, _plan_span_ok)
+
+
+def _cached(program: Program, rank: int, mode: str | None, sending: bool,
+            make: Callable[[Program, int, str | None], list[tuple[bool, ...]]]) -> list[tuple[bool, ...]]:
+    key = (id(program), rank, mode, sending)
+    hit = _SPAN.get(key)
+    if hit is not None and hit[0] is program:
+        return hit[1]
+    plan = make(program, rank, mode)
+    if len(_SPAN) >= _CACHE_SIZE:
+        _SPAN.clear()
+    _SPAN[key] = (program, plan)
+    return plan
+
+
+def _plan_span(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+    canon = _canon(program, rank, mode)
+    writers = _touching(program, rank, mode, reads=False) if mode is not None else {}
+    plan = []
+    for tb, flags in zip(program.ranks[rank].tbs, direct_plan(program, rank, mode)):
+        span = [False] * len(flags)
+        found = _peer_receiving_steps(program, rank, tb) if any(flags) else None
+        if found is not None:
+            peer_ok = span_ok(program, tb.send, mode)[found[0]]
+            sends = [i for i, st in enumerate(tb.steps) if st.op.sends]
+            for i, pi in zip(sends, found[1]):
+                st = tb.steps[i]
+                span[i] = flags[i] and st.op is Op.SEND and peer_ok[pi] and \
+                    not any(writers.get(canon(st.srcbuf, st.srcoff + j)) for j in range(st.cnt))
+        plan.append(tuple(span))
+    return plan
+
+
+def _plan_span_ok(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+    canon = _canon(program, rank, mode)
+    touching = _touching(program, rank, mode, reads=True) if mode is not None else {}
+    plan = []
+    me = 0
+    for tb in program.ranks[rank].tbs:
+        flags = []
+        for st in tb.steps:
+            flags.append(mode is not None and st.op is Op.RECV and
+                         all(touching.get(canon(st.dstbuf, st.dstoff + j), [me]) == [me] for j in range(st.cnt)))
+            me += 1
+        plan.append(tuple(flags))
+    return plan
 
 
 _ANY: dict[tuple[int, int, str], tuple[Program, list[tuple[bool, bool, int]]]] = {}

@@ -33,7 +33,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .direct_plan import DIRECT_RECV, direct_any, direct_plan
+from .direct_plan import DIRECT_RECV, SPAN_REST, direct_any, direct_plan, span_ok, span_plan
 from .dtypes import Kernels
 from .errors import CollectiveTimeout, MismatchError
 from .ir.program import Buf, Op, Program, ThreadBlock, inplace_alias
@@ -130,6 +130,7 @@ class ProgramRun:
         self.nsteps = [len(tb.steps) for tb in self.part.tbs]
         self._addrs: dict[int, int] = {}
         self._plan: list[tuple[bool, ...]] | None = None
+        self._mode: str | None = "?"  # _alias_mode() once known
         self.sends_direct = False  # some step of this run may send by descriptor (set by its runners)
         self.use_direct = True  # this call's choice for those steps (:mod:`pyxccl.paths`)
 
@@ -146,6 +147,14 @@ class ProgramRun:
             self._plan = direct_plan(self.program, self.rank, self._alias_mode())
         return self._plan
 
+    def span_plan(self) -> list[tuple[bool, ...]]:
+        """Per thread block, per step: may it send every later slice at once (:func:`pyxccl.direct_plan.span_plan`)?"""
+        return span_plan(self.program, self.rank, self._alias_mode())
+
+    def span_ok(self) -> list[tuple[bool, ...]]:
+        """Per thread block, per step: may it write every later slice at once (:func:`pyxccl.direct_plan.span_ok`)?"""
+        return span_ok(self.program, self.rank, self._alias_mode())
+
     def alias_hint(self) -> str:
         """"inplace" when input and output may overlap (bounds only: cheap), else "oop"."""
         ai, ao = self.arrays.get(Buf.INPUT), self.arrays.get(Buf.OUTPUT)
@@ -153,7 +162,13 @@ class ProgramRun:
 
     def _alias_mode(self) -> str | None:
         """How input and output overlap: "oop" (not at all), "inplace" (as the collective's in-place
-        call defines), None (otherwise: no single copy)."""
+        call defines), None (otherwise: no single copy). Computed once per run."""
+        mode = self._mode
+        if mode == "?":
+            mode = self._mode = self._find_alias_mode()
+        return mode
+
+    def _find_alias_mode(self) -> str | None:
         arrays = self.arrays
         ai, ao = arrays.get(Buf.INPUT), arrays.get(Buf.OUTPUT)
         if any(a is not None and a.size and not a.flags.c_contiguous for a in arrays.values()):
@@ -233,7 +248,7 @@ class TBRunner:
 
     def __init__(self, run: ProgramRun, tb: ThreadBlock, skeleton, send: SendConnector | None,
                  recv: RecvConnector | None, index: int = -1):
-        self.run, self.tb, self.sendc, self.recvc = run, tb, send, recv
+        self.run, self.tb, self.sendc, self.recvc, self.index = run, tb, send, recv, index
         self.it = 0
         self.s = 0
         self.finished = not tb.steps
@@ -241,18 +256,25 @@ class TBRunner:
         # single copy: descriptors only where a step of this call can reach the connector's minimum
         rmin = send.remote_min_bytes if send is not None else 0
         rmin_in = recv.remote_min_bytes if recv is not None and recv.remote_read else 0
-        plan = None
+        plan: tuple[int, ...] | None = None
         self._rread = False
         if (rmin or rmin_in) and index >= 0:
             may_send, may_recv, cnt = direct_any(run.program, run.rank, run.alias_hint())[index]
             biggest = cnt * run.geo.n * run.dtype.itemsize
             if may_send and rmin and biggest >= rmin and cnt <= 128:  # 128 regions fit any slot that offers them
-                plan = run.direct_plan()[index]
+                span = run.span_plan()[index] if run.geo.niters > 1 else None
+                # per step: 0 slots only, 1 may send by descriptor, 2 may also send the rest of the call at once
+                plan = tuple(d + (d and span is not None and span[i]) for i, d in enumerate(run.direct_plan()[index]))
                 run.sends_direct = run.sends_direct or any(plan)
             # (the call's arrays are flat and C-contiguous: calls.py checks; addresses are computed from that)
-            self._rread = may_recv and bool(rmin_in) and biggest >= rmin_in
+            # a plain receive also takes a descriptor for the rest of the call a peer whose call aliases
+            # differently may send (see span_plan)
+            self._rread = (may_recv or any(st.op is Op.RECV for st in tb.steps)) and bool(rmin_in) and biggest >= rmin_in
         self._rmin = rmin
         self._posted_remote = False
+        # per step, once a descriptor moved every later slice of it: True (nothing left to do) or
+        # (private buffer, its first element's offset): copy the slice from there at the step's turn
+        self._spanned: list[bool | tuple[np.ndarray, int]] | None = None
         self._memo: dict[tuple, list] | None = None
         self._steps = []
         for i, (st, srcs, dsts) in enumerate(skeleton):
@@ -260,7 +282,7 @@ class TBRunner:
             # a COPY whose source and destination are the same memory (in place) is skipped;
             # decided once here, since a run's arrays never change
             same = tuple(_same_piece(a, b) for a, b in zip(src_p, dst_p)) if st.op is Op.COPY else None
-            self._steps.append((st, src_p, dst_p, bool(plan and plan[i]), same))
+            self._steps.append((st, src_p, dst_p, plan[i] if plan else 0, same))
 
     def reset(self) -> None:
         """Back to the first step of the first slice (the run repeats over the same arrays)."""
@@ -269,6 +291,7 @@ class TBRunner:
         self.it = self.s = 0
         self.finished = not self.tb.steps
         self._posted_remote = False
+        self._spanned = None
 
     def describe(self) -> str:
         if self.finished:
@@ -301,15 +324,20 @@ class TBRunner:
                 self.finished = True
                 return True
             st, srcs, dsts, direct, same = self._steps[self.s]
-            for dtb, dstep in st.deps:
-                if done[dtb] < self.it * nsteps[dtb] + dstep + 1:
-                    return progressed
-            op = st.op
-            if op.receives and not self.recvc.ready():  # type: ignore[union-attr]
-                return progressed
-            if op.sends and not self.sendc.ready():  # type: ignore[union-attr]
-                return progressed
-            self._execute(op, st.cnt, srcs, dsts, direct, same)
+            spanned = self._spanned[self.s] if self._spanned is not None else False
+            if spanned is not True:
+                for dtb, dstep in st.deps:
+                    if done[dtb] < self.it * nsteps[dtb] + dstep + 1:
+                        return progressed
+                op = st.op
+                if spanned:  # type: ignore[truthy-bool]
+                    self._copy_staged(st.cnt, dsts, spanned)  # type: ignore[arg-type]
+                else:
+                    if op.receives and not self.recvc.ready():  # type: ignore[union-attr]
+                        return progressed
+                    if op.sends and not self.sendc.ready():  # type: ignore[union-attr]
+                        return progressed
+                    self._execute(op, st.cnt, srcs, dsts, direct, same)
             progressed = True
             done[tbid] += 1
             self.s += 1
@@ -320,13 +348,13 @@ class TBRunner:
                     self.finished = True
         return progressed
 
-    def _execute(self, op: Op, cnt: int, srcs, dsts, direct: bool = False, same: tuple | None = None) -> None:
+    def _execute(self, op: Op, cnt: int, srcs, dsts, direct: int = 0, same: tuple | None = None) -> None:
         run = self.run
         g = run.geo
         o = self.it * g.n
         m = min(g.n, g.ce - o)
         nbytes = cnt * m * run.dtype.itemsize
-        direct = direct and run.use_direct
+        direct = direct if run.use_direct else 0
         if (direct or self._rread) and self._execute_direct(op, cnt, srcs, dsts, direct, o, m, nbytes):
             return
         key = acts = None
@@ -399,14 +427,21 @@ class TBRunner:
                 acts.append((reduce, (dst, src, dst)))
         return acts
 
-    def _execute_direct(self, op: Op, cnt: int, srcs, dsts, direct: bool, o: int, m: int, nbytes: int) -> bool:
-        """Run the step on the single-copy path when it applies; False: the slot path runs it."""
+    def _execute_direct(self, op: Op, cnt: int, srcs, dsts, direct: int, o: int, m: int, nbytes: int) -> bool:
+        """Run the step on the single-copy path when it applies; False: the slot path runs it.
+        ``direct``: 0 slots, 1 a descriptor of this slice, 2 one of every slice still to come."""
         run = self.run
-        direct = direct and nbytes >= self._rmin
+        if nbytes < self._rmin:
+            direct = 0
         if op is Op.SEND:
             if not direct:
                 return False
-            self._post_regions(nbytes, srcs, o, m)
+            if direct == 2 and self.it + 1 < run.geo.niters:
+                rest = run.geo.ce - o
+                self._post_regions(cnt * rest * run.dtype.itemsize, srcs, o, rest, SPAN_REST)
+                self._span_done(True)
+            else:
+                self._post_regions(nbytes, srcs, o, m)
             return True
         recvc = self.recvc
         if op is Op.RECV_REDUCE_COPY_SEND:  # only with ``direct``: reduce into dst, then post dst
@@ -426,6 +461,16 @@ class TBRunner:
             self._post_regions(nbytes, dsts, o, m)
             recvc.release()  # type: ignore[union-attr]
             return True
+        staged = None
+        if desc[1] & SPAN_REST:  # the rest of the call at once (only ever towards a plain receive)
+            if op is not Op.RECV:
+                raise MismatchError(f"{run.label}: rank {self.tb.recv} sent the rest of the call at once where rank "
+                                    f"{run.rank} forwards it (channel {self.tb.channel}); do the ranks run the same program?")
+            m = run.geo.ce - o
+            nbytes = cnt * m * run.dtype.itemsize
+            if self.index < 0 or not run.span_ok()[self.index][self.s]:  # later slices are not ours to write yet
+                staged = np.empty(cnt * m, run.dtype)
+            self._span_done(True if staged is None else (staged, o))
         if desc[0] != nbytes:
             raise MismatchError(
                 f"{run.label}: rank {self.tb.recv} sent {desc[0]} bytes where rank {run.rank} expects "
@@ -438,7 +483,12 @@ class TBRunner:
             vl = min(m, p.valid - o)
             if vl > 0:
                 targets.append((j * mb, run.addr_of(p.array) + (p.start + o) * isz, vl * isz))
+        if staged is not None:
+            base = staged.ctypes.data
+            targets = [(off, base + off, n) for off, _, n in targets]
         recvc.read_remote(targets)  # type: ignore[union-attr]
+        if staged is not None:
+            self._copy_staged(cnt, dsts, (staged, o))
         if op is Op.RECV_COPY_SEND:
             if direct:
                 self._post_regions(nbytes, dsts, o, m)
@@ -468,8 +518,27 @@ class TBRunner:
         recvc.release()  # type: ignore[union-attr]
         return True
 
-    def _post_regions(self, nbytes: int, pieces: list[_Piece], o: int, m: int) -> None:
-        """Post a descriptor of slice ``o``..``o + m`` of every piece (where it lies in this rank's memory)."""
+    def _span_done(self, how: "bool | tuple[np.ndarray, int]") -> None:
+        """The current step moved every later slice of this call now: nothing is left to do for
+        them (True), or each is copied from a private buffer at its turn ((buffer, first offset))."""
+        if self._spanned is None:
+            self._spanned = [False] * len(self._steps)
+        self._spanned[self.s] = how
+
+    def _copy_staged(self, cnt: int, dsts, staged: tuple[np.ndarray, int]) -> None:
+        """Copy this slice of a receive from the private buffer a spanning descriptor was read into."""
+        g = self.run.geo
+        buf, o0 = staged
+        o = self.it * g.n
+        m = min(g.n, g.ce - o)
+        rest = g.ce - o0
+        for j in range(cnt):
+            dst = dsts[j].view(o, m)
+            lo = j * rest + o - o0
+            self.run.kernels.copy(dst, buf[lo:lo + dst.size])
+
+    def _post_regions(self, nbytes: int, pieces: list[_Piece], o: int, m: int, aux: int = 0) -> None:
+        """Post a descriptor of elements ``o``..``o + m`` of every piece (where they lie in this rank's memory)."""
         run = self.run
         isz = run.dtype.itemsize
         mb = m * isz
@@ -478,7 +547,7 @@ class TBRunner:
             vl = min(m, p.valid - o)
             if vl > 0:
                 regions.append((j * mb, run.addr_of(p.array) + (p.start + o) * isz, vl * isz))
-        self.sendc.post_remote(nbytes, regions)  # type: ignore[union-attr]
+        self.sendc.post_remote(nbytes, regions, aux)  # type: ignore[union-attr]
         self._posted_remote = True
 
 
