@@ -416,6 +416,33 @@ def job_spans(comm, count: int = 70001) -> list[str]:
     return fails
 
 
+def job_split_rest(comm, count: int = 70001) -> list[str]:
+    """A root that only sends writes half of the rest of the call into the receiver's offered
+    destination while the receiver reads the other half (broadcast and scatter, every root, in
+    and out of place); 2 ranks must have used it."""
+    r, n = comm.rank, comm.size
+    fails: list[str] = []
+    base = np.arange(count, dtype=np.float32)
+    writes = lambda: sum(getattr(c, "writes", 0) for c in comm._conns.values())  # noqa: E731
+    before = writes()
+    for root in range(n):
+        for rep in range(2):
+            want = base * (root + 2) + rep
+            buf = want.copy() if r == root else np.zeros(count, np.float32)
+            comm.broadcast(buf, root=root)
+            fails += _expect(f"broadcast from {root} #{rep}", buf, want)
+            out = np.zeros(count, np.float32)
+            comm.broadcast(want.copy() if r == root else np.zeros(count, np.float32), out, root=root)
+            fails += _expect(f"broadcast out of place from {root} #{rep}", out, want)
+            src = np.concatenate([base + 100 * q + rep for q in range(n)]) if r == root else None
+            out = np.zeros(count, np.float32)
+            comm.scatter(src, out, root=root)
+            fails += _expect(f"scatter from {root} #{rep}", out, base + 100 * r + rep)
+    if n == 2 and not writes() - before:
+        fails.append("no root wrote into its receiver: the split was never taken")
+    return fails
+
+
 @pytest.fixture(scope="module")
 def pools():
     made: dict[tuple, harness.Pool] = {}
@@ -460,6 +487,38 @@ def test_collectives_single_copy_always(pools):
 def test_spanning_descriptors(pools, nranks):
     pools(nranks, PYXCCL_CMA="1", **SMALL).check(job_spans)
     pools(nranks, **SMALL).check(job_spans)
+
+
+@needs_cma
+@pytest.mark.parametrize("nranks", [2, 3, 4])
+def test_root_writes_half_of_the_rest(pools, nranks):
+    pools(nranks, PYXCCL_CMA="1", **SMALL).check(job_split_rest)
+
+
+def test_destination_offers_on_a_ring():
+    """The ring's offer protocol in one process: answer per slot, decline, done and fail states."""
+    ring = SlotRing.allocate(4096, 4)
+    bell = Doorbell.anonymous()
+    send = ShmSendConnector(ring, 1, 0, bell, 1024, os.getpid())
+    recv = ShmRecvConnector(ring, 0, 0, os.getpid(), 1, True)
+    recv.bell = bell
+    assert send.destination() is None  # no answer yet
+    dst = np.zeros(64, np.uint8)
+    src = np.arange(64, dtype=np.uint8)
+    assert recv.offer_destination([(0, dst.ctypes.data, 64)])
+    offer = send.destination()
+    assert offer == [(0, dst.ctypes.data, 64)]
+    assert send.write_remote([(src.ctypes.data, offer[0][1], 64)]) and np.array_equal(dst, src)
+    assert recv.put_state(recv.tail) is None
+    send.put_finished(send.head, True)
+    assert recv.put_state(recv.tail) is True
+    send.post(8)  # the slot the offer was for: later slots need their own answer
+    assert send.destination() is None
+    recv.buffer(); recv.release()
+    assert not recv.offer_destination([(i * 8, dst.ctypes.data + i * 8, 8) for i in range(9)])  # too many: declined
+    assert send.destination() == []
+    send.put_finished(send.head, False)
+    assert recv.put_state(recv.tail) is False
 
 
 @needs_cma

@@ -20,6 +20,8 @@ _CACHE_SIZE = 256
 
 #: a descriptor's ``aux`` bit: it holds every slice of the step still to come, not one
 SPAN_REST = 1
+#: with SPAN_REST: the sender writes logical bytes [0, aux >> 8) into the receiver's offer itself
+SPAN_SPLIT = 2
 #: ops whose receiving side may read a descriptor straight into its destination
 DIRECT_RECV = frozenset((Op.RECV, Op.RECV_COPY_SEND))
 _DIRECT: dict[tuple[int, int, str | None], tuple[Program, list[tuple[bool, ...]]]] = {}

@@ -33,9 +33,9 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .direct_plan import DIRECT_RECV, SPAN_REST, direct_any, direct_plan, span_ok, span_plan
+from .direct_plan import DIRECT_RECV, SPAN_REST, SPAN_SPLIT, direct_any, direct_plan, span_ok, span_plan
 from .dtypes import Kernels
-from .errors import CollectiveTimeout, MismatchError
+from .errors import CollectiveTimeout, MismatchError, TransportError
 from .ir.program import Buf, Op, Program, ThreadBlock, inplace_alias
 from .transport.base import RecvConnector, SendConnector
 from .transport.doorbell import Doorbell
@@ -276,6 +276,16 @@ class TBRunner:
         # (private buffer, its first element's offset): copy the slice from there at the step's turn
         self._spanned: list[bool | tuple[np.ndarray, int]] | None = None
         self._memo: dict[tuple, list] | None = None
+        # plain receives from a peer that only sends: they answer its wish to write part of the
+        # rest of the call here (an offer of the destination, or a refusal)
+        self._offers: tuple[bool, ...] | None = None
+        if self._rread and run.geo.niters > 1 and only_sends(run.program, tb.recv):
+            self._offers = tuple(st.op is Op.RECV for st in tb.steps)
+        self._offered = -1  # the tail value of the last answer given
+        # a sender that only sends waits (briefly) for that answer before it sends the rest at once
+        self._wants_offer = bool(plan and 2 in plan and only_sends(run.program, run.rank))
+        self._offer_since: float | None = None
+        self._await_put: int | None = None  # a slot (tail value) whose sender still writes its part
         self._steps = []
         for i, (st, srcs, dsts) in enumerate(skeleton):
             src_p, dst_p = bind(srcs), bind(dsts)
@@ -292,11 +302,15 @@ class TBRunner:
         self.finished = not self.tb.steps
         self._posted_remote = False
         self._spanned = None
+        self._await_put = None
 
     def describe(self) -> str:
         if self.finished:
             return f"tb {self.tb.id} done"
         if self.it == self.run.geo.niters:
+            if self._await_put is not None:
+                return (f"tb {self.tb.id} (channel {self.tb.channel}) waits for rank {self.tb.recv} to write "
+                        f"its part of the data into this rank (single copy)")
             return (f"tb {self.tb.id} (channel {self.tb.channel}) waits for rank {self.tb.send} to read "
                     f"its last data (single copy)")
         st = self.tb.steps[self.s]
@@ -318,8 +332,10 @@ class TBRunner:
         tbid = self.tb.id
         progressed = False
         while not self.finished:
-            if self.it == run.geo.niters:  # every step ran; the peer still reads posted descriptors
-                if self.sendc.remote_pending():  # type: ignore[union-attr]
+            if self.it == run.geo.niters:  # every step ran; the peers still read or write through descriptors
+                if self._await_put is not None and not self._put_arrived():
+                    return progressed
+                if self.sendc is not None and self.sendc.remote_pending():
                     return progressed
                 self.finished = True
                 return True
@@ -334,8 +350,12 @@ class TBRunner:
                     self._copy_staged(st.cnt, dsts, spanned)  # type: ignore[arg-type]
                 else:
                     if op.receives and not self.recvc.ready():  # type: ignore[union-attr]
+                        if self._offers is not None and self._offers[self.s]:
+                            self._offer(st.cnt, dsts)
                         return progressed
                     if op.sends and not self.sendc.ready():  # type: ignore[union-attr]
+                        return progressed
+                    if direct == 2 and self._wants_offer and self._awaits_offer():
                         return progressed
                     self._execute(op, st.cnt, srcs, dsts, direct, same)
             progressed = True
@@ -344,7 +364,7 @@ class TBRunner:
             if self.s == len(self._steps):
                 self.s = 0
                 self.it += 1
-                if self.it == run.geo.niters and not self._posted_remote:
+                if self.it == run.geo.niters and not self._posted_remote and self._await_put is None:
                     self.finished = True
         return progressed
 
@@ -438,7 +458,7 @@ class TBRunner:
                 return False
             if direct == 2 and self.it + 1 < run.geo.niters:
                 rest = run.geo.ce - o
-                self._post_regions(cnt * rest * run.dtype.itemsize, srcs, o, rest, SPAN_REST)
+                self._send_rest(cnt * rest * run.dtype.itemsize, srcs, o, rest)
                 self._span_done(True)
             else:
                 self._post_regions(nbytes, srcs, o, m)
@@ -471,18 +491,25 @@ class TBRunner:
             if self.index < 0 or not run.span_ok()[self.index][self.s]:  # later slices are not ours to write yet
                 staged = np.empty(cnt * m, run.dtype)
             self._span_done(True if staged is None else (staged, o))
+            if desc[1] & SPAN_SPLIT:  # the sender writes [0, split) into our offer: read the rest
+                if staged is not None:
+                    raise MismatchError(f"{run.label}: rank {self.tb.recv} wrote into a destination rank {run.rank} "
+                                        f"did not offer (channel {self.tb.channel})")
+                self._await_put = recvc.tail  # type: ignore[union-attr]
+                split = desc[1] >> 8
+                targets = _clip(self._regions(dsts, o, m), split, nbytes)
+                if desc[0] != nbytes:
+                    raise MismatchError(
+                        f"{run.label}: rank {self.tb.recv} sent {desc[0]} bytes where rank {run.rank} expects "
+                        f"{nbytes} (channel {self.tb.channel}, slice {self.it + 1}); do the ranks agree on count and dtype?")
+                recvc.read_remote(targets)  # type: ignore[union-attr]
+                recvc.release()  # type: ignore[union-attr]
+                return True
         if desc[0] != nbytes:
             raise MismatchError(
                 f"{run.label}: rank {self.tb.recv} sent {desc[0]} bytes where rank {run.rank} expects "
                 f"{nbytes} (channel {self.tb.channel}, slice {self.it + 1}); do the ranks agree on count and dtype?")
-        isz = run.dtype.itemsize
-        mb = m * isz
-        targets = []
-        for j in range(cnt):
-            p = dsts[j]
-            vl = min(m, p.valid - o)
-            if vl > 0:
-                targets.append((j * mb, run.addr_of(p.array) + (p.start + o) * isz, vl * isz))
+        targets = self._regions(dsts, o, m)
         if staged is not None:
             base = staged.ctypes.data
             targets = [(off, base + off, n) for off, _, n in targets]
@@ -537,8 +564,9 @@ class TBRunner:
             lo = j * rest + o - o0
             self.run.kernels.copy(dst, buf[lo:lo + dst.size])
 
-    def _post_regions(self, nbytes: int, pieces: list[_Piece], o: int, m: int, aux: int = 0) -> None:
-        """Post a descriptor of elements ``o``..``o + m`` of every piece (where they lie in this rank's memory)."""
+    def _regions(self, pieces: list[_Piece], o: int, m: int) -> list[tuple[int, int, int]]:
+        """(logical offset, address, length) of elements ``o``..``o + m`` of every piece: piece ``j``
+        at logical byte ``j * m * itemsize``, as descriptors and offers lay them out."""
         run = self.run
         isz = run.dtype.itemsize
         mb = m * isz
@@ -547,8 +575,122 @@ class TBRunner:
             vl = min(m, p.valid - o)
             if vl > 0:
                 regions.append((j * mb, run.addr_of(p.array) + (p.start + o) * isz, vl * isz))
-        self.sendc.post_remote(nbytes, regions, aux)  # type: ignore[union-attr]
+        return regions
+
+    def _post_regions(self, nbytes: int, pieces: list[_Piece], o: int, m: int, aux: int = 0) -> None:
+        """Post a descriptor of elements ``o``..``o + m`` of every piece (where they lie in this rank's memory)."""
+        self.sendc.post_remote(nbytes, self._regions(pieces, o, m), aux)  # type: ignore[union-attr]
         self._posted_remote = True
+
+    def _send_rest(self, nbytes: int, pieces: list[_Piece], o: int, m: int) -> None:
+        """Post every slice still to come at once; where the receiver offered its destination, write
+        the first half into it meanwhile (both processes copy: ``process_vm_writev`` here,
+        ``process_vm_readv`` there), else the receiver reads it all."""
+        sendc = self.sendc
+        mine = self._regions(pieces, o, m)
+        offer = sendc.destination() if self._wants_offer else None  # type: ignore[union-attr]
+        split = (nbytes // 2) & ~63
+        pieces_out = _match(mine, offer, split) if offer is not None and split else []
+        # a first small write tells whether the kernel lets this process write into the receiver
+        if not pieces_out or not sendc.write_remote([pieces_out[0][:2] + (min(8, pieces_out[0][2]),)]):  # type: ignore[union-attr]
+            self._post_regions(nbytes, pieces, o, m, SPAN_REST)
+            return
+        seq = sendc.head  # type: ignore[union-attr]
+        sendc.post_remote(nbytes, mine, SPAN_REST | SPAN_SPLIT | (split << 8))  # type: ignore[union-attr]
+        self._posted_remote = True
+        try:
+            ok = sendc.write_remote(pieces_out)  # type: ignore[union-attr]
+        except BaseException:
+            sendc.put_finished(seq, False)  # type: ignore[union-attr]
+            raise
+        sendc.put_finished(seq, ok)  # type: ignore[union-attr]
+        if not ok:
+            raise TransportError(f"{self.run.label}: writing into rank {self.tb.send} was refused after it was allowed")
+
+    def _offer(self, cnt: int, dsts: list[_Piece]) -> None:
+        """Offer the sender this receive's destination for every slice still to come, or decline
+        when later slices are not ours to write yet (once per slot)."""
+        recvc = self.recvc
+        tail = recvc.tail  # type: ignore[union-attr]
+        if tail != self._offered:
+            self._offered = tail
+            run, g = self.run, self.run.geo
+            o = self.it * g.n
+            ok = self.index >= 0 and run.span_ok()[self.index][self.s]
+            recvc.offer_destination(self._regions(dsts, o, g.ce - o) if ok else [])  # type: ignore[union-attr]
+
+    def _awaits_offer(self) -> bool:
+        """True while a sender that will send the rest of the call at once still waits (at most
+        ``_OFFER_WAIT_S``) for the receiver's answer to its wish to write part of it."""
+        if not self.run.use_direct or self.it + 1 >= self.run.geo.niters:
+            return False
+        if self.sendc.destination() is not None:  # type: ignore[union-attr]
+            self._offer_since = None
+            return False
+        now = time.monotonic()
+        if self._offer_since is None:
+            self._offer_since = now
+        if now - self._offer_since < _OFFER_WAIT_S:
+            return True
+        self._offer_since = None  # no answer: the receiver reads it all
+        return False
+
+    def _put_arrived(self) -> bool:
+        """Whether the sender finished writing its part of a split slot (raises when it could not)."""
+        state = self.recvc.put_state(self._await_put)  # type: ignore[union-attr]
+        if state is None:
+            return False
+        if not state:
+            raise TransportError(f"{self.run.label}: rank {self.tb.recv} could not write its part of the data "
+                                 f"into rank {self.run.rank} (channel {self.tb.channel})")
+        self._await_put = None
+        return True
+
+
+def only_sends(program: Program, rank: int) -> bool:
+    """Whether ``rank`` receives nothing in ``program`` (a broadcast's or scatter's root): only such
+    a sender splits its descriptors with the receiver; one that also receives is busy enough."""
+    key = (id(program), rank)
+    hit = _ONLY_SENDS.get(key)
+    if hit is None or hit[0] is not program:
+        if len(_ONLY_SENDS) >= _SKELETON_CACHE_SIZE:
+            _ONLY_SENDS.clear()
+        hit = _ONLY_SENDS[key] = (program, not any(st.op.receives for tb in program.ranks[rank].tbs for st in tb.steps))
+    return hit[1]
+
+
+_ONLY_SENDS: dict[tuple[int, int], tuple[Program, bool]] = {}
+#: how long a sender that only sends waits for the receiver's answer to an offer (seconds)
+_OFFER_WAIT_S = 0.005
+
+
+def _match(src: list[tuple[int, int, int]], dst: list[tuple[int, int, int]], end: int) -> list[tuple[int, int, int]]:
+    """(source address, destination address, length) of logical bytes [0, ``end``) that both region lists
+    (logical offset, address, length; ascending) cover."""
+    out = []
+    j = 0
+    for so, sa, sn in src:
+        lo_s, hi_s = so, min(so + sn, end)
+        while j < len(dst) and dst[j][0] + dst[j][2] <= lo_s:
+            j += 1
+        k = j
+        while k < len(dst) and dst[k][0] < hi_s:
+            do, da, dn = dst[k]
+            lo, hi = max(lo_s, do), min(hi_s, do + dn)
+            if hi > lo:
+                out.append((sa + lo - so, da + lo - do, hi - lo))
+            k += 1
+    return out
+
+
+def _clip(regions: list[tuple[int, int, int]], lo: int, hi: int) -> list[tuple[int, int, int]]:
+    """The parts of (logical offset, address, length) regions inside logical bytes [lo, hi)."""
+    out = []
+    for off, addr, n in regions:
+        a, b = max(off, lo), min(off + n, hi)
+        if b > a:
+            out.append((a, addr + a - off, b - a))
+    return out
 
 
 def _common(dst: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -82,6 +82,15 @@ class SendConnector(ABC):
         """True while a posted descriptor has not been released (its regions are still being read)."""
         return False
 
+    def destination(self) -> list[tuple[int, int, int]] | None:
+        """The receiver's offer of where the next slot's bytes go (see :mod:`.slots`), or None."""
+        return None
+
+    def write_remote(self, pieces: list[tuple[int, int, int]]) -> bool:
+        """Copy (local address, receiver's address, length) pieces into the receiver's memory; False
+        when the kernel refuses this connector's writes (then ``destination()`` stays None)."""
+        return False
+
     def close(self) -> None:
         """Release local resources (idempotent)."""
 
@@ -117,6 +126,10 @@ class RecvConnector(ABC):
     def remote(self) -> tuple[int, int] | None:
         """(nbytes, aux) of the posted slot when it is a descriptor, else None; valid after ``ready()``."""
         return None
+
+    def offer_destination(self, regions: list[tuple[int, int, int]]) -> bool:
+        """Offer where the next slot's bytes go in this process (see :mod:`.slots`); False: not offered."""
+        return False
 
     def read_remote(self, targets: list[tuple[int, int, int]]) -> None:
         """Copy the descriptor's logical bytes [offset, offset + length) to each (offset, address, length) target.

@@ -1,4 +1,4 @@
-"""Cross-memory attach: read another process's memory with ``process_vm_readv`` (Linux >= 3.2).
+"""Cross-memory attach: read (and write) another process's memory with ``process_vm_readv``/``writev`` (Linux >= 3.2).
 
 The single-copy path of the shm transport uses it: a sender posts where its data lies
 (address and length in its own memory) instead of copying it into a shared slot, and
@@ -30,12 +30,13 @@ class _IOVec(ctypes.Structure):
 
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
-    _readv = _libc.process_vm_readv
-    _readv.argtypes = [ctypes.c_int, ctypes.POINTER(_IOVec), ctypes.c_ulong, ctypes.POINTER(_IOVec),
-                       ctypes.c_ulong, ctypes.c_ulong]
-    _readv.restype = ctypes.c_ssize_t
+    _readv, _writev = _libc.process_vm_readv, _libc.process_vm_writev
+    for _fn in (_readv, _writev):
+        _fn.argtypes = [ctypes.c_int, ctypes.POINTER(_IOVec), ctypes.c_ulong, ctypes.POINTER(_IOVec),
+                        ctypes.c_ulong, ctypes.c_ulong]
+        _fn.restype = ctypes.c_ssize_t
 except (OSError, AttributeError):  # pragma: no cover - not Linux/glibc
-    _readv = None
+    _readv = _writev = None
 
 
 def available() -> bool:
@@ -49,8 +50,18 @@ def read(pid: int, pieces: list[tuple[int, int, int]]) -> None:
     Partial transfers (the kernel stops at the first remote piece it cannot read) are
     resumed where they stopped; a call that moves nothing raises :class:`CMAError`.
     """
-    if _readv is None:
-        raise CMAError(_errno.ENOSYS, "process_vm_readv is not available")
+    _transfer(_readv, "process_vm_readv", pid, pieces)
+
+
+def write(pid: int, pieces: list[tuple[int, int, int]]) -> None:
+    """Copy every (local address, remote address, length) piece from this process into process ``pid``
+    (``process_vm_writev``; the same rules as :func:`read`)."""
+    _transfer(_writev, "process_vm_writev", pid, pieces)
+
+
+def _transfer(fn, name: str, pid: int, pieces: list[tuple[int, int, int]]) -> None:
+    if fn is None:
+        raise CMAError(_errno.ENOSYS, f"{name} is not available")
     todo = [p for p in pieces if p[2] > 0]
     while todo:
         batch, todo = todo[:IOV_MAX], todo[IOV_MAX:]
@@ -62,12 +73,12 @@ def read(pid: int, pieces: list[tuple[int, int, int]]) -> None:
                 local[i].iov_base, local[i].iov_len = la, n
                 remote[i].iov_base, remote[i].iov_len = ra, n
                 total += n
-            got = _readv(pid, local, k, remote, k, 0)
+            got = fn(pid, local, k, remote, k, 0)
             if got == total:
                 break
             if got <= 0:
                 err = ctypes.get_errno() if got < 0 else _errno.EFAULT
-                raise CMAError(err, f"process_vm_readv from pid {pid}: {os.strerror(err)}")
+                raise CMAError(err, f"{name} with pid {pid}: {os.strerror(err)}")
             batch = _skip(batch, got)
 
 

@@ -13,6 +13,12 @@ Descriptors (the single-copy path, see :mod:`.base`): a posted length with
 them; how the receiver reads the sender's memory is its subclass's business
 (:meth:`RingRecvConnector._read`, e.g. process_vm_readv in the shm transport). The
 last cache line of the header belongs to that handshake (:class:`SlotRing` ``cma_*``).
+
+Destination offers (the other way round): a receiver waiting for a slot may publish where
+that slot's bytes should land in its memory (``put_*`` in the header: the slot's sequence
+number + 1, then regions like a descriptor's); a sender whose next slot is that one may
+write part of its data there itself (``process_vm_writev``) while the receiver reads the
+rest, then publishes ``put_done`` (or ``put_fail``) with the same number.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from .doorbell import Doorbell
 _MASK = 0xFFFFFFFF
 HEADER_BYTES = 4096
 _CMA_OFFSET = HEADER_BYTES - 128  # the single-copy handshake's cache line
+_PUT_OFFSET = _CMA_OFFSET - 256  # a receiver's destination offer: seq, done, fail, n, regions
+#: regions a destination offer holds
+PUT_MAX_REGIONS = 8
 #: a posted length with this bit set: the slot holds a descriptor, not data
 DESC_FLAG = 0x80000000
 _DESC_HEAD = struct.Struct("<QQQ")  # nbytes, aux, number of regions
@@ -47,7 +56,7 @@ class SlotRing:
     """Views on a ring living in ``mem`` (any writable buffer of ``ring_bytes`` bytes)."""
 
     def __init__(self, mem: Any, slot_bytes: int, nslots: int):
-        if nslots * 4 + 256 > _CMA_OFFSET:
+        if nslots * 4 + 256 > _PUT_OFFSET:
             raise ValueError("too many slots for the ring header")
         self.mem = mem
         self.slot_bytes = slot_bytes
@@ -62,6 +71,10 @@ class SlotRing:
         self.cma_attached = ctypes.c_uint32.from_buffer(mem, _CMA_OFFSET + 16)
         self.cma_state = ctypes.c_uint32.from_buffer(mem, _CMA_OFFSET + 20)
         self.cma_min = ctypes.c_uint64.from_buffer(mem, _CMA_OFFSET + 24)
+        self.put_seq = ctypes.c_uint32.from_buffer(mem, _PUT_OFFSET)
+        self.put_done = ctypes.c_uint32.from_buffer(mem, _PUT_OFFSET + 4)
+        self.put_fail = ctypes.c_uint32.from_buffer(mem, _PUT_OFFSET + 8)
+        self.put_n = ctypes.c_uint32.from_buffer(mem, _PUT_OFFSET + 12)
         data = np.frombuffer(mem, dtype=np.uint8, count=slot_bytes * nslots, offset=HEADER_BYTES)
         self.slots = [data[i * slot_bytes:(i + 1) * slot_bytes] for i in range(nslots)]
 
@@ -81,6 +94,7 @@ class RingSendConnector(SendConnector):
         self._remote_min: int | None = 0  # None: the receiver has not answered the offer yet
         self._offered_min = 0
         self._desc_mark: int | None = None  # head after the last descriptor posted
+        self._put_ok = True  # destination offers may be used (until a write was refused)
 
     def ready(self) -> bool:
         return ((self._head - self.ring.tail.value) & _MASK) < self._nslots
@@ -136,6 +150,28 @@ class RingSendConnector(SendConnector):
         self._desc_mark = self._head
         ring.head.value = self._head
         self.bell.ring()
+
+    def destination(self) -> list[tuple[int, int, int]] | None:
+        """The receiver's answer for the next slot: where its bytes go, (logical offset, address, length)
+        regions in the receiver's memory; [] when it declined or writes are refused here; None
+        while it has not answered."""
+        ring = self.ring
+        if ring.put_seq.value != (self._head + 1) & _MASK:
+            return None
+        if not self._put_ok:
+            return []
+        n = min(ring.put_n.value, PUT_MAX_REGIONS)
+        return [_DESC_REGION.unpack_from(ring.mem, _PUT_OFFSET + 16 + i * _DESC_REGION.size) for i in range(n)]
+
+    def put_finished(self, seq: int, ok: bool) -> None:
+        """Tell the receiver the bytes promised for slot ``seq`` (a head value) are written (or never will be)."""
+        (self.ring.put_done if ok else self.ring.put_fail).value = (seq + 1) & _MASK
+        self.bell.ring()
+
+    @property
+    def head(self) -> int:
+        """Slots posted so far (the sequence number of the next one)."""
+        return self._head
 
     def remote_pending(self) -> bool:
         mark = self._desc_mark
@@ -204,6 +240,40 @@ class RingRecvConnector(RecvConnector):
             return None
         d = self._descriptor()
         return d[1], d[2]
+
+    def offer_destination(self, regions: list[tuple[int, int, int]]) -> bool:
+        """Offer (logical offset, address, length) regions of this process as the destination of
+        the next slot's bytes (see the module docstring), or decline (``[]``, also when they do
+        not fit the offer: False); a sender waiting for the answer is woken."""
+        seq = (self._tail + 1) & _MASK
+        if not seq:
+            return False
+        if len(regions) > PUT_MAX_REGIONS:
+            regions = []
+        ring = self.ring
+        ring.put_seq.value = 0  # a sender never sees a half-written offer
+        for i, r in enumerate(regions):
+            _DESC_REGION.pack_into(ring.mem, _PUT_OFFSET + 16 + i * _DESC_REGION.size, *r)
+        ring.put_n.value = len(regions)
+        ring.put_seq.value = seq
+        if self.bell is not None:
+            self.bell.ring()
+        return bool(regions)
+
+    def put_state(self, seq: int) -> bool | None:
+        """Whether the sender wrote what it promised for slot ``seq`` (a tail value): True, False
+        (it could not), None (not yet)."""
+        want = (seq + 1) & _MASK
+        if self.ring.put_done.value == want:
+            return True
+        if self.ring.put_fail.value == want:
+            return False
+        return None
+
+    @property
+    def tail(self) -> int:
+        """Slots consumed so far (the sequence number of the next one)."""
+        return self._tail
 
     def read_remote(self, targets: list[tuple[int, int, int]]) -> None:
         regions = self._descriptor()[3]

@@ -22,6 +22,7 @@ and afterwards whenever a step is small or cannot be sent from where its data li
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import re
@@ -99,11 +100,31 @@ def pid_alive(pid: int) -> bool:
 class ShmSendConnector(RingSendConnector):
     """A ring sender that offers descriptors (single copy) when PYXCCL_CMA allows."""
 
-    def __init__(self, ring: SlotRing, peer: int, channel: int, peer_doorbell: Doorbell, min_bytes: int):
+    def __init__(self, ring: SlotRing, peer: int, channel: int, peer_doorbell: Doorbell, min_bytes: int,
+                 pid: int = 0, rank: int = -1):
         super().__init__(ring, peer, channel, peer_doorbell)
+        self._pid, self._rank = pid, rank
+        self._put_ok = bool(pid)
+        self.writes = 0  # writes into the receiver's memory (tests look at it)
         token = int.from_bytes(os.urandom(8), "little") | 1
         self._probe = ctypes.c_uint64(token)  # lives as long as the connector: the receiver reads it once
         self.offer_remote(ctypes.addressof(self._probe) if min_bytes > 0 else 0, token, min_bytes)
+
+    def write_remote(self, pieces: list[tuple[int, int, int]]) -> bool:
+        if not self._put_ok:
+            return False
+        try:
+            cma.write(self._pid, pieces)
+        except cma.CMAError as exc:
+            if exc.errno in (errno.EPERM, errno.ESRCH, errno.ENOSYS, errno.EACCES):
+                self._put_ok = False
+                log.info("shm: writing into rank %d (pid %d) refused, it reads everything itself: %s",
+                         self.peer, self._pid, exc, rank=self._rank)
+                return False
+            raise TransportError(f"shm: writing into rank {self.peer}'s buffer (pid {self._pid}, channel "
+                                 f"{self.channel}) failed: {exc}") from exc
+        self.writes += 1
+        return True
 
 
 class ShmRecvConnector(RingRecvConnector):
@@ -214,7 +235,8 @@ class ShmTransport(Transport):
         return conn, info
 
     def connect_send(self, peer: int, channel: int, info: bytes) -> SendConnector:
-        return ShmSendConnector(self._attach(info), peer, channel, self.peer_doorbell(peer), self._cma_min)
+        return ShmSendConnector(self._attach(info), peer, channel, self.peer_doorbell(peer), self._cma_min,
+                                self.ctx.peers[peer].pid if self._cma_min > 0 else 0, self.ctx.rank)
 
     def close(self) -> None:
         for path in self._created:
