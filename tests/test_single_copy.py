@@ -443,6 +443,32 @@ def job_split_rest(comm, count: int = 70001) -> list[str]:
     return fails
 
 
+def job_repeats_are_measured(comm, count: int = 8000) -> list[str]:
+    """Repeated small calls with the same arrays (served by pyxccl.repeat) go through the path
+    chooser like any other: the first by descriptor, the next through the slots, then the faster."""
+    r, n = comm.rank, comm.size
+    fails: list[str] = []
+    x = np.arange(count, dtype=np.float32) + r
+    out = np.zeros(n * count, np.float32)
+    want = np.concatenate([np.arange(count, dtype=np.float32) + q for q in range(n)])
+    repeats = []
+    run_repeat = comm._run_repeat
+    comm._run_repeat = lambda rep, rec: repeats.append(rep) or run_repeat(rep, rec)
+    try:
+        for i in range(4):
+            out[:] = -1
+            comm.all_gather(x, out)
+            fails += _expect(f"allgather #{i}", out, want)
+    finally:
+        del comm._run_repeat
+    if len(repeats) < 3:
+        fails.append(f"only {len(repeats)} of 4 calls were served as repeats")
+    records = list(comm._paths._records.values())
+    if not any(None not in rec.cost for rec in records):
+        fails.append(f"no call was timed on both paths: {[rec.cost for rec in records]}")
+    return fails
+
+
 @pytest.fixture(scope="module")
 def pools():
     made: dict[tuple, harness.Pool] = {}
@@ -472,6 +498,11 @@ def test_collectives_single_copy(pools, nranks):
     pool.check(job_collectives)
     for _ in range(2):
         pool.check(job_collectives, expect_reads=None)
+
+
+@needs_cma
+def test_repeated_calls_choose_their_path(pools):
+    pools(2, **SMALL).check(job_repeats_are_measured)
 
 
 @needs_cma

@@ -344,10 +344,7 @@ class Communicator(Collectives, Membership):
             else:
                 rep.prun.label = label
                 rep.prun.reset(rep.runners)
-            self._drive(rep.runners, label)
-            if call.op.name == "avg":
-                for arr in call.reduced:
-                    postdivide(arr, self._size)
+            self._drive_run(rep.prun, rep.runners, call, label)
         except BaseException as exc:
             flight.failed(self, rec, exc)
             raise
@@ -375,10 +372,13 @@ class Communicator(Collectives, Membership):
         label = f"{call.describe()} #{self._seq} algorithm {program.name}"
         prun = executor.ProgramRun(program, self._rank, arrays, call.count, kern, self._slot_bytes, label,
                                    call.layout)
-        conns = self._connect(prun.needed(), label)
         log.trace("%s", label, rank=self._rank)
-        runners = prun.runners(conns)
-        if prun.sends_direct and self._paths is not None:  # single copy or slots: measured per call
+        self._drive_run(prun, prun.runners(self._connect(prun.needed(), label)), call, label)
+
+    def _drive_run(self, prun: executor.ProgramRun, runners: list, call: Call, label: str) -> None:
+        """Run ``runners`` of ``prun`` for ``call`` (by single copy or through the slots, whichever
+        measures faster, where a step may send by descriptor: :mod:`pyxccl.paths`), then average."""
+        if prun.sends_direct and self._paths is not None:
             self._paths.drive(prun, call.count * call.dtype.itemsize, lambda: self._drive(runners, label))
         else:
             self._drive(runners, label)

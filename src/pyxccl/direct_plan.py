@@ -254,3 +254,18 @@ def direct_any(program: Program, rank: int, mode: str) -> list[tuple[bool, bool,
         _ANY.clear()
     _ANY[(id(program), rank, mode)] = (program, out)
     return out
+
+
+def only_sends(program: Program, rank: int) -> bool:
+    """Whether ``rank`` receives nothing in ``program`` (a broadcast's or scatter's root): only such
+    a sender splits its descriptors with the receiver; one that also receives is busy enough."""
+    key = (id(program), rank)
+    hit = _ONLY_SENDS.get(key)
+    if hit is None or hit[0] is not program:
+        if len(_ONLY_SENDS) >= _CACHE_SIZE:
+            _ONLY_SENDS.clear()
+        hit = _ONLY_SENDS[key] = (program, not any(st.op.receives for tb in program.ranks[rank].tbs for st in tb.steps))
+    return hit[1]
+
+
+_ONLY_SENDS: dict[tuple[int, int], tuple[Program, bool]] = {}

@@ -33,10 +33,11 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .direct_plan import DIRECT_RECV, SPAN_REST, SPAN_SPLIT, direct_any, direct_plan, span_ok, span_plan
+from .direct_plan import direct_any, direct_plan, only_sends, span_ok, span_plan
 from .dtypes import Kernels
-from .errors import CollectiveTimeout, MismatchError, TransportError
+from .errors import CollectiveTimeout, MismatchError
 from .ir.program import Buf, Op, Program, ThreadBlock, inplace_alias
+from .single_copy import SingleCopySteps, trim_pair
 from .transport.base import RecvConnector, SendConnector
 from .transport.doorbell import Doorbell
 
@@ -243,8 +244,9 @@ def _needed(program: Program, rank: int) -> frozenset[ConnKey]:
     return _NEEDED[(id(program), rank)][1]
 
 
-class TBRunner:
-    """Runs one thread block: every step, once per slice iteration."""
+class TBRunner(SingleCopySteps):
+    """Runs one thread block: every step, once per slice iteration (the single-copy steps are
+    :class:`pyxccl.single_copy.SingleCopySteps`)."""
 
     def __init__(self, run: ProgramRun, tb: ThreadBlock, skeleton, send: SendConnector | None,
                  recv: RecvConnector | None, index: int = -1):
@@ -431,274 +433,21 @@ class TBRunner:
             # a short user chunk (count not a multiple of k) may meet a full-length scratch
             # chunk: only the elements both have are real, the rest is padding
             elif op is Op.RECV_REDUCE_COPY:
-                dst, src = _common(dsts[j].view(o, m), srcs[j].view(o, m))
+                dst, src = trim_pair(dsts[j].view(o, m), srcs[j].view(o, m))
                 acts.append((reduce, (rv[lo:lo + dst.size], src, dst)))  # type: ignore[index]
             elif op is Op.RECV_REDUCE_COPY_SEND:
-                dst, src = _common(dsts[j].view(o, m), srcs[j].view(o, m))
+                dst, src = trim_pair(dsts[j].view(o, m), srcs[j].view(o, m))
                 acts.append((reduce, (rv[lo:lo + dst.size], src, dst)))  # type: ignore[index]
                 acts.append((copy, (sv[lo:lo + dst.size], dst)))  # type: ignore[index]
             elif op is Op.COPY:
                 if not same[j]:  # type: ignore[index]
-                    dst, src = _common(dsts[j].view(o, m), srcs[j].view(o, m))
+                    dst, src = trim_pair(dsts[j].view(o, m), srcs[j].view(o, m))
                     if dst.size:
                         acts.append((copy, (dst, src)))
             elif op is Op.REDUCE:
-                dst, src = _common(dsts[j].view(o, m), srcs[j].view(o, m))
+                dst, src = trim_pair(dsts[j].view(o, m), srcs[j].view(o, m))
                 acts.append((reduce, (dst, src, dst)))
         return acts
-
-    def _execute_direct(self, op: Op, cnt: int, srcs, dsts, direct: int, o: int, m: int, nbytes: int) -> bool:
-        """Run the step on the single-copy path when it applies; False: the slot path runs it.
-        ``direct``: 0 slots, 1 a descriptor of this slice, 2 one of every slice still to come."""
-        run = self.run
-        if nbytes < self._rmin:
-            direct = 0
-        if op is Op.SEND:
-            if not direct:
-                return False
-            if direct == 2 and self.it + 1 < run.geo.niters:
-                rest = run.geo.ce - o
-                self._send_rest(cnt * rest * run.dtype.itemsize, srcs, o, rest)
-                self._span_done(True)
-            else:
-                self._post_regions(nbytes, srcs, o, m)
-            return True
-        recvc = self.recvc
-        if op is Op.RECV_REDUCE_COPY_SEND:  # only with ``direct``: reduce into dst, then post dst
-            return direct and self._reduce_then_post(cnt, srcs, dsts, o, m, nbytes)
-        desc = recvc.remote() if self._rread and op in DIRECT_RECV else None  # type: ignore[union-attr]
-        copy = run.kernels.copy
-        if desc is None:  # a plain slot in: an rcs still forwards by descriptor when it may
-            if not direct or op is not Op.RECV_COPY_SEND:
-                return False
-            raw = recvc.buffer()  # type: ignore[union-attr]
-            if raw.size != nbytes:
-                return False  # the slot path raises the MismatchError
-            rv = raw.view(run.dtype)
-            for j in range(cnt):
-                dst = dsts[j].view(o, m)
-                copy(dst, rv[j * m:j * m + dst.size])
-            self._post_regions(nbytes, dsts, o, m)
-            recvc.release()  # type: ignore[union-attr]
-            return True
-        staged = None
-        if desc[1] & SPAN_REST:  # the rest of the call at once (only ever towards a plain receive)
-            if op is not Op.RECV:
-                raise MismatchError(f"{run.label}: rank {self.tb.recv} sent the rest of the call at once where rank "
-                                    f"{run.rank} forwards it (channel {self.tb.channel}); do the ranks run the same program?")
-            m = run.geo.ce - o
-            nbytes = cnt * m * run.dtype.itemsize
-            if self.index < 0 or not run.span_ok()[self.index][self.s]:  # later slices are not ours to write yet
-                staged = np.empty(cnt * m, run.dtype)
-            self._span_done(True if staged is None else (staged, o))
-            if desc[1] & SPAN_SPLIT:  # the sender writes [0, split) into our offer: read the rest
-                if staged is not None:
-                    raise MismatchError(f"{run.label}: rank {self.tb.recv} wrote into a destination rank {run.rank} "
-                                        f"did not offer (channel {self.tb.channel})")
-                self._await_put = recvc.tail  # type: ignore[union-attr]
-                split = desc[1] >> 8
-                targets = _clip(self._regions(dsts, o, m), split, nbytes)
-                if desc[0] != nbytes:
-                    raise MismatchError(
-                        f"{run.label}: rank {self.tb.recv} sent {desc[0]} bytes where rank {run.rank} expects "
-                        f"{nbytes} (channel {self.tb.channel}, slice {self.it + 1}); do the ranks agree on count and dtype?")
-                recvc.read_remote(targets)  # type: ignore[union-attr]
-                recvc.release()  # type: ignore[union-attr]
-                return True
-        if desc[0] != nbytes:
-            raise MismatchError(
-                f"{run.label}: rank {self.tb.recv} sent {desc[0]} bytes where rank {run.rank} expects "
-                f"{nbytes} (channel {self.tb.channel}, slice {self.it + 1}); do the ranks agree on count and dtype?")
-        targets = self._regions(dsts, o, m)
-        if staged is not None:
-            base = staged.ctypes.data
-            targets = [(off, base + off, n) for off, _, n in targets]
-        recvc.read_remote(targets)  # type: ignore[union-attr]
-        if staged is not None:
-            self._copy_staged(cnt, dsts, (staged, o))
-        if op is Op.RECV_COPY_SEND:
-            if direct:
-                self._post_regions(nbytes, dsts, o, m)
-            else:
-                sv = self.sendc.buffer()[:nbytes].view(run.dtype)  # type: ignore[union-attr]
-                for j in range(cnt):
-                    dst = dsts[j].view(o, m)
-                    copy(sv[j * m:j * m + dst.size], dst)
-                self.sendc.post(nbytes)  # type: ignore[union-attr]
-        recvc.release()  # type: ignore[union-attr]
-        return True
-
-    def _reduce_then_post(self, cnt: int, srcs, dsts, o: int, m: int, nbytes: int) -> bool:
-        """``rrcs`` on the single-copy path: reduce what arrived (a descriptor is read into the
-        slot first) with the source into the destination, and post the destination."""
-        run = self.run
-        recvc = self.recvc
-        raw = recvc.buffer()  # type: ignore[union-attr]
-        if raw.size != nbytes:
-            return False  # the slot path raises the MismatchError
-        rv = raw.view(run.dtype)
-        reduce = run.kernels.reduce
-        for j in range(cnt):
-            dst, src = _common(dsts[j].view(o, m), srcs[j].view(o, m))
-            reduce(rv[j * m:j * m + dst.size], src, dst)
-        self._post_regions(nbytes, dsts, o, m)
-        recvc.release()  # type: ignore[union-attr]
-        return True
-
-    def _span_done(self, how: "bool | tuple[np.ndarray, int]") -> None:
-        """The current step moved every later slice of this call now: nothing is left to do for
-        them (True), or each is copied from a private buffer at its turn ((buffer, first offset))."""
-        if self._spanned is None:
-            self._spanned = [False] * len(self._steps)
-        self._spanned[self.s] = how
-
-    def _copy_staged(self, cnt: int, dsts, staged: tuple[np.ndarray, int]) -> None:
-        """Copy this slice of a receive from the private buffer a spanning descriptor was read into."""
-        g = self.run.geo
-        buf, o0 = staged
-        o = self.it * g.n
-        m = min(g.n, g.ce - o)
-        rest = g.ce - o0
-        for j in range(cnt):
-            dst = dsts[j].view(o, m)
-            lo = j * rest + o - o0
-            self.run.kernels.copy(dst, buf[lo:lo + dst.size])
-
-    def _regions(self, pieces: list[_Piece], o: int, m: int) -> list[tuple[int, int, int]]:
-        """(logical offset, address, length) of elements ``o``..``o + m`` of every piece: piece ``j``
-        at logical byte ``j * m * itemsize``, as descriptors and offers lay them out."""
-        run = self.run
-        isz = run.dtype.itemsize
-        mb = m * isz
-        regions = []
-        for j, p in enumerate(pieces):
-            vl = min(m, p.valid - o)
-            if vl > 0:
-                regions.append((j * mb, run.addr_of(p.array) + (p.start + o) * isz, vl * isz))
-        return regions
-
-    def _post_regions(self, nbytes: int, pieces: list[_Piece], o: int, m: int, aux: int = 0) -> None:
-        """Post a descriptor of elements ``o``..``o + m`` of every piece (where they lie in this rank's memory)."""
-        self.sendc.post_remote(nbytes, self._regions(pieces, o, m), aux)  # type: ignore[union-attr]
-        self._posted_remote = True
-
-    def _send_rest(self, nbytes: int, pieces: list[_Piece], o: int, m: int) -> None:
-        """Post every slice still to come at once; where the receiver offered its destination, write
-        the first half into it meanwhile (both processes copy: ``process_vm_writev`` here,
-        ``process_vm_readv`` there), else the receiver reads it all."""
-        sendc = self.sendc
-        mine = self._regions(pieces, o, m)
-        offer = sendc.destination() if self._wants_offer else None  # type: ignore[union-attr]
-        split = (nbytes // 2) & ~63
-        pieces_out = _match(mine, offer, split) if offer is not None and split else []
-        # a first small write tells whether the kernel lets this process write into the receiver
-        if not pieces_out or not sendc.write_remote([pieces_out[0][:2] + (min(8, pieces_out[0][2]),)]):  # type: ignore[union-attr]
-            self._post_regions(nbytes, pieces, o, m, SPAN_REST)
-            return
-        seq = sendc.head  # type: ignore[union-attr]
-        sendc.post_remote(nbytes, mine, SPAN_REST | SPAN_SPLIT | (split << 8))  # type: ignore[union-attr]
-        self._posted_remote = True
-        try:
-            ok = sendc.write_remote(pieces_out)  # type: ignore[union-attr]
-        except BaseException:
-            sendc.put_finished(seq, False)  # type: ignore[union-attr]
-            raise
-        sendc.put_finished(seq, ok)  # type: ignore[union-attr]
-        if not ok:
-            raise TransportError(f"{self.run.label}: writing into rank {self.tb.send} was refused after it was allowed")
-
-    def _offer(self, cnt: int, dsts: list[_Piece]) -> None:
-        """Offer the sender this receive's destination for every slice still to come, or decline
-        when later slices are not ours to write yet (once per slot)."""
-        recvc = self.recvc
-        tail = recvc.tail  # type: ignore[union-attr]
-        if tail != self._offered:
-            self._offered = tail
-            run, g = self.run, self.run.geo
-            o = self.it * g.n
-            ok = self.index >= 0 and run.span_ok()[self.index][self.s]
-            recvc.offer_destination(self._regions(dsts, o, g.ce - o) if ok else [])  # type: ignore[union-attr]
-
-    def _awaits_offer(self) -> bool:
-        """True while a sender that will send the rest of the call at once still waits (at most
-        ``_OFFER_WAIT_S``) for the receiver's answer to its wish to write part of it."""
-        if not self.run.use_direct or self.it + 1 >= self.run.geo.niters:
-            return False
-        if self.sendc.destination() is not None:  # type: ignore[union-attr]
-            self._offer_since = None
-            return False
-        now = time.monotonic()
-        if self._offer_since is None:
-            self._offer_since = now
-        if now - self._offer_since < _OFFER_WAIT_S:
-            return True
-        self._offer_since = None  # no answer: the receiver reads it all
-        return False
-
-    def _put_arrived(self) -> bool:
-        """Whether the sender finished writing its part of a split slot (raises when it could not)."""
-        state = self.recvc.put_state(self._await_put)  # type: ignore[union-attr]
-        if state is None:
-            return False
-        if not state:
-            raise TransportError(f"{self.run.label}: rank {self.tb.recv} could not write its part of the data "
-                                 f"into rank {self.run.rank} (channel {self.tb.channel})")
-        self._await_put = None
-        return True
-
-
-def only_sends(program: Program, rank: int) -> bool:
-    """Whether ``rank`` receives nothing in ``program`` (a broadcast's or scatter's root): only such
-    a sender splits its descriptors with the receiver; one that also receives is busy enough."""
-    key = (id(program), rank)
-    hit = _ONLY_SENDS.get(key)
-    if hit is None or hit[0] is not program:
-        if len(_ONLY_SENDS) >= _SKELETON_CACHE_SIZE:
-            _ONLY_SENDS.clear()
-        hit = _ONLY_SENDS[key] = (program, not any(st.op.receives for tb in program.ranks[rank].tbs for st in tb.steps))
-    return hit[1]
-
-
-_ONLY_SENDS: dict[tuple[int, int], tuple[Program, bool]] = {}
-#: how long a sender that only sends waits for the receiver's answer to an offer (seconds)
-_OFFER_WAIT_S = 0.005
-
-
-def _match(src: list[tuple[int, int, int]], dst: list[tuple[int, int, int]], end: int) -> list[tuple[int, int, int]]:
-    """(source address, destination address, length) of logical bytes [0, ``end``) that both region lists
-    (logical offset, address, length; ascending) cover."""
-    out = []
-    j = 0
-    for so, sa, sn in src:
-        lo_s, hi_s = so, min(so + sn, end)
-        while j < len(dst) and dst[j][0] + dst[j][2] <= lo_s:
-            j += 1
-        k = j
-        while k < len(dst) and dst[k][0] < hi_s:
-            do, da, dn = dst[k]
-            lo, hi = max(lo_s, do), min(hi_s, do + dn)
-            if hi > lo:
-                out.append((sa + lo - so, da + lo - do, hi - lo))
-            k += 1
-    return out
-
-
-def _clip(regions: list[tuple[int, int, int]], lo: int, hi: int) -> list[tuple[int, int, int]]:
-    """The parts of (logical offset, address, length) regions inside logical bytes [lo, hi)."""
-    out = []
-    for off, addr, n in regions:
-        a, b = max(off, lo), min(off + n, hi)
-        if b > a:
-            out.append((a, addr + a - off, b - a))
-    return out
-
-
-def _common(dst: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if dst.size == src.size:
-        return dst, src
-    n = min(dst.size, src.size)
-    return dst[:n], src[:n]
-
 
 def _addr(a: np.ndarray) -> int:
     return a.__array_interface__["data"][0]

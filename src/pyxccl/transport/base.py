@@ -83,12 +83,14 @@ class SendConnector(ABC):
         return False
 
     def destination(self) -> list[tuple[int, int, int]] | None:
-        """The receiver's offer of where the next slot's bytes go (see :mod:`.slots`), or None."""
+        """The receiver's answer for the next slot (see :mod:`.slots`): the (logical offset, address,
+        length) regions its bytes go to, [] when it declined (or writes are refused), None while
+        it has not answered."""
         return None
 
     def write_remote(self, pieces: list[tuple[int, int, int]]) -> bool:
         """Copy (local address, receiver's address, length) pieces into the receiver's memory; False
-        when the kernel refuses this connector's writes (then ``destination()`` stays None)."""
+        when the kernel refuses this connector's writes (from then on ``destination()`` gives [])."""
         return False
 
     def close(self) -> None:

@@ -94,7 +94,7 @@ class RingSendConnector(SendConnector):
         self._remote_min: int | None = 0  # None: the receiver has not answered the offer yet
         self._offered_min = 0
         self._desc_mark: int | None = None  # head after the last descriptor posted
-        self._put_ok = True  # destination offers may be used (until a write was refused)
+        self._put_ok = False  # destination offers may be used: a subclass that can write sets it (until refused)
 
     def ready(self) -> bool:
         return ((self._head - self.ring.tail.value) & _MASK) < self._nslots
