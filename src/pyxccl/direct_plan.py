@@ -24,7 +24,6 @@ SPAN_REST = 1
 SPAN_SPLIT = 2
 #: ops whose receiving side may read a descriptor straight into its destination
 DIRECT_RECV = frozenset((Op.RECV, Op.RECV_COPY_SEND))
-_DIRECT: dict[tuple[int, int, str | None], tuple[Program, list[tuple[bool, ...]]]] = {}
 
 
 def direct_plan(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
@@ -40,15 +39,7 @@ def direct_plan(program: Program, rank: int, mode: str | None) -> list[tuple[boo
     into its destination, a reduction reads it into the slot first.
     Cached per (program, rank, mode).
     """
-    key = (id(program), rank, mode)
-    hit = _DIRECT.get(key)
-    if hit is not None and hit[0] is program:
-        return hit[1]
-    plan = _plan_direct(program, rank, mode)
-    if len(_DIRECT) >= _CACHE_SIZE:
-        _DIRECT.clear()
-    _DIRECT[key] = (program, plan)
-    return plan
+    return _cached(program, rank, mode, "direct", _plan_direct)
 
 
 def _plan_direct(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
@@ -159,7 +150,8 @@ def _touching(program: Program, rank: int, mode: str | None, reads: bool) -> dic
     return out
 
 
-_SPAN: dict[tuple[int, int, str | None, bool], tuple[Program, list[tuple[bool, ...]]]] = {}
+#: the per-step tables of this module, per (program id, rank, mode, which table)
+_PLANS: dict[tuple[int, int, str | None, str], tuple[Program, list[tuple[bool, ...]]]] = {}
 
 
 def span_plan(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
@@ -174,26 +166,27 @@ def span_plan(program: Program, rank: int, mode: str | None) -> list[tuple[bool,
     one ``process_vm_readv`` per call instead of one per slice, and no per-slice work.
     Cached per (program, rank, mode).
     """
-    return _cached(program, rank, mode, True, _plan_span)
+    return _cached(program, rank, mode, "span", _plan_span)
 
 
 def span_ok(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
     """Per thread block of ``rank``, per step: may a plain receive write every slice still to come
     at once (no other step of the rank reads or writes its destination)? Otherwise a descriptor
     spanning them is read into a private buffer and copied slice by slice at the step's turn."""
-    return _cached(program, rank, mode, False, _plan_span_ok)
+    return _cached(program, rank, mode, "span_ok", _plan_span_ok)
 
 
-def _cached(program: Program, rank: int, mode: str | None, sending: bool,
+def _cached(program: Program, rank: int, mode: str | None, table: str,
             make: Callable[[Program, int, str | None], list[tuple[bool, ...]]]) -> list[tuple[bool, ...]]:
-    key = (id(program), rank, mode, sending)
-    hit = _SPAN.get(key)
+    """``make(program, rank, mode)``, remembered (the entry keeps the program alive, so its id stays its own)."""
+    key = (id(program), rank, mode, table)
+    hit = _PLANS.get(key)
     if hit is not None and hit[0] is program:
         return hit[1]
     plan = make(program, rank, mode)
-    if len(_SPAN) >= _CACHE_SIZE:
-        _SPAN.clear()
-    _SPAN[key] = (program, plan)
+    if len(_PLANS) >= _CACHE_SIZE:
+        _PLANS.clear()
+    _PLANS[key] = (program, plan)
     return plan
 
 
