@@ -151,6 +151,15 @@ class Kernels:
     copy: Callable[[np.ndarray, np.ndarray], None]
 
 
+def trim_pair(dst: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``dst`` and ``src`` cut to their common length for a kernel (a short user chunk may meet a
+    full-length scratch chunk: only the elements both have are real)."""
+    if dst.size == src.size:
+        return dst, src
+    n = min(dst.size, src.size)
+    return dst[:n], src[:n]
+
+
 def kernels(op: ReduceOp, dtype: DType, device: str = "cpu") -> Kernels:
     """Kernels for one call; the only place that picks them per device."""
     if device != "cpu":

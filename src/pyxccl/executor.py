@@ -34,10 +34,10 @@ from typing import Callable, Protocol
 import numpy as np
 
 from .direct_plan import direct_any, direct_plan, only_sends, span_ok, span_plan
-from .dtypes import Kernels
+from .dtypes import Kernels, trim_pair
 from .errors import CollectiveTimeout, MismatchError
 from .ir.program import Buf, Op, Program, ThreadBlock, inplace_alias
-from .single_copy import SingleCopySteps, trim_pair
+from .single_copy import SingleCopySteps
 from .transport.base import RecvConnector, SendConnector
 from .transport.doorbell import Doorbell
 

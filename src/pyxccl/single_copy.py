@@ -23,33 +23,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .direct_plan import DIRECT_RECV, SPAN_REST, SPAN_SPLIT
+from .dtypes import trim_pair
 from .errors import MismatchError, TransportError
 from .ir.program import Op
+from .transport.base import overlap
 
 if TYPE_CHECKING:
     from .executor import _Piece
 
 #: how long a sender that only sends waits for the receiver's answer to an offer (seconds)
 _OFFER_WAIT_S = 0.005
-
-
-def _match(src: list[tuple[int, int, int]], dst: list[tuple[int, int, int]], end: int) -> list[tuple[int, int, int]]:
-    """(source address, destination address, length) of logical bytes [0, ``end``) that both region lists
-    (logical offset, address, length; ascending) cover."""
-    out = []
-    j = 0
-    for so, sa, sn in src:
-        lo_s, hi_s = so, min(so + sn, end)
-        while j < len(dst) and dst[j][0] + dst[j][2] <= lo_s:
-            j += 1
-        k = j
-        while k < len(dst) and dst[k][0] < hi_s:
-            do, da, dn = dst[k]
-            lo, hi = max(lo_s, do), min(hi_s, do + dn)
-            if hi > lo:
-                out.append((sa + lo - so, da + lo - do, hi - lo))
-            k += 1
-    return out
 
 
 def _clip(regions: list[tuple[int, int, int]], lo: int, hi: int) -> list[tuple[int, int, int]]:
@@ -60,14 +43,6 @@ def _clip(regions: list[tuple[int, int, int]], lo: int, hi: int) -> list[tuple[i
         if b > a:
             out.append((a, addr + a - off, b - a))
     return out
-
-
-def trim_pair(dst: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``dst`` and ``src`` cut to their common length (a short user chunk may meet a full scratch one)."""
-    if dst.size == src.size:
-        return dst, src
-    n = min(dst.size, src.size)
-    return dst[:n], src[:n]
 
 
 class SingleCopySteps:
@@ -212,7 +187,7 @@ class SingleCopySteps:
         mine = self._regions(pieces, o, m)
         offer = sendc.destination() if self._wants_offer else None  # type: ignore[union-attr]
         split = (nbytes // 2) & ~63
-        pieces_out = _match(mine, offer, split) if offer is not None and split else []
+        pieces_out = overlap(mine, offer, split) if offer is not None and split else []
         # a first small write tells whether the kernel lets this process write into the receiver
         if not pieces_out or not sendc.write_remote([pieces_out[0][:2] + (min(8, pieces_out[0][2]),)]):  # type: ignore[union-attr]
             self._post_regions(nbytes, pieces, o, m, SPAN_REST)

@@ -197,3 +197,23 @@ class Transport(ABC):
 
     def close(self) -> None:
         """Release every resource of this transport (idempotent)."""
+
+
+def overlap(a: list[tuple[int, int, int]], b: list[tuple[int, int, int]],
+            end: int | None = None) -> list[tuple[int, int, int]]:
+    """(address in ``a``, address in ``b``, length) of every logical byte range (below ``end``) that two
+    lists of (logical offset, address, length) regions, each ascending in offset, both cover."""
+    out = []
+    j, nb = 0, len(b)
+    for ao, aa, an in a:
+        lo_a, hi_a = ao, ao + an if end is None else min(ao + an, end)
+        while j < nb and b[j][0] + b[j][2] <= lo_a:
+            j += 1
+        k = j
+        while k < nb and b[k][0] < hi_a:
+            bo, ba, bn = b[k]
+            lo, hi = max(lo_a, bo), min(hi_a, bo + bn)
+            if hi > lo:
+                out.append((aa + lo - ao, ba + lo - bo, hi - lo))
+            k += 1
+    return out

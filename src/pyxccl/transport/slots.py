@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import RecvConnector, SendConnector
+from .base import RecvConnector, SendConnector, overlap
 from .doorbell import Doorbell
 
 _MASK = 0xFFFFFFFF
@@ -276,20 +276,7 @@ class RingRecvConnector(RecvConnector):
         return self._tail
 
     def read_remote(self, targets: list[tuple[int, int, int]]) -> None:
-        regions = self._descriptor()[3]
-        pieces = []
-        ri, nr = 0, len(regions)
-        for off, addr, n in targets:  # both lists ascend in logical offset
-            end = off + n
-            while ri < nr and regions[ri][0] + regions[ri][2] <= off:
-                ri += 1
-            j = ri
-            while j < nr and regions[j][0] < end:
-                ro, ra, rn = regions[j]
-                lo, hi = max(off, ro), min(end, ro + rn)
-                if hi > lo:
-                    pieces.append((addr + lo - off, ra + lo - ro, hi - lo))
-                j += 1
+        pieces = overlap(targets, self._descriptor()[3])
         if pieces:
             self._read(pieces)
 
