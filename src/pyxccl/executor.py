@@ -264,9 +264,9 @@ class TBRunner(SingleCopySteps):
             may_send, may_recv, cnt = direct_any(run.program, run.rank, run.alias_hint())[index]
             biggest = cnt * run.geo.n * run.dtype.itemsize
             if may_send and rmin and biggest >= rmin and cnt <= 128:  # 128 regions fit any slot that offers them
-                span = run.span_plan()[index] if run.geo.niters > 1 else None
+                span = run.span_plan()[index]
                 # per step: 0 slots only, 1 may send by descriptor, 2 may also send the rest of the call at once
-                plan = tuple(d + (d and span is not None and span[i]) for i, d in enumerate(run.direct_plan()[index]))
+                plan = tuple(d + (d and span[i]) for i, d in enumerate(run.direct_plan()[index]))
                 run.sends_direct = run.sends_direct or any(plan)
             # (the call's arrays are flat and C-contiguous: calls.py checks; addresses are computed from that)
             # a plain receive also takes a descriptor for the rest of the call a peer whose call aliases
@@ -281,7 +281,7 @@ class TBRunner(SingleCopySteps):
         # plain receives from a peer that only sends: they answer its wish to write part of the
         # rest of the call here (an offer of the destination, or a refusal)
         self._offers: tuple[bool, ...] | None = None
-        if self._rread and run.geo.niters > 1 and only_sends(run.program, tb.recv):
+        if self._rread and only_sends(run.program, tb.recv):
             self._offers = tuple(st.op is Op.RECV for st in tb.steps)
         self._offered = -1  # the tail value of the last answer given
         # a sender that only sends waits (briefly) for that answer before it sends the rest at once

@@ -58,7 +58,7 @@ class SingleCopySteps:
         if op is Op.SEND:
             if not direct:
                 return False
-            if direct == 2 and self.it + 1 < run.geo.niters:
+            if direct == 2:  # every slice still to come (maybe just this one: then only a root's split differs)
                 rest = run.geo.ce - o
                 self._send_rest(cnt * rest * run.dtype.itemsize, srcs, o, rest)
                 self._span_done(True)
@@ -91,7 +91,8 @@ class SingleCopySteps:
                                     f"{run.rank} forwards it (channel {self.tb.channel}); do the ranks run the same program?")
             m = run.geo.ce - o
             nbytes = cnt * m * run.dtype.itemsize
-            if self.index < 0 or not run.span_ok()[self.index][self.s]:  # later slices are not ours to write yet
+            if self.it + 1 < run.geo.niters and (self.index < 0 or not run.span_ok()[self.index][self.s]):
+                # later slices are not ours to write yet
                 staged = np.empty(cnt * m, run.dtype)
             self._span_done(True if staged is None else (staged, o))
             if desc[1] & SPAN_SPLIT:  # the sender writes [0, split) into our offer: we read the rest
@@ -213,13 +214,13 @@ class SingleCopySteps:
             self._offered = tail
             run, g = self.run, self.run.geo
             o = self.it * g.n
-            ok = self.index >= 0 and run.span_ok()[self.index][self.s]
+            ok = self.it + 1 == g.niters or (self.index >= 0 and run.span_ok()[self.index][self.s])
             recvc.offer_destination(self._regions(dsts, o, g.ce - o) if ok else [])  # type: ignore[union-attr]
 
     def _awaits_offer(self) -> bool:
         """True while a sender that will send the rest of the call at once still waits (at most
         ``_OFFER_WAIT_S``) for the receiver's answer to its wish to write part of it."""
-        if not self.run.use_direct or self.it + 1 >= self.run.geo.niters:
+        if not self.run.use_direct:
             return False
         if self.sendc.destination() is not None:  # type: ignore[union-attr]
             self._offer_since = None
