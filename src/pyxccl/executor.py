@@ -269,8 +269,8 @@ class TBRunner(SingleCopySteps):
                 plan = tuple(d + (d and span[i]) for i, d in enumerate(run.direct_plan()[index]))
                 run.sends_direct = run.sends_direct or any(plan)
             # (the call's arrays are flat and C-contiguous: calls.py checks; addresses are computed from that)
-            # a plain receive also takes a descriptor for the rest of the call a peer whose call aliases
-            # differently may send (see span_plan)
+            # a plain receive reads descriptors even where this rank's aliasing says none come: a peer
+            # whose call aliases otherwise may send the rest of the call at once (see span_plan)
             self._rread = (may_recv or any(st.op is Op.RECV for st in tb.steps)) and bool(rmin_in) and biggest >= rmin_in
         self._rmin = rmin
         self._posted_remote = False
