@@ -353,7 +353,7 @@ class TBRunner(SingleCopySteps):
                 else:
                     if op.receives and not self.recvc.ready():  # type: ignore[union-attr]
                         if self._offers is not None and self._offers[self.s]:
-                            self._offer(st.cnt, dsts)
+                            self._offer(dsts)
                         return progressed
                     if op.sends and not self.sendc.ready():  # type: ignore[union-attr]
                         return progressed

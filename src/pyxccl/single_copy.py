@@ -205,7 +205,7 @@ class SingleCopySteps:
         if not ok:
             raise TransportError(f"{self.run.label}: writing into rank {self.tb.send} was refused after it was allowed")
 
-    def _offer(self, cnt: int, dsts: list[_Piece]) -> None:
+    def _offer(self, dsts: list[_Piece]) -> None:
         """Offer the sender this receive's destination for every slice still to come, or decline
         when later slices are not ours to write yet (once per slot)."""
         recvc = self.recvc
