@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from pyxccl.paths import DIRECT, HISTORY, MAX_INTERVAL, MIN_INTERVAL, SLOTS, PathChooser
+from pyxccl.paths import DIRECT, HISTORY, MAX_INTERVAL, MIN_INTERVAL, MIXED, SLOTS, THREE_PATHS, PathChooser
 
 NBYTES = 16 << 20
 
 
 def _run(chooser: PathChooser, key, cost: dict[int, float], calls: int) -> list[int]:
-    """``calls`` calls whose time is ``cost[path]`` seconds; the paths taken."""
+    """``calls`` calls whose time is ``cost[path]`` seconds; the paths taken (among the paths ``cost`` names)."""
     taken = []
+    candidates = THREE_PATHS if MIXED in cost else (DIRECT, SLOTS)
     for _ in range(calls):
-        path = chooser.choose(key)
+        path = chooser.choose(key, candidates)
         chooser.record(key, path, cost[path], NBYTES)
         taken.append(path)
     return taken
@@ -79,3 +80,27 @@ def test_keys_are_per_program_and_size_class():
     _run(c, b, {SLOTS: 2.0, DIRECT: 1.0}, 20)
     assert (c.best(a), c.best(b)) == (SLOTS, DIRECT)
     assert c.best(c.key(p, 1 << 25)) is None
+
+
+def test_three_paths_each_once_then_the_fastest_and_tries_of_both_others():
+    c = PathChooser()
+    key = c.key(object(), NBYTES)
+    taken = _run(c, key, {SLOTS: 1.0, DIRECT: 1.6, MIXED: 0.9}, 3 + 200)
+    assert taken[:3] == [DIRECT, SLOTS, MIXED] and c.best(key) == MIXED
+    rest = taken[3:]
+    tries = [p for p in rest if p != MIXED]
+    assert rest.count(MIXED) > 190 and SLOTS in tries and DIRECT in tries  # both others are tried in turn
+    assert all(a != b for a, b in zip(tries, tries[1:]))
+    # the mix gets slow: the next best measured path takes over within HISTORY calls
+    after = _run(c, key, {SLOTS: 1.0, DIRECT: 1.6, MIXED: 3.0}, 20)
+    assert after[HISTORY:].count(SLOTS) >= 20 - HISTORY - 1 and c.best(key) == SLOTS
+
+
+def test_a_fixed_setting_always_takes_the_mix():
+    class Run:
+        program, mixed_differs, path = object(), False, DIRECT
+    c = PathChooser("mixed")
+    run = Run()
+    ran = []
+    c.drive(run, NBYTES, lambda: ran.append(run.path))
+    assert ran == [MIXED]

@@ -20,7 +20,8 @@ import pytest
 
 import harness
 from pyxccl import algorithms, config
-from pyxccl.direct_plan import _plan_direct, span_ok, span_plan
+from pyxccl.direct_plan import _plan_direct, feeds_reduction, span_ok, span_plan
+from pyxccl.paths import SLOTS
 from pyxccl.transport import cma
 from pyxccl.transport.doorbell import Doorbell
 from pyxccl.transport.shm import ShmRecvConnector, ShmSendConnector
@@ -138,6 +139,7 @@ def test_config_variables():
     cfg = config.load({"PYXCCL_CMA": "0", "PYXCCL_CMA_MIN_BYTES": "4K"})
     assert (cfg.cma, cfg.cma_min_bytes) == ("off", 4096)
     assert config.load({"PYXCCL_CMA": "yes"}).cma == "on" and config.load({"PYXCCL_CMA": "AUTO"}).cma == "auto"
+    assert config.load({"PYXCCL_CMA": "Mixed"}).cma == "mixed"
     with pytest.raises(Exception, match="PYXCCL_CMA"):
         config.load({"PYXCCL_CMA": "maybe"})
 
@@ -168,6 +170,29 @@ def test_direct_plan():
     # that very block afterwards, so the peer could read the new data: slots
     assert ("s", True) in _flags("alltoall", "direct", 2, "oop", 0)
     assert ("s", True) not in _flags("alltoall", "direct", 2, "inplace", 0)
+
+
+def test_feeds_reduction():
+    """The mixed path's table, proven on the IR for 2-8 ranks: exactly the sends whose receiving
+    step on the peer reduces (rrs, rrc, rrcs) feed a reduction."""
+    reducing = {"rrs", "rrc", "rrcs"}
+    for n in range(2, 9):
+        for coll, algo in (("allreduce", "ring"), ("reducescatter", "ring"), ("allgather", "ring"),
+                           ("broadcast", "chain"), ("reduce", "chain")):
+            p = algorithms.program(coll, algo, n)
+            for rank in range(n):
+                for tb, flags in zip(p.ranks[rank].tbs, feeds_reduction(p, rank)):
+                    sends = [(st.op.value, f) for st, f in zip(tb.steps, flags) if st.op.sends]
+                    assert not any(f for st, f in zip(tb.steps, flags) if not st.op.sends)
+                    peer = next((t for t in p.ranks[tb.send].tbs if t.recv == rank and t.channel == tb.channel), None) \
+                        if sends else None
+                    want = [st.op.value in reducing for st in peer.steps if st.op.receives] if peer else []
+                    assert [f for _, f in sends] == want, (coll, n, rank)
+                    if coll in ("allgather", "broadcast"):
+                        assert not any(flags)
+            if coll == "allreduce":  # the input's send feeds a reduction; the reduced chunk's send does not
+                assert [f for st, f in zip(p.ranks[0].tbs[0].steps, feeds_reduction(p, 0)[0])
+                        if st.op.value in ("s", "rrcs")] == [True, False]
 
 
 def _span_flags(coll: str, algo: str, n: int, mode: str, rank: int) -> list[tuple[str, bool, bool]]:
@@ -232,11 +257,11 @@ def test_sender_finishes_only_once_its_descriptors_were_read():
     assert mid.advance() and mid.finished
     assert all(np.array_equal(b, data) for b in bufs)
     assert r01.reads == 3 and r20.reads == 3  # the root's sends and the forwards went by descriptor
-    # the same program with the call's choice "slots" (use_direct False): no descriptor at all
+    # the same program with the call's choice "slots": no descriptor at all
     bufs = [np.zeros(count, np.float32), np.zeros(count, np.float32), data.copy()]
     runs = [ProgramRun(program, q, {Buf.INPUT: bufs[q], Buf.OUTPUT: bufs[q]}, count, kern, 16384) for q in range(3)]
     for run in runs:
-        run.use_direct = False
+        run.path = SLOTS
     runners = [runs[2].runners({(0, 0, "send"): s20})[0], runs[0].runners({(1, 0, "send"): s01, (2, 0, "recv"): r20})[0],
                runs[1].runners({(0, 0, "recv"): r01})[0]]
     while not all(r.finished for r in runners):
@@ -416,6 +441,33 @@ def job_spans(comm, count: int = 70001) -> list[str]:
     return fails
 
 
+def job_mixed_path(comm, count: int = 70001) -> list[str]:
+    """PYXCCL_CMA=mixed: reductions are exact in and out of place; what a reduction consumes
+    comes through the slots (a reduce-scatter reads no descriptor), forwards of reduced data
+    by descriptor (an all-reduce reads some)."""
+    r, n = comm.rank, comm.size
+    fails: list[str] = []
+    base = np.arange(count, dtype=np.float32)
+    comm.all_reduce(np.ones(n * count, np.float32))  # the first call on fresh rings settles the single-copy handshake
+    for inplace in (False, True):
+        before = _reads(comm)
+        src = np.concatenate([base * (q + 1) + r for q in range(n)])
+        want = np.concatenate([base * (q + 1) * n + n * (n - 1) / 2 for q in range(n)])
+        out = src if inplace else np.zeros(n * count, np.float32)
+        comm.all_reduce(src, None if inplace else out)
+        fails += _expect(f"allreduce {'in place' if inplace else 'out of place'}", out, want)
+        if not _reads(comm) - before:
+            fails.append("the all-reduce read no descriptor: its forwards did not go by single copy")
+        before = _reads(comm)
+        src = np.concatenate([base * (q + 1) + r for q in range(n)])
+        out = src[r * count:(r + 1) * count] if inplace else np.zeros(count, np.float32)
+        comm.reduce_scatter(src, out)
+        fails += _expect(f"reducescatter {'in place' if inplace else 'out of place'}", out, want[r * count:(r + 1) * count])
+        if _reads(comm) - before:
+            fails.append("the reduce-scatter read a descriptor: a reduction's input did not come through the slots")
+    return fails
+
+
 def job_split_rest(comm, count: int = 70001) -> list[str]:
     """A root that only sends writes half of the rest of the call into the receiver's offered
     destination while the receiver reads the other half (broadcast and scatter, every root, in
@@ -464,7 +516,7 @@ def job_repeats_are_measured(comm, count: int = 8000) -> list[str]:
     if len(repeats) < 3:
         fails.append(f"only {len(repeats)} of 4 calls were served as repeats")
     records = list(comm._paths._records.values())
-    if not any(None not in rec.cost for rec in records):
+    if not any(None not in rec.cost[:2] for rec in records):
         fails.append(f"no call was timed on both paths: {[rec.cost for rec in records]}")
     return fails
 
@@ -511,6 +563,12 @@ def test_collectives_single_copy_always(pools):
     pool = pools(3, PYXCCL_CMA="1", **SMALL)
     for _ in range(2):
         pool.check(job_collectives)
+
+
+@needs_cma
+@pytest.mark.parametrize("nranks", [2, 3, 5])
+def test_mixed_path(pools, nranks):
+    pools(nranks, PYXCCL_CMA="mixed", **SMALL).check(job_mixed_path)
 
 
 @needs_cma

@@ -133,7 +133,7 @@ class Communicator(Collectives, Membership):
         self._coll_seq = 0  # collectives issued: the flight recorder's and PYXCCL_CHECK's sequence numbers
         self._flight = flight.FlightRecorder(cfg.trace_size) if cfg.trace_size else None
         self._check_call = _check.verify if cfg.check else None
-        self._paths = paths.PathChooser() if cfg.cma == "auto" else None
+        self._paths = paths.PathChooser(cfg.cma) if cfg.cma in ("auto", "mixed") else None
         flight.register(self)  # for SIGUSR1 dumps (PYXCCL_TRACE_DIR)
         if self._rank == 0:
             log.info("init: %d ranks on %d host(s) %s, slot %d B x %d, channels %d, timeout %.0f s",
@@ -376,8 +376,8 @@ class Communicator(Collectives, Membership):
         self._drive_run(prun, prun.runners(self._connect(prun.needed(), label)), call, label)
 
     def _drive_run(self, prun: executor.ProgramRun, runners: list, call: Call, label: str) -> None:
-        """Run ``runners`` of ``prun`` for ``call`` (by single copy or through the slots, whichever
-        measures faster, where a step may send by descriptor: :mod:`pyxccl.paths`), then average."""
+        """Run ``runners`` of ``prun`` for ``call`` (by single copy, through the slots or mixed,
+        whichever measures faster, where a step may send by descriptor: :mod:`pyxccl.paths`), then average."""
         if prun.sends_direct and self._paths is not None:
             self._paths.drive(prun, call.count * call.dtype.itemsize, lambda: self._drive(runners, label))
         else:

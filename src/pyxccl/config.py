@@ -70,12 +70,12 @@ def _non_negative_int(text: str) -> int:
 
 
 def _parse_cma(text: str) -> str:
-    if text.strip().lower() == "auto":
-        return "auto"
+    if text.strip().lower() in ("auto", "mixed"):
+        return text.strip().lower()
     try:
         return "on" if _parse_bool(text) else "off"
     except ValueError:
-        raise ValueError("auto, 1 or 0") from None
+        raise ValueError("auto, 1, 0 or mixed") from None
 
 
 def _parse_bool(text: str) -> bool:
@@ -106,7 +106,7 @@ class Config:
     nchannels: int = 1
     """PYXCCL_NCHANNELS: channels the built-in algorithms use."""
     cma: str = "auto"
-    """PYXCCL_CMA: same-host single copy (a receiver copies large messages straight from the sender's buffer with process_vm_readv): auto (default: per call, whichever of it and the shared slots measured faster, see pyxccl.paths), 1 (whenever a step may), 0 (never: always the slots)."""
+    """PYXCCL_CMA: same-host single copy (a receiver copies large messages straight from the sender's buffer with process_vm_readv): auto (default: per call, whichever of it, the shared slots and their mix measured faster, see pyxccl.paths), 1 (whenever a step may), 0 (never: always the slots), mixed (only where the receiver does not reduce what arrives)."""
     cma_min_bytes: int = 512 * 1024
     """PYXCCL_CMA_MIN_BYTES: smallest step (bytes per slot) that goes by single copy (smaller ones measured slower than the slots)."""
     spin_us: float = 1000.0

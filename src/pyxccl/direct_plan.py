@@ -106,6 +106,25 @@ def _plan_direct(program: Program, rank: int, mode: str | None) -> list[tuple[bo
     return plan
 
 
+def feeds_reduction(program: Program, rank: int) -> list[tuple[bool, ...]]:
+    """Per thread block of ``rank``, per step: does the step send bytes the peer reduces (its
+    receiving step is ``rrs``, ``rrc`` or ``rrcs``)? The mixed path (:data:`pyxccl.paths.MIXED`)
+    sends those through the slots: the reduction reads them once either way. Cached per (program, rank)."""
+    return _cached(program, rank, None, "feeds", _plan_feeds)
+
+
+def _plan_feeds(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+    plan = []
+    for tb in program.ranks[rank].tbs:
+        flags = [False] * len(tb.steps)
+        peer_ops = _peer_receives(program, rank, tb)
+        if peer_ops is not None:
+            for i, peer_op in zip((i for i, st in enumerate(tb.steps) if st.op.sends), peer_ops):
+                flags[i] = peer_op not in DIRECT_RECV
+        plan.append(tuple(flags))
+    return plan
+
+
 def _peer_receives(program: Program, rank: int, tb: ThreadBlock) -> list[Op] | None:
     """The ops of the receiving steps of the thread block that receives what ``tb`` sends."""
     found = _peer_receiving_steps(program, rank, tb)

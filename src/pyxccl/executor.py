@@ -19,7 +19,8 @@ copies them straight into its destination, a reduction reads them into the slot 
 sending steps may: ``s`` (its source), ``rcs`` and ``rrcs`` (the destination just
 written), when no step of this rank that is not ordered before it writes the same chunk
 (the peer reads it later, at its own pace). Whether they do is the call's choice
-(``ProgramRun.use_direct``, measured per call by :mod:`pyxccl.paths`): the kernel's copy
+(``ProgramRun.path``, measured per call by :mod:`pyxccl.paths`: all, none, or those whose
+receiver does not reduce what arrives): the kernel's copy
 is slower than memcpy between cores that share a cache and much faster than pulling
 slot lines out of another CCD's cache. A runner that posted descriptors finishes only
 once the peer released them all.
@@ -33,10 +34,11 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .direct_plan import direct_any, direct_plan, only_sends, span_ok, span_plan
+from .direct_plan import direct_any, direct_plan, feeds_reduction, only_sends, span_ok, span_plan
 from .dtypes import Kernels, trim_pair
 from .errors import CollectiveTimeout, MismatchError
 from .ir.program import Buf, Op, Program, ThreadBlock, inplace_alias
+from .paths import DIRECT
 from .single_copy import SingleCopySteps
 from .transport.base import RecvConnector, SendConnector
 from .transport.doorbell import Doorbell
@@ -133,7 +135,8 @@ class ProgramRun:
         self._plan: list[tuple[bool, ...]] | None = None
         self._mode: str | None = "?"  # _alias_mode() once known
         self.sends_direct = False  # some step of this run may send by descriptor (set by its runners)
-        self.use_direct = True  # this call's choice for those steps (:mod:`pyxccl.paths`)
+        self.mixed_differs = False  # the mixed path differs from both others here (set by its runners)
+        self.path = DIRECT  # this call's path for those steps (:mod:`pyxccl.paths`)
 
     def addr_of(self, array: np.ndarray) -> int:
         """The address of ``array``'s first element (memoized: the call's arrays live as long as it)."""
@@ -259,6 +262,7 @@ class TBRunner(SingleCopySteps):
         rmin = send.remote_min_bytes if send is not None else 0
         rmin_in = recv.remote_min_bytes if recv is not None and recv.remote_read else 0
         plan: tuple[int, ...] | None = None
+        mixed: tuple[int, ...] | None = None
         self._rread = False
         if (rmin or rmin_in) and index >= 0:
             may_send, may_recv, cnt = direct_any(run.program, run.rank, run.alias_hint())[index]
@@ -268,6 +272,10 @@ class TBRunner(SingleCopySteps):
                 # per step: 0 slots only, 1 may send by descriptor, 2 may also send the rest of the call at once
                 plan = tuple(d + (d and span[i]) for i, d in enumerate(run.direct_plan()[index]))
                 run.sends_direct = run.sends_direct or any(plan)
+                # the mixed path: no descriptor where the peer reduces what arrives
+                feeds = feeds_reduction(run.program, run.rank)[index]
+                mixed = tuple(0 if feeds[i] else d for i, d in enumerate(plan))
+                run.mixed_differs = run.mixed_differs or (any(mixed) and mixed != plan)
             # (the call's arrays are flat and C-contiguous: calls.py checks; addresses are computed from that)
             # a plain receive reads descriptors even where this rank's aliasing says none come: a peer
             # whose call aliases otherwise may send the rest of the call at once (see span_plan)
@@ -294,7 +302,9 @@ class TBRunner(SingleCopySteps):
             # a COPY whose source and destination are the same memory (in place) is skipped;
             # decided once here, since a run's arrays never change
             same = tuple(_same_piece(a, b) for a, b in zip(src_p, dst_p)) if st.op is Op.COPY else None
-            self._steps.append((st, src_p, dst_p, plan[i] if plan else 0, same))
+            # per path (slots, direct, mixed): may the step send by descriptor (1), the rest of the call at once (2)?
+            by_path = (0, plan[i], mixed[i]) if plan and mixed else (0, 0, 0)  # type: ignore[index]
+            self._steps.append((st, src_p, dst_p, by_path, same))
 
     def reset(self) -> None:
         """Back to the first step of the first slice (the run repeats over the same arrays)."""
@@ -341,7 +351,8 @@ class TBRunner(SingleCopySteps):
                     return progressed
                 self.finished = True
                 return True
-            st, srcs, dsts, direct, same = self._steps[self.s]
+            st, srcs, dsts, by_path, same = self._steps[self.s]
+            direct = by_path[run.path]
             spanned = self._spanned[self.s] if self._spanned is not None else False
             if spanned is not True:
                 for dtb, dstep in st.deps:
@@ -376,7 +387,6 @@ class TBRunner(SingleCopySteps):
         o = self.it * g.n
         m = min(g.n, g.ce - o)
         nbytes = cnt * m * run.dtype.itemsize
-        direct = direct if run.use_direct else 0
         if (direct or self._rread) and self._execute_direct(op, cnt, srcs, dsts, direct, o, m, nbytes):
             return
         key = acts = None

@@ -220,8 +220,6 @@ class SingleCopySteps:
     def _awaits_offer(self) -> bool:
         """True while a sender that will send the rest of the call at once still waits (at most
         ``_OFFER_WAIT_S``) for the receiver's answer to its wish to write part of it."""
-        if not self.run.use_direct:
-            return False
         if self.sendc.destination() is not None:  # type: ignore[union-attr]
             self._offer_since = None
             return False
