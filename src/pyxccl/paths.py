@@ -12,9 +12,9 @@ A third path mixes them (:data:`MIXED`): descriptors only where the receiver rea
 straight into its destination (forwards of final data, plain receives), the slots where a
 reduction consumes what arrives. The reduction reads its input once either way; through a
 slot the sender does the copy and the receiver reads it from the shared cache, where by
-descriptor the receiver does both. On 2 ranks sharing an L3 this runs an allreduce of
-16 MiB in 2.49 ms against 2.69 (slots) and 3.0 (single copy everywhere); on 4 ranks on the 2
-vCPUs the slots win. It is only a candidate where it differs from both others.
+descriptor the receiver does both. A 2-rank allreduce of 16 MiB ran 3-5 % faster mixed than
+through the slots, 64 MiB 6 % (``docs/performance.md``); on 4 ranks on the 2 vCPUs the three
+paths sit within the noise. It is only a candidate where it differs from both others.
 
 So the sender measures. Per (program, size class) it keeps each path's time per byte:
 the fastest of its last :data:`HISTORY` calls (delays from other processes only ever add
