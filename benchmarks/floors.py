@@ -35,6 +35,7 @@ import mmap
 import os
 import sys
 import time
+import traceback
 
 import numpy as np
 
@@ -66,8 +67,15 @@ class _Pair:
     def barrier(self) -> None:
         self._k += 1
         self.flags[self.rank] = self._k
-        while self.flags[1 - self.rank] < self._k:
-            pass
+        self.wait(1 - self.rank, self._k)
+
+    def wait(self, index: int, value: int) -> None:
+        """Spin until ``flags[index] >= value`` (RuntimeError after 60 s: the peer died or hangs)."""
+        spins, deadline = 0, time.monotonic() + 60
+        while self.flags[index] < value:
+            spins += 1
+            if spins % 100_000 == 0 and time.monotonic() > deadline:
+                raise RuntimeError(f"rank {self.rank}: the other process stopped (flag {index} < {value} for 60 s)")
 
     def exchange(self, *addrs: int) -> list[int]:
         """Publish this rank's addresses; the peer's."""
@@ -125,13 +133,11 @@ def run_plan(plan: str, nbytes: int, iters: int) -> tuple[list[float], int]:
         for i, (off, n) in enumerate(_pieces(h)):
             if by_slots:  # copy the piece the peer reduces into my slot (once the peer is done with
                 # the slot's previous piece), then reduce the peer's slot as soon as it is posted
-                while flags[released + other] < i - 3:
-                    pass
+                pair.wait(released + other, i - 3)
                 slot = slots[r][(i % 4) * PIECE:(i % 4) * PIECE + n]
                 np.copyto(slot, inp[theirs][off:off + n])
                 flags[posted + r] = i + 1
-                while flags[posted + other] < i + 1:
-                    pass
+                pair.wait(posted + other, i + 1)
                 arrived = slots[other][(i % 4) * PIECE:(i % 4) * PIECE + n]
             else:  # read the peer's piece of my half into a private buffer
                 arrived = scratch[:n]
@@ -144,6 +150,22 @@ def run_plan(plan: str, nbytes: int, iters: int) -> tuple[list[float], int]:
     body = {"exchange": exchange, "exchange-put": exchange_put, "broadcast-read": broadcast_read,
             "broadcast-split": broadcast_split, "allreduce-slots": lambda: allreduce(True),
             "allreduce-read": lambda: allreduce(False)}[plan]
+    try:
+        times, wrong = _timed(pair, body, iters, lambda: _wrong(plan, r, inp, out, h))
+    except BaseException:
+        if r == 1:  # the child never returns into the caller's code
+            traceback.print_exc()
+            os._exit(1)
+        raise
+    if r == 1:
+        os._exit(0)
+    os.waitpid(pair.peer_pid, 0)
+    return times, wrong
+
+
+def _timed(pair: _Pair, body, iters: int, wrong) -> tuple[list[float], int]:
+    """Run ``body`` 3 + ``iters`` times between barriers; the last ``iters`` times and both ranks'
+    wrong bytes (``wrong()`` after the last call)."""
     times = []
     for it in range(iters + 3):
         pair.barrier()
@@ -152,13 +174,9 @@ def run_plan(plan: str, nbytes: int, iters: int) -> tuple[list[float], int]:
         pair.barrier()
         if it >= 3:
             times.append(time.perf_counter() - t0)
-    wrong = _wrong(plan, r, inp, out, h)
-    pair.flags[200 + r] = wrong
+    pair.flags[200 + pair.rank] = wrong()
     pair.barrier()
-    if r == 1:
-        os._exit(0)
-    os.waitpid(pair.peer_pid, 0)
-    return times, wrong + int(pair.flags[201])
+    return times, int(pair.flags[200] + pair.flags[201])
 
 
 def _wrong(plan: str, r: int, inp: np.ndarray, out: np.ndarray, h: int) -> int:
