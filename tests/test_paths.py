@@ -96,7 +96,7 @@ def test_three_paths_each_once_then_the_fastest_and_tries_of_both_others():
     assert after[HISTORY:].count(SLOTS) >= 20 - HISTORY - 1 and c.best(key) == SLOTS
 
 
-def test_a_fixed_setting_always_takes_the_mix():
+def test_a_fixed_setting_always_takes_its_path():
     class Run:
         program, mixed_differs, path = object(), False, DIRECT
     c = PathChooser("mixed")
@@ -104,3 +104,7 @@ def test_a_fixed_setting_always_takes_the_mix():
     ran = []
     c.drive(run, NBYTES, lambda: ran.append(run.path))
     assert ran == [MIXED]
+    on = PathChooser("on")  # PYXCCL_CMA=1: single copy wherever a step may
+    run.path = SLOTS
+    on.drive(run, NBYTES, lambda: ran.append(run.path))
+    assert ran == [MIXED, DIRECT]

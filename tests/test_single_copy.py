@@ -468,6 +468,24 @@ def job_mixed_path(comm, count: int = 70001) -> list[str]:
     return fails
 
 
+def job_mixed_is_tried_across_thread_blocks(comm, count: int = 70001) -> list[str]:
+    """PYXCCL_CMA=auto, tree all-reduce on 2 ranks: rank 0 sends what its peer reduces from one
+    thread block and forwards reduced data from another; the mixed path differs there, so its
+    third call goes mixed (before the fix only differences within one thread block counted)."""
+    from pyxccl.paths import MIXED
+
+    r, n = comm.rank, comm.size
+    fails: list[str] = []
+    base = np.arange(n * count, dtype=np.float32)
+    for i in range(3):  # out of place: in place, the input's sends are overwritten later and never go by descriptor
+        out = np.zeros(n * count, np.float32)
+        comm.all_reduce(base + r + i, out, algorithm="tree")
+        fails += _expect(f"tree allreduce #{i}", out, n * (base + i) + n * (n - 1) / 2)
+    if r == 0 and not any(rec.cost[MIXED] is not None for rec in comm._paths._records.values()):
+        fails.append("the mixed path was never tried on a tree all-reduce")
+    return fails
+
+
 def job_split_rest(comm, count: int = 70001) -> list[str]:
     """A root that only sends writes half of the rest of the call into the receiver's offered
     destination while the receiver reads the other half (broadcast and scatter, every root, in
@@ -569,6 +587,11 @@ def test_collectives_single_copy_always(pools):
 @pytest.mark.parametrize("nranks", [2, 3, 5])
 def test_mixed_path(pools, nranks):
     pools(nranks, PYXCCL_CMA="mixed", **SMALL).check(job_mixed_path)
+
+
+@needs_cma
+def test_mixed_path_counts_every_thread_block(pools):
+    pools(2, **SMALL).check(job_mixed_is_tried_across_thread_blocks)
 
 
 @needs_cma

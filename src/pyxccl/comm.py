@@ -133,7 +133,7 @@ class Communicator(Collectives, Membership):
         self._coll_seq = 0  # collectives issued: the flight recorder's and PYXCCL_CHECK's sequence numbers
         self._flight = flight.FlightRecorder(cfg.trace_size) if cfg.trace_size else None
         self._check_call = _check.verify if cfg.check else None
-        self._paths = paths.PathChooser(cfg.cma) if cfg.cma in ("auto", "mixed") else None
+        self._paths = paths.PathChooser(cfg.cma) if cfg.cma != "off" else None
         flight.register(self)  # for SIGUSR1 dumps (PYXCCL_TRACE_DIR)
         if self._rank == 0:
             log.info("init: %d ranks on %d host(s) %s, slot %d B x %d, channels %d, timeout %.0f s",

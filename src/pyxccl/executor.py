@@ -135,7 +135,8 @@ class ProgramRun:
         self._plan: list[tuple[bool, ...]] | None = None
         self._mode: str | None = "?"  # _alias_mode() once known
         self.sends_direct = False  # some step of this run may send by descriptor (set by its runners)
-        self.mixed_differs = False  # the mixed path differs from both others here (set by its runners)
+        # some step of this run keeps its descriptor on the mixed path / loses it (set by its runners)
+        self._mixed_keeps = self._mixed_drops = False
         self.path = DIRECT  # this call's path for those steps (:mod:`pyxccl.paths`)
 
     def addr_of(self, array: np.ndarray) -> int:
@@ -150,6 +151,12 @@ class ProgramRun:
         if self._plan is None:
             self._plan = direct_plan(self.program, self.rank, self._alias_mode())
         return self._plan
+
+    @property
+    def mixed_differs(self) -> bool:
+        """Whether the mixed path differs from both others in this run (some descriptor stays and
+        some goes, in any of its thread blocks): only then is it a candidate (:mod:`pyxccl.paths`)."""
+        return self._mixed_keeps and self._mixed_drops
 
     def span_plan(self) -> list[tuple[bool, ...]]:
         """Per thread block, per step: may it send every later slice at once (:func:`pyxccl.direct_plan.span_plan`)?"""
@@ -275,7 +282,8 @@ class TBRunner(SingleCopySteps):
                 # the mixed path: no descriptor where the peer reduces what arrives
                 feeds = feeds_reduction(run.program, run.rank)[index]
                 mixed = tuple(0 if feeds[i] else d for i, d in enumerate(plan))
-                run.mixed_differs = run.mixed_differs or (any(mixed) and mixed != plan)
+                run._mixed_keeps = run._mixed_keeps or any(mixed)
+                run._mixed_drops = run._mixed_drops or mixed != plan
             # (the call's arrays are flat and C-contiguous: calls.py checks; addresses are computed from that)
             # a plain receive reads descriptors even where this rank's aliasing says none come: a peer
             # whose call aliases otherwise may send the rest of the call at once (see span_plan)

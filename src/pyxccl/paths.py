@@ -58,12 +58,12 @@ class _Record:
 
 
 class PathChooser:
-    """Per communicator: which path the next call of a (program, size class) takes
-    (``setting`` "auto": measured; "mixed": always :data:`MIXED`, ``PYXCCL_CMA=mixed``)."""
+    """Per communicator: which path the next call of a (program, size class) takes, by the
+    ``PYXCCL_CMA`` setting: "auto" measures; "on" always takes :data:`DIRECT`, "mixed" :data:`MIXED`."""
 
     def __init__(self, setting: str = "auto") -> None:
         self._records: dict[tuple, _Record] = {}
-        self._fixed = MIXED if setting == "mixed" else None
+        self._fixed = {"on": DIRECT, "mixed": MIXED}.get(setting)
 
     @staticmethod
     def key(program: object, nbytes: int) -> tuple:
