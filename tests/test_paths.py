@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyxccl.paths import DIRECT, HISTORY, MAX_INTERVAL, MIN_INTERVAL, MIXED, SLOTS, THREE_PATHS, PathChooser
+from pyxccl.paths import DIRECT, HISTORY, MAX_INTERVAL, MIN_INTERVAL, MIXED, PUT, SLOTS, PathChooser
 
 NBYTES = 16 << 20
 
@@ -10,7 +10,7 @@ NBYTES = 16 << 20
 def _run(chooser: PathChooser, key, cost: dict[int, float], calls: int) -> list[int]:
     """``calls`` calls whose time is ``cost[path]`` seconds; the paths taken (among the paths ``cost`` names)."""
     taken = []
-    candidates = THREE_PATHS if MIXED in cost else (DIRECT, SLOTS)
+    candidates = tuple(p for p in (DIRECT, SLOTS, MIXED, PUT) if p in cost)
     for _ in range(calls):
         path = chooser.choose(key, candidates)
         chooser.record(key, path, cost[path], NBYTES)
@@ -96,9 +96,29 @@ def test_three_paths_each_once_then_the_fastest_and_tries_of_both_others():
     assert after[HISTORY:].count(SLOTS) >= 20 - HISTORY - 1 and c.best(key) == SLOTS
 
 
+def test_four_paths_the_put_wins_and_the_others_are_tried_in_turn():
+    c = PathChooser()
+    key = c.key(object(), NBYTES)
+    taken = _run(c, key, {SLOTS: 1.0, DIRECT: 1.6, MIXED: 1.2, PUT: 0.8}, 4 + 300)
+    assert taken[:4] == [DIRECT, SLOTS, MIXED, PUT] and c.best(key) == PUT
+    tries = [p for p in taken[4:] if p != PUT]
+    assert {SLOTS, DIRECT, MIXED} <= set(tries[:3]) and len(tries) < 30
+
+
+def test_candidates_are_the_paths_that_differ():
+    class Run:
+        mixed_differs = put_differs = False
+    run = Run()
+    assert PathChooser.candidates(run) == (DIRECT, SLOTS)
+    run.put_differs = True
+    assert PathChooser.candidates(run) == (DIRECT, SLOTS, PUT)
+    run.mixed_differs = True
+    assert PathChooser.candidates(run) == (DIRECT, SLOTS, MIXED, PUT)
+
+
 def test_a_fixed_setting_always_takes_its_path():
     class Run:
-        program, mixed_differs, path = object(), False, DIRECT
+        program, mixed_differs, put_differs, path = object(), False, False, DIRECT
     c = PathChooser("mixed")
     run = Run()
     ran = []
@@ -108,3 +128,5 @@ def test_a_fixed_setting_always_takes_its_path():
     run.path = SLOTS
     on.drive(run, NBYTES, lambda: ran.append(run.path))
     assert ran == [MIXED, DIRECT]
+    PathChooser("put").drive(run, NBYTES, lambda: ran.append(run.path))
+    assert ran == [MIXED, DIRECT, PUT]

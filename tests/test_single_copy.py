@@ -140,6 +140,7 @@ def test_config_variables():
     assert (cfg.cma, cfg.cma_min_bytes) == ("off", 4096)
     assert config.load({"PYXCCL_CMA": "yes"}).cma == "on" and config.load({"PYXCCL_CMA": "AUTO"}).cma == "auto"
     assert config.load({"PYXCCL_CMA": "Mixed"}).cma == "mixed"
+    assert config.load({"PYXCCL_CMA": "put"}).cma == "put"
     with pytest.raises(Exception, match="PYXCCL_CMA"):
         config.load({"PYXCCL_CMA": "maybe"})
 

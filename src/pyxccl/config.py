@@ -70,12 +70,12 @@ def _non_negative_int(text: str) -> int:
 
 
 def _parse_cma(text: str) -> str:
-    if text.strip().lower() in ("auto", "mixed"):
+    if text.strip().lower() in ("auto", "mixed", "put"):
         return text.strip().lower()
     try:
         return "on" if _parse_bool(text) else "off"
     except ValueError:
-        raise ValueError("auto, 1, 0 or mixed") from None
+        raise ValueError("auto, 1, 0, mixed or put") from None
 
 
 def _parse_bool(text: str) -> bool:
@@ -106,7 +106,7 @@ class Config:
     nchannels: int = 1
     """PYXCCL_NCHANNELS: channels the built-in algorithms use."""
     cma: str = "auto"
-    """PYXCCL_CMA: same-host single copy (a receiver copies large messages straight from the sender's buffer with process_vm_readv): auto (default: per call, whichever of it, the shared slots and their mix measured faster, see pyxccl.paths), 1 (whenever a step may), 0 (never: always the slots), mixed (only where the receiver does not reduce what arrives)."""
+    """PYXCCL_CMA: same-host single copy (a receiver copies large messages straight from the sender's buffer with process_vm_readv): auto (default: per call, whichever of it, the shared slots, their mix and writes measured faster, see pyxccl.paths), 1 (whenever a step may), 0 (never: always the slots), mixed (only where the receiver does not reduce what arrives), put (like 1, and a rank that also receives writes a step's every slice into the receiver where it offered its destination at the call's start)."""
     cma_min_bytes: int = 512 * 1024
     """PYXCCL_CMA_MIN_BYTES: smallest step (bytes per slot) that goes by single copy (smaller ones measured slower than the slots)."""
     spin_us: float = 1000.0

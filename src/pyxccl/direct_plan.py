@@ -242,6 +242,94 @@ def _plan_span_ok(program: Program, rank: int, mode: str | None) -> list[tuple[b
     return plan
 
 
+def early_offers(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+    """Per thread block of ``rank``, per step: does the receiver offer this step's destination at
+    the start of the call (:meth:`pyxccl.transport.slots.RingRecvConnector.offer_destination`)?
+
+    The first receiving step of a thread block, when it is a plain receive and its sender's step
+    may send every slice at once in a call aliased either way (:func:`span_plan`): that sender
+    may write into the destination instead of posting it to be read (:func:`put_plan`), or (a
+    root that only sends) write part of it. Answered at the start, the answer is there before
+    the sender needs it even where both ranks send before they receive (a symmetric exchange).
+    The answer is an offer where this call may take every slice at once (:func:`span_ok`), else
+    a refusal (a peer aliased otherwise then does not wait for one). Cached per (program, rank, mode).
+    """
+    return _cached(program, rank, mode, "early", _plan_early)
+
+
+def _plan_early(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+    plan = []
+    for tb in program.ranks[rank].tbs:
+        flags = [False] * len(tb.steps)
+        first = next((i for i, st in enumerate(tb.steps) if st.op.receives), -1)
+        if mode is not None and first >= 0 and tb.steps[first].op is Op.RECV:
+            for pt, ptb in enumerate(program.ranks[tb.recv].tbs):
+                if ptb.send == rank and ptb.channel == tb.channel:
+                    sends = [i for i, st in enumerate(ptb.steps) if st.op.sends]
+                    flags[first] = bool(sends) and any(span_plan(program, tb.recv, m)[pt][sends[0]]
+                                                       for m in ("oop", "inplace"))
+        plan.append(tuple(flags))
+    return plan
+
+
+def put_plan(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+    """Per thread block of ``rank``, per step: may the step, on the put path
+    (:data:`pyxccl.paths.PUT`), write every slice into the receiver's destination itself, each
+    right after this rank's earlier steps of that slice ran (a slice it just copied locally is
+    still in the cache), instead of posting them to be read?
+
+    A step that may send the rest of the call at once (:func:`span_plan`) towards a receive
+    offered at the call's start (:func:`early_offers`), on a rank that also receives: a root
+    that only sends splits the work with its receiver instead (both copy at once). Cached per
+    (program, rank, mode).
+    """
+    return _cached(program, rank, mode, "put", _plan_put)
+
+
+def _plan_put(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+    tbs = program.ranks[rank].tbs
+    if only_sends(program, rank):
+        return [(False,) * len(tb.steps) for tb in tbs]
+    plan = []
+    for tb, span in zip(tbs, span_plan(program, rank, mode)):
+        flags = [False] * len(span)
+        found = _peer_receiving_steps(program, rank, tb) if any(span) else None
+        if found is not None:
+            early = early_offers(program, tb.send, mode)[found[0]]
+            for i, pi in zip((i for i, st in enumerate(tb.steps) if st.op.sends), found[1]):
+                flags[i] = span[i] and early[pi]
+        plan.append(tuple(flags))
+    return plan
+
+
+def put_from_copy(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+    """Per thread block of ``rank``, per step of :func:`put_plan`: does the step write from the
+    destination of the copy just before it in the thread block instead of from its source?
+
+    Where that copy copies the same chunks the step sends (an all-gather's own block into the
+    output) and no other step writes its destination, both hold the same bytes; the copy just
+    wrote them, so they are still in this core's cache, where the source may not be (measured:
+    ``benchmarks/floors.py``, ``exchange-put``). Cached per (program, rank, mode)."""
+    return _cached(program, rank, mode, "put_from", _plan_put_from)
+
+
+def _plan_put_from(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+    canon = _canon(program, rank, mode)
+    writers = _touching(program, rank, mode, reads=False)
+    plan = []
+    n = 0
+    for tb, puts in zip(program.ranks[rank].tbs, put_plan(program, rank, mode)):
+        flags = [False] * len(puts)
+        for i, st in enumerate(tb.steps):
+            prev = tb.steps[i - 1] if i else None
+            flags[i] = puts[i] and prev is not None and prev.op is Op.COPY and prev.srcbuf is st.srcbuf and \
+                prev.srcoff == st.srcoff and prev.cnt == st.cnt and \
+                all(writers.get(canon(prev.dstbuf, prev.dstoff + j), []) in ([], [n + i - 1]) for j in range(prev.cnt))
+        n += len(tb.steps)
+        plan.append(tuple(flags))
+    return plan
+
+
 _ANY: dict[tuple[int, int, str], tuple[Program, list[tuple[bool, bool, int]]]] = {}
 
 

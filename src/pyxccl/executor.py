@@ -34,12 +34,13 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .direct_plan import direct_any, direct_plan, feeds_reduction, only_sends, span_ok, span_plan
+from .direct_plan import (direct_any, direct_plan, early_offers, feeds_reduction, only_sends, put_from_copy, put_plan,
+                          span_ok, span_plan)
 from .dtypes import Kernels, trim_pair
 from .errors import CollectiveTimeout, MismatchError
 from .ir.program import Buf, Op, Program, ThreadBlock, inplace_alias
 from .paths import DIRECT
-from .single_copy import SingleCopySteps
+from .single_copy import SingleCopySteps, SlicePut
 from .transport.base import RecvConnector, SendConnector
 from .transport.doorbell import Doorbell
 
@@ -137,6 +138,7 @@ class ProgramRun:
         self.sends_direct = False  # some step of this run may send by descriptor (set by its runners)
         # some step of this run keeps its descriptor on the mixed path / loses it (set by its runners)
         self._mixed_keeps = self._mixed_drops = False
+        self.put_differs = False  # some step of this run may write into its receiver on the put path
         self.path = DIRECT  # this call's path for those steps (:mod:`pyxccl.paths`)
 
     def addr_of(self, array: np.ndarray) -> int:
@@ -161,6 +163,18 @@ class ProgramRun:
     def span_plan(self) -> list[tuple[bool, ...]]:
         """Per thread block, per step: may it send every later slice at once (:func:`pyxccl.direct_plan.span_plan`)?"""
         return span_plan(self.program, self.rank, self._alias_mode())
+
+    def put_plan(self) -> list[tuple[bool, ...]]:
+        """Per thread block, per step: may it write every slice into the receiver (:func:`pyxccl.direct_plan.put_plan`)?"""
+        return put_plan(self.program, self.rank, self._alias_mode())
+
+    def put_from_copy(self) -> list[tuple[bool, ...]]:
+        """Per thread block, per step: does a put write from the copy before it (:func:`pyxccl.direct_plan.put_from_copy`)?"""
+        return put_from_copy(self.program, self.rank, self._alias_mode())
+
+    def early_offers(self) -> list[tuple[bool, ...]]:
+        """Per thread block, per step: is its destination offered at the call's start (:func:`pyxccl.direct_plan.early_offers`)?"""
+        return early_offers(self.program, self.rank, self._alias_mode())
 
     def span_ok(self) -> list[tuple[bool, ...]]:
         """Per thread block, per step: may it write every later slice at once (:func:`pyxccl.direct_plan.span_ok`)?"""
@@ -270,6 +284,7 @@ class TBRunner(SingleCopySteps):
         rmin_in = recv.remote_min_bytes if recv is not None and recv.remote_read else 0
         plan: tuple[int, ...] | None = None
         mixed: tuple[int, ...] | None = None
+        put: tuple[int, ...] | None = None
         self._rread = False
         if (rmin or rmin_in) and index >= 0:
             may_send, may_recv, cnt = direct_any(run.program, run.rank, run.alias_hint())[index]
@@ -284,6 +299,10 @@ class TBRunner(SingleCopySteps):
                 mixed = tuple(0 if feeds[i] else d for i, d in enumerate(plan))
                 run._mixed_keeps = run._mixed_keeps or any(mixed)
                 run._mixed_drops = run._mixed_drops or mixed != plan
+                # the put path: 3 where the step may write every slice into the receiver itself
+                puts = run.put_plan()[index]
+                put = tuple(3 if d == 2 and puts[i] else d for i, d in enumerate(plan))
+                run.put_differs = run.put_differs or put != plan
             # (the call's arrays are flat and C-contiguous: calls.py checks; addresses are computed from that)
             # a plain receive reads descriptors even where this rank's aliasing says none come: a peer
             # whose call aliases otherwise may send the rest of the call at once (see span_plan)
@@ -300,6 +319,10 @@ class TBRunner(SingleCopySteps):
         if self._rread and only_sends(run.program, tb.recv):
             self._offers = tuple(st.op is Op.RECV for st in tb.steps)
         self._offered = -1  # the tail value of the last answer given
+        # the receive whose destination is offered when the call starts (-1: none)
+        early = run.early_offers()[index] if self._rread else ()
+        self._early = early.index(True) if True in early else -1
+        self._early_due = self._early >= 0
         # a sender that only sends waits (briefly) for that answer before it sends the rest at once
         self._wants_offer = bool(plan and 2 in plan and only_sends(run.program, run.rank))
         self._offer_since: float | None = None
@@ -310,9 +333,18 @@ class TBRunner(SingleCopySteps):
             # a COPY whose source and destination are the same memory (in place) is skipped;
             # decided once here, since a run's arrays never change
             same = tuple(_same_piece(a, b) for a, b in zip(src_p, dst_p)) if st.op is Op.COPY else None
-            # per path (slots, direct, mixed): may the step send by descriptor (1), the rest of the call at once (2)?
-            by_path = (0, plan[i], mixed[i]) if plan and mixed else (0, 0, 0)  # type: ignore[index]
+            # per path (slots, direct, mixed, put): may the step send by descriptor (1), the rest of the
+            # call at once (2), every slice written into the receiver (3)?
+            by_path = (0, plan[i], mixed[i], put[i]) if plan and mixed and put else (0, 0, 0, 0)  # type: ignore[index]
             self._steps.append((st, src_p, dst_p, by_path, same))
+        # put steps that write from the destination of the copy before them (the same bytes, in the cache)
+        self._put_src: dict[int, list[_Piece]] = {}
+        if put is not None and 3 in put:
+            for i, from_copy in enumerate(run.put_from_copy()[index]):
+                if from_copy:
+                    copied, mine = self._steps[i - 1][2], self._steps[i][1]
+                    if all(a.valid == b.valid for a, b in zip(copied, mine)):
+                        self._put_src[i] = copied
 
     def reset(self) -> None:
         """Back to the first step of the first slice (the run repeats over the same arrays)."""
@@ -323,6 +355,7 @@ class TBRunner(SingleCopySteps):
         self._posted_remote = False
         self._spanned = None
         self._await_put = None
+        self._early_due = self._early >= 0
 
     def describe(self) -> str:
         if self.finished:
@@ -351,6 +384,9 @@ class TBRunner(SingleCopySteps):
         nsteps = run.nsteps
         tbid = self.tb.id
         progressed = False
+        if self._early_due:  # the call starts: tell the sender where the early receive's bytes go
+            self._early_due = False
+            self._offer(self._steps[self._early][2], self._early, 0, early=True)
         while not self.finished:
             if self.it == run.geo.niters:  # every step ran; the peers still read or write through descriptors
                 if self._await_put is not None and not self._put_arrived():
@@ -367,16 +403,18 @@ class TBRunner(SingleCopySteps):
                     if done[dtb] < self.it * nsteps[dtb] + dstep + 1:
                         return progressed
                 op = st.op
-                if spanned:  # type: ignore[truthy-bool]
+                if type(spanned) is SlicePut:
+                    self._put_slice(spanned, st.cnt)  # type: ignore[arg-type]
+                elif spanned:  # type: ignore[truthy-bool]
                     self._copy_staged(st.cnt, dsts, spanned)  # type: ignore[arg-type]
                 else:
                     if op.receives and not self.recvc.ready():  # type: ignore[union-attr]
                         if self._offers is not None and self._offers[self.s]:
-                            self._offer(dsts)
+                            self._offer(dsts, self.s, self.it)
                         return progressed
                     if op.sends and not self.sendc.ready():  # type: ignore[union-attr]
                         return progressed
-                    if direct == 2 and self._wants_offer and self._awaits_offer():
+                    if (direct == 3 or direct == 2 and self._wants_offer) and self._awaits_offer():
                         return progressed
                     self._execute(op, st.cnt, srcs, dsts, direct, same)
             progressed = True

@@ -16,6 +16,16 @@ descriptor the receiver does both. A 2-rank allreduce of 16 MiB ran 3-5 % faster
 through the slots, 64 MiB 6 % (``docs/performance.md``); on 4 ranks on the 2 vCPUs the three
 paths sit within the noise. It is only a candidate where it differs from both others.
 
+A fourth path writes instead of reading (:data:`PUT`): single copy everywhere, and where a
+rank that also receives may send every slice of a step at once towards a receive offered at
+the call's start (:func:`pyxccl.direct_plan.put_plan`: the 2-rank all-gather and all-to-all),
+it writes each slice into the receiver's destination itself with ``process_vm_writev`` right
+after its own earlier steps of that slice, instead of posting them to be read. An all-gather
+copies its own block locally and writes the same bytes to the peer while they are in the
+cache. ``benchmarks/floors.py`` (``exchange`` against ``exchange-put``) measured it 0-28 %
+faster or up to 17 % slower than reading, by placement: the chooser measures it like the
+others, where it differs from single copy.
+
 So the sender measures. Per (program, size class) it keeps each path's time per byte:
 the fastest of its last :data:`HISTORY` calls (delays from other processes only ever add
 time, so the minimum is the robust estimate, and it still follows a change of placement
@@ -33,10 +43,11 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-#: the paths: every step through the slots; by descriptor wherever a step may; the mix
-SLOTS, DIRECT, MIXED = 0, 1, 2
-#: the candidates of a run whose mix equals one of the others, and of one where it differs
-TWO_PATHS, THREE_PATHS = (DIRECT, SLOTS), (DIRECT, SLOTS, MIXED)
+#: the paths: every step through the slots; by descriptor wherever a step may; the mix; writes
+SLOTS, DIRECT, MIXED, PUT = 0, 1, 2, 3
+NPATHS = 4
+#: the candidates of a run whose mix and put equal one of the others
+TWO_PATHS = (DIRECT, SLOTS)
 MIN_INTERVAL = 8
 MAX_INTERVAL = 64
 MAX_KEYS = 256
@@ -48,9 +59,9 @@ class _Record:
     __slots__ = ("samples", "cost", "last", "best", "calls", "interval", "trying")
 
     def __init__(self) -> None:
-        self.samples: list[list[float]] = [[], [], []]  # seconds per byte of the last calls, per path
-        self.cost: list[float | None] = [None, None, None]  # the fastest of them
-        self.last = [0, 0, 0]  # per path: the call count when it last ran
+        self.samples: list[list[float]] = [[] for _ in range(NPATHS)]  # seconds per byte of the last calls, per path
+        self.cost: list[float | None] = [None] * NPATHS  # the fastest of them
+        self.last = [0] * NPATHS  # per path: the call count when it last ran
         self.best = DIRECT
         self.calls = 0
         self.interval = MIN_INTERVAL
@@ -59,11 +70,12 @@ class _Record:
 
 class PathChooser:
     """Per communicator: which path the next call of a (program, size class) takes, by the
-    ``PYXCCL_CMA`` setting: "auto" measures; "on" always takes :data:`DIRECT`, "mixed" :data:`MIXED`."""
+    ``PYXCCL_CMA`` setting: "auto" measures; "on" always takes :data:`DIRECT`, "mixed" :data:`MIXED`,
+    "put" :data:`PUT`."""
 
     def __init__(self, setting: str = "auto") -> None:
         self._records: dict[tuple, _Record] = {}
-        self._fixed = {"on": DIRECT, "mixed": MIXED}.get(setting)
+        self._fixed = {"on": DIRECT, "mixed": MIXED, "put": PUT}.get(setting)
 
     @staticmethod
     def key(program: object, nbytes: int) -> tuple:
@@ -112,7 +124,7 @@ class PathChooser:
         if best != path and mine is not None and rec.cost[path] * _MARGIN < mine:  # type: ignore[operator]
             best = path
         elif best == path:  # the path in use got slower: any measured path faster by the margin takes over
-            fastest = min((p for p in range(3) if rec.cost[p] is not None), key=lambda p: rec.cost[p])  # type: ignore[arg-type,return-value]
+            fastest = min((p for p in range(NPATHS) if rec.cost[p] is not None), key=lambda p: rec.cost[p])  # type: ignore[arg-type,return-value]
             if rec.cost[fastest] * _MARGIN < rec.cost[best]:  # type: ignore[operator]
                 best = fastest
         if rec.trying:
@@ -128,10 +140,18 @@ class PathChooser:
             drive()
             return
         key = self.key(run.program, nbytes)
-        path = run.path = self.choose(key, THREE_PATHS if run.mixed_differs else TWO_PATHS)
+        path = run.path = self.choose(key, self.candidates(run))
         t0 = time.perf_counter()
         drive()
         self.record(key, path, time.perf_counter() - t0, nbytes)
+
+    @staticmethod
+    def candidates(run: Any) -> tuple[int, ...]:
+        """The paths worth measuring for ``run``: single copy and the slots, and the mix and the
+        put where they differ from both (:attr:`~pyxccl.executor.ProgramRun.mixed_differs`, ``put_differs``)."""
+        if not run.mixed_differs and not run.put_differs:
+            return TWO_PATHS
+        return TWO_PATHS + ((MIXED,) if run.mixed_differs else ()) + ((PUT,) if run.put_differs else ())
 
     def best(self, key: tuple) -> int | None:
         """The path currently preferred for ``key`` (None before any call)."""

@@ -12,7 +12,11 @@ where its bytes lie instead of copying them into a slot, and the peer reads them
   into a private buffer and copies each slice at its turn;
 * the same, split (``SPAN_SPLIT``): a root that only sends writes the first part itself with
   ``process_vm_writev`` into the destination the receiver offered (see
-  :mod:`pyxccl.transport.slots`), while the receiver reads the rest.
+  :mod:`pyxccl.transport.slots`), while the receiver reads the rest;
+* the same, all written by the sender (the put path, :data:`pyxccl.paths.PUT`): a rank that
+  also receives writes each slice into the offered destination at the step's turn in that
+  slice (:class:`SlicePut`), right after its earlier steps of the slice (a local copy of the same
+  bytes leaves them in the cache), and the receiver only waits for the last.
 """
 
 from __future__ import annotations
@@ -33,6 +37,18 @@ if TYPE_CHECKING:
 
 #: how long a sender that only sends waits for the receiver's answer to an offer (seconds)
 _OFFER_WAIT_S = 0.005
+
+
+class SlicePut:
+    """A send step on the put path that writes every slice into its receiver's offered destination:
+    the slot ``seq`` (a head value) announced it; ``offer`` the receiver's regions; logical byte
+    ``j * rest_bytes + (o - o0) * itemsize`` is element ``o`` of chunk ``j``; ``srcs`` the pieces
+    it writes from (its source, or the destination of a copy of it)."""
+
+    __slots__ = ("seq", "offer", "o0", "rest_bytes", "srcs")
+
+    def __init__(self, seq: int, offer: list[tuple[int, int, int]], o0: int, rest_bytes: int, srcs):
+        self.seq, self.offer, self.o0, self.rest_bytes, self.srcs = seq, offer, o0, rest_bytes, srcs
 
 
 def _clip(regions: list[tuple[int, int, int]], lo: int, hi: int) -> list[tuple[int, int, int]]:
@@ -58,7 +74,9 @@ class SingleCopySteps:
         if op is Op.SEND:
             if not direct:
                 return False
-            if direct == 2:  # every slice still to come (maybe just this one: then only a root's split differs)
+            if direct == 3 and self._put_rest(cnt, srcs, o):
+                return True
+            if direct >= 2:  # every slice still to come (maybe just this one: then only a root's split differs)
                 rest = run.geo.ce - o
                 self._send_rest(cnt * rest * run.dtype.itemsize, srcs, o, rest)
                 self._span_done(True)
@@ -143,9 +161,62 @@ class SingleCopySteps:
         recvc.release()  # type: ignore[union-attr]
         return True
 
-    def _span_done(self, how: "bool | tuple[np.ndarray, int]") -> None:
+    def _put_rest(self, cnt: int, srcs, o: int) -> bool:
+        """The put path's send of every slice still to come: where the receiver offered its
+        destination, write this slice into it, announce the rest (the receiver reads nothing)
+        and write each later slice at the step's turn; False where it did not offer or the
+        kernel refuses the write (the caller posts the rest to be read)."""
+        run, sendc = self.run, self.sendc
+        offer = sendc.destination()  # type: ignore[union-attr]
+        if not offer:
+            return False
+        rest = run.geo.ce - o
+        put = SlicePut(sendc.head, offer, o, rest * run.dtype.itemsize, self._put_src.get(self.s, srcs))  # type: ignore[union-attr]
+        if not sendc.write_remote(self._slice_pieces(put, put.srcs, cnt)):  # type: ignore[union-attr]
+            return False  # refused: nothing was written
+        nbytes = cnt * put.rest_bytes
+        sendc.post_remote(nbytes, self._regions(srcs, o, rest), SPAN_REST | SPAN_SPLIT | (nbytes << 8))  # type: ignore[union-attr]
+        self._posted_remote = True
+        if self.it + 1 == run.geo.niters:
+            sendc.put_finished(put.seq, True)  # type: ignore[union-attr]
+            self._span_done(True)
+        else:
+            self._span_done(put)
+        return True
+
+    def _slice_pieces(self, put: SlicePut, srcs, cnt: int) -> list[tuple[int, int, int]]:
+        """(local address, receiver's address, length) of this slice of every chunk of a put."""
+        run, g = self.run, self.run.geo
+        isz = run.dtype.itemsize
+        o = self.it * g.n
+        m = min(g.n, g.ce - o)
+        mine = []
+        for j in range(cnt):
+            p = srcs[j]
+            vl = min(m, p.valid - o)
+            if vl > 0:
+                mine.append((j * put.rest_bytes + (o - put.o0) * isz, run.addr_of(p.array) + (p.start + o) * isz, vl * isz))
+        return overlap(mine, put.offer)
+
+    def _put_slice(self, put: SlicePut, cnt: int) -> None:
+        """Write this slice of a put step into the receiver; after the last, tell it all arrived."""
+        sendc = self.sendc
+        last = self.it + 1 == self.run.geo.niters
+        try:
+            ok = sendc.write_remote(self._slice_pieces(put, put.srcs, cnt))  # type: ignore[union-attr]
+        except BaseException:
+            sendc.put_finished(put.seq, False)  # type: ignore[union-attr]
+            raise
+        if not ok:
+            sendc.put_finished(put.seq, False)  # type: ignore[union-attr]
+            raise TransportError(f"{self.run.label}: writing into rank {self.tb.send} was refused after it was allowed")
+        if last:
+            sendc.put_finished(put.seq, True)  # type: ignore[union-attr]
+
+    def _span_done(self, how: "bool | tuple[np.ndarray, int] | SlicePut") -> None:
         """The current step moved every later slice of this call now: nothing is left to do for
-        them (True), or each is copied from a private buffer at its turn ((buffer, first offset))."""
+        them (True); each is copied from a private buffer at its turn ((buffer, first offset));
+        or each is written into the receiver at its turn (a :class:`SlicePut`)."""
         if self._spanned is None:
             self._spanned = [False] * len(self._steps)
         self._spanned[self.s] = how
@@ -205,16 +276,17 @@ class SingleCopySteps:
         if not ok:
             raise TransportError(f"{self.run.label}: writing into rank {self.tb.send} was refused after it was allowed")
 
-    def _offer(self, dsts: list[_Piece]) -> None:
-        """Offer the sender this receive's destination for every slice still to come, or decline
-        when later slices are not ours to write yet (once per slot)."""
+    def _offer(self, dsts: list[_Piece], s: int, it: int, early: bool = False) -> None:
+        """Offer the sender the destination of step ``s`` for every slice from ``it`` on, or decline
+        when later slices are not ours to write yet (once per slot). ``early``: at the call's start,
+        where no earlier step of this rank ran yet: only a destination nothing else touches."""
         recvc = self.recvc
         tail = recvc.tail  # type: ignore[union-attr]
         if tail != self._offered:
             self._offered = tail
             run, g = self.run, self.run.geo
-            o = self.it * g.n
-            ok = self.it + 1 == g.niters or (self.index >= 0 and run.span_ok()[self.index][self.s])
+            o = it * g.n
+            ok = (not early and it + 1 == g.niters) or (self.index >= 0 and run.span_ok()[self.index][s])
             recvc.offer_destination(self._regions(dsts, o, g.ce - o) if ok else [])  # type: ignore[union-attr]
 
     def _awaits_offer(self) -> bool:
