@@ -13,13 +13,20 @@ from __future__ import annotations
 
 import time
 
+import harness
 import numpy as np
 import pytest
 
-import harness
 from pyxccl import algorithms
+from pyxccl.direct_plan import (
+    _canon,
+    early_offers,
+    only_sends,
+    put_from_copy,
+    put_plan,
+    span_plan,
+)
 from pyxccl.errors import InvalidArgument
-from pyxccl.direct_plan import _canon, early_offers, only_sends, put_from_copy, put_plan, span_plan
 from pyxccl.ir.program import Op
 from pyxccl.transport import cma
 
@@ -141,7 +148,7 @@ def job_put(comm, counts=(1, 3001, 70001), late: bool = False) -> list[str]:
     place and on time, rank 0 must have written into its peer."""
     r, n = comm.rank, comm.size
     fails: list[str] = []
-    writes = lambda: sum(getattr(c, "writes", 0) for c in comm._conns.values())  # noqa: E731
+    writes = lambda: sum(getattr(c, "writes", 0) for c in comm._conns.values())
     comm.all_gather(np.ones(4096, np.float32), np.zeros(4096 * n, np.float32))  # settles the single-copy handshake
     for count in counts:
         base = np.arange(count, dtype=np.float32)

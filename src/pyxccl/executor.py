@@ -34,8 +34,17 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .direct_plan import (direct_any, direct_plan, early_offers, feeds_reduction, only_sends, put_from_copy, put_plan,
-                          span_ok, span_plan)
+from .direct_plan import (
+    direct_any,
+    direct_plan,
+    early_offers,
+    feeds_reduction,
+    only_sends,
+    put_from_copy,
+    put_plan,
+    span_ok,
+    span_plan,
+)
 from .dtypes import Kernels, trim_pair
 from .errors import CollectiveTimeout, MismatchError
 from .ir.program import Buf, Op, Program, ThreadBlock, inplace_alias
