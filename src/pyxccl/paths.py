@@ -22,9 +22,9 @@ the call's start (:func:`pyxccl.direct_plan.put_plan`: the 2-rank all-gather and
 it writes each slice into the receiver's destination itself with ``process_vm_writev`` right
 after its own earlier steps of that slice, instead of posting them to be read. An all-gather
 copies its own block locally and writes the same bytes to the peer while they are in the
-cache. ``benchmarks/floors.py`` (``exchange`` against ``exchange-put``) measured it 0-28 %
-faster or up to 17 % slower than reading, by placement: the chooser measures it like the
-others, where it differs from single copy.
+cache. Within one 2-rank job it ran 8-15 % faster than reading in some jobs and 7-14 % slower
+in others (``docs/performance.md``), so the chooser measures it like the others, where it
+differs from single copy.
 
 So the sender measures. Per (program, size class) it keeps each path's time per byte:
 the fastest of its last :data:`HISTORY` calls (delays from other processes only ever add
@@ -35,7 +35,7 @@ once every ``interval`` calls, the one measured longest ago (the interval double
 :data:`MAX_INTERVAL`, while the tried paths keep losing, and drops back to
 :data:`MIN_INTERVAL` when one wins). The choice is the sender's alone and per call;
 receivers read whatever arrives. The first call of a kind goes by single copy, the second
-through the slots, the third mixed (where that is a candidate).
+through the slots, the third mixed and the fourth by puts (where those are candidates).
 """
 
 from __future__ import annotations
@@ -149,8 +149,6 @@ class PathChooser:
     def candidates(run: Any) -> tuple[int, ...]:
         """The paths worth measuring for ``run``: single copy and the slots, and the mix and the
         put where they differ from both (:attr:`~pyxccl.executor.ProgramRun.mixed_differs`, ``put_differs``)."""
-        if not run.mixed_differs and not run.put_differs:
-            return TWO_PATHS
         return TWO_PATHS + ((MIXED,) if run.mixed_differs else ()) + ((PUT,) if run.put_differs else ())
 
     def best(self, key: tuple) -> int | None:
