@@ -35,3 +35,21 @@ def pool_manager():
 def pool(pool_manager):
     """``pool(nranks, transport="auto")`` -> a running Pool (started on first use)."""
     return pool_manager.get
+
+
+@pytest.fixture(scope="module")
+def env_pools():
+    """``env_pools(nranks, **env)`` -> a running Pool whose workers run with the extra environment
+    ``env`` (started on first use, one per (nranks, env), closed at the end of the module)."""
+    made: dict[tuple, harness.Pool] = {}
+
+    def get(nranks: int, **env: str) -> harness.Pool:
+        key = (nranks, tuple(sorted(env.items())))
+        p = made.get(key)
+        if p is None or not p.healthy:
+            p = made[key] = harness.Pool(nranks, "auto", env=dict(env)).start()
+        return p
+
+    yield get
+    for p in made.values():
+        p.close()

@@ -554,6 +554,14 @@ def compare(got: Any, expected: np.ndarray, tol: Any, label: str, limit: int = 4
     return [f"{label}: {idx.size}/{got.size} wrong; first: {first}{extra}"]
 
 
+def expect_equal(label: str, got: np.ndarray, want: np.ndarray) -> list[str]:
+    """[] when ``got`` equals ``want`` exactly (shape and every element), else one failure line."""
+    if got.shape == want.shape and np.array_equal(got, want):
+        return []
+    bad = np.flatnonzero(got != want) if got.shape == want.shape else []
+    return [f"{label}: wrong at {list(bad[:5])} of {want.size}"]
+
+
 def unchanged(arr: np.ndarray, original: np.ndarray, label: str) -> list[str]:
     """The out-of-place input must be left untouched (bitwise)."""
     if arr.size == 0:

@@ -135,11 +135,6 @@ def test_put_where_expected():
     assert any(any(t) for t in early_offers(bc, 1, "oop"))  # the receiver still answers the root early
 
 
-def _expect(label: str, got: np.ndarray, want: np.ndarray) -> list[str]:
-    if got.shape == want.shape and np.array_equal(got, want):
-        return []
-    bad = np.flatnonzero(got != want) if got.shape == want.shape else []
-    return [f"{label}: wrong at {list(bad[:5])} of {want.size}"]
 
 
 def job_put(comm, counts=(1, 3001, 70001), late: bool = False) -> list[str]:
@@ -165,7 +160,7 @@ def job_put(comm, counts=(1, 3001, 70001), late: bool = False) -> list[str]:
                 comm.all_gather(out[r * count:(r + 1) * count], out)
             else:
                 comm.all_gather(blocks[r], out)
-            fails += _expect(f"allgather {how}", out, np.concatenate(blocks))
+            fails += harness.expect_equal(f"allgather {how}", out, np.concatenate(blocks))
             if late and r == 1:
                 time.sleep(0.05)
             send = np.concatenate([base + 10 * q + r for q in range(n)])
@@ -176,7 +171,7 @@ def job_put(comm, counts=(1, 3001, 70001), late: bool = False) -> list[str]:
             else:
                 got = np.full(n * count, -1, np.float32)
                 comm.all_to_all(send, got)
-            fails += _expect(f"alltoall {how}", got, want)
+            fails += harness.expect_equal(f"alltoall {how}", got, want)
             if n == 2 and r == 0 and not mixed and not late and count > 4096 and writes() == before:
                 fails.append(f"count {count}: rank 0 wrote nothing into its peer on the put path")
     return fails
@@ -193,39 +188,23 @@ def job_put_is_tried(comm, count: int = 70001) -> list[str]:
     for i in range(4):
         out = np.zeros(n * count, np.float32)
         comm.all_gather(x + r + i, out)
-        fails += _expect(f"allgather #{i}", out, np.concatenate([x + q + i for q in range(n)]))
+        fails += harness.expect_equal(f"allgather #{i}", out, np.concatenate([x + q + i for q in range(n)]))
     if not any(rec.cost[PUT] is not None for rec in comm._paths._records.values()):
         fails.append("the put path was never tried on a 2-rank all-gather")
     return fails
 
 
-@pytest.fixture(scope="module")
-def pools():
-    made: dict[tuple, harness.Pool] = {}
-
-    def get(nranks: int, **env: str) -> harness.Pool:
-        key = (nranks, tuple(sorted(env.items())))
-        pool = made.get(key)
-        if pool is None or not pool.healthy:
-            pool = made[key] = harness.Pool(nranks, "auto", env=dict(env)).start()
-        return pool
-
-    yield get
-    for pool in made.values():
-        pool.close()
-
-
 @pytest.mark.parametrize("nranks", [2, 3, 4])
-def test_put_path(pools, nranks):
-    pool = pools(nranks, PYXCCL_CMA="put", **SMALL)
+def test_put_path(env_pools, nranks):
+    pool = env_pools(nranks, PYXCCL_CMA="put", **SMALL)
     pool.check(job_put)
     pool.check(job_put, counts=(70001,), late=True)
 
 
-def test_auto_tries_the_put_path(pools):
-    pools(2, **SMALL).check(job_put_is_tried)
+def test_auto_tries_the_put_path(env_pools):
+    env_pools(2, **SMALL).check(job_put_is_tried)
 
 
-def test_put_path_default_slots(pools):
+def test_put_path_default_slots(env_pools):
     """Default slots (1 MiB): a 12 MiB all-gather and all-to-all, 12 slices each."""
-    pools(2, PYXCCL_CMA="put").check(job_put, counts=(3_000_001,))
+    env_pools(2, PYXCCL_CMA="put").check(job_put, counts=(3_000_001,))

@@ -15,10 +15,10 @@ import itertools
 import os
 import time
 
+import harness
 import numpy as np
 import pytest
 
-import harness
 from pyxccl import algorithms, config
 from pyxccl.direct_plan import _plan_direct, feeds_reduction, span_ok, span_plan
 from pyxccl.paths import SLOTS
@@ -278,11 +278,6 @@ def _reads(comm) -> int:
     return sum(getattr(c, "reads", 0) for c in comm._conns.values())
 
 
-def _expect(label: str, got: np.ndarray, want: np.ndarray) -> list[str]:
-    if got.shape == want.shape and np.array_equal(got, want):
-        return []
-    bad = np.flatnonzero(got != want) if got.shape == want.shape else []
-    return [f"{label}: wrong at {list(bad[:5])} of {want.size}"]
 
 
 def job_collectives(comm, counts=(1, 1237, 70001), expect_reads: bool | None = True) -> list[str]:
@@ -297,35 +292,35 @@ def job_collectives(comm, counts=(1, 1237, 70001), expect_reads: bool | None = T
         # allgather, out of place and in place
         out = np.full(n * count, -1, np.float32)
         comm.all_gather(blocks[r].copy(), out)
-        fails += _expect(f"allgather {count}", out, np.concatenate(blocks))
+        fails += harness.expect_equal(f"allgather {count}", out, np.concatenate(blocks))
         out = np.full(n * count, -1, np.float32)
         out[r * count:(r + 1) * count] = blocks[r]
         comm.all_gather(None, out)
-        fails += _expect(f"allgather in place {count}", out, np.concatenate(blocks))
+        fails += harness.expect_equal(f"allgather in place {count}", out, np.concatenate(blocks))
         # broadcast from the last rank
         root = n - 1
         buf = blocks[root].copy() if r == root else np.zeros(count, np.float32)
         comm.broadcast(buf, root=root)
-        fails += _expect(f"broadcast {count}", buf, blocks[root])
+        fails += harness.expect_equal(f"broadcast {count}", buf, blocks[root])
         out = np.zeros(count, np.float32)
         comm.broadcast(blocks[root].copy() if r == root else np.zeros(count, np.float32), out, root=root)
-        fails += _expect(f"broadcast out of place {count}", out, blocks[root])
+        fails += harness.expect_equal(f"broadcast out of place {count}", out, blocks[root])
         # all-to-all: block q of rank r is q * 10 + r
         send = np.concatenate([base + 10 * q + r for q in range(n)])
         out = np.full(n * count, -1, np.float32)
         comm.all_to_all(send, out)
-        fails += _expect(f"alltoall {count}", out, np.concatenate([base + 10 * r + q for q in range(n)]))
+        fails += harness.expect_equal(f"alltoall {count}", out, np.concatenate([base + 10 * r + q for q in range(n)]))
         inplace = send.copy()
         comm.all_to_all(inplace)
-        fails += _expect(f"alltoall in place {count}", inplace, out)
+        fails += harness.expect_equal(f"alltoall in place {count}", inplace, out)
         # allreduce and reduce-scatter (their forwards may go by descriptor)
         x = base + r
         comm.all_reduce(x)
-        fails += _expect(f"allreduce {count}", x, n * base + n * (n - 1) / 2)
+        fails += harness.expect_equal(f"allreduce {count}", x, n * base + n * (n - 1) / 2)
         src = np.concatenate([base + q + r for q in range(n)])
         out = np.zeros(count, np.float32)
         comm.reduce_scatter(src, out)
-        fails += _expect(f"reducescatter {count}", out, n * (base + r) + n * (n - 1) / 2)
+        fails += harness.expect_equal(f"reducescatter {count}", out, n * (base + r) + n * (n - 1) / 2)
     reads = _reads(comm) - before
     if expect_reads is True and not reads:
         fails.append("no descriptor was read: the single-copy path was not taken")
@@ -354,7 +349,7 @@ def job_p2p(comm, counts=(0, 1, 5000, 200_001, 1_000_003), expect_reads: bool = 
             comm.send(msg(r, i, c), peer)
             comm.recv(outs[i], peer)
     for i, c in enumerate(counts):
-        fails += _expect(f"p2p #{i} ({c} B)", outs[i], msg(peer, i, c))
+        fails += harness.expect_equal(f"p2p #{i} ({c} B)", outs[i], msg(peer, i, c))
     reads = _reads(comm) - before
     if expect_reads and r % 2 == 0 and not reads:
         fails.append("no descriptor was read: the single-copy path was not taken")
@@ -386,13 +381,13 @@ def job_sender_returns_first(comm, count: int = 3_000_001) -> list[str]:
         time.sleep(0.3)
         got = np.zeros(count, np.uint8)
         comm.recv(got, 0)
-        fails += _expect("p2p after a late recv", got, np.arange(count, dtype=np.uint8))
+        fails += harness.expect_equal("p2p after a late recv", got, np.arange(count, dtype=np.uint8))
     comm.barrier()
     x = np.arange(count, dtype=np.float32) + 1000 * r
     if r == 1:
         time.sleep(0.3)
     comm.all_gather(x, out)
-    fails += _expect("allgather after a late rank", out,
+    fails += harness.expect_equal("allgather after a late rank", out,
                      np.concatenate([np.arange(count, dtype=np.float32) + 1000 * q for q in range(n)]))
     return fails
 
@@ -410,7 +405,7 @@ def job_spans(comm, count: int = 70001) -> list[str]:
     comm.all_gather(blocks[r], out)  # the first call on fresh rings settles the single-copy handshake
     before = _reads(comm)
     comm.all_gather(blocks[r], out)
-    fails += _expect("allgather", out, np.concatenate(blocks))
+    fails += harness.expect_equal("allgather", out, np.concatenate(blocks))
     reads = _reads(comm) - before
     if n == 2 and os.environ.get("PYXCCL_CMA") == "1" and not 1 <= reads <= 2:  # one per channel: 1 or 2 here
         fails.append(f"allgather of {count} took {reads} descriptor reads, not one per channel")
@@ -424,7 +419,7 @@ def job_spans(comm, count: int = 70001) -> list[str]:
         else:
             got = np.full(n * count, -1, np.float32)
             comm.all_to_all(send, got)
-        fails += _expect(f"alltoall, {'in place' if mixed else 'out of place'} #{rep}", got, want)
+        fails += harness.expect_equal(f"alltoall, {'in place' if mixed else 'out of place'} #{rep}", got, want)
         if mixed:
             out = np.full(n * count, -1, np.float32)
             out[r * count:(r + 1) * count] = blocks[r] + rep
@@ -432,13 +427,13 @@ def job_spans(comm, count: int = 70001) -> list[str]:
         else:
             out = np.full(n * count, -1, np.float32)
             comm.all_gather(blocks[r] + rep, out)
-        fails += _expect(f"allgather, {'in place' if mixed else 'out of place'} #{rep}", out,
+        fails += harness.expect_equal(f"allgather, {'in place' if mixed else 'out of place'} #{rep}", out,
                          np.concatenate(blocks) + rep)
         root = n - 1
         buf = blocks[root] + rep if r == root else np.zeros(count, np.float32)
         got = buf if mixed else np.zeros(count, np.float32)
         comm.broadcast(buf, None if mixed else got, root=root)
-        fails += _expect(f"broadcast #{rep}", got, blocks[root] + rep)
+        fails += harness.expect_equal(f"broadcast #{rep}", got, blocks[root] + rep)
     return fails
 
 
@@ -456,14 +451,14 @@ def job_mixed_path(comm, count: int = 70001) -> list[str]:
         want = np.concatenate([base * (q + 1) * n + n * (n - 1) / 2 for q in range(n)])
         out = src if inplace else np.zeros(n * count, np.float32)
         comm.all_reduce(src, None if inplace else out)
-        fails += _expect(f"allreduce {'in place' if inplace else 'out of place'}", out, want)
+        fails += harness.expect_equal(f"allreduce {'in place' if inplace else 'out of place'}", out, want)
         if not _reads(comm) - before:
             fails.append("the all-reduce read no descriptor: its forwards did not go by single copy")
         before = _reads(comm)
         src = np.concatenate([base * (q + 1) + r for q in range(n)])
         out = src[r * count:(r + 1) * count] if inplace else np.zeros(count, np.float32)
         comm.reduce_scatter(src, out)
-        fails += _expect(f"reducescatter {'in place' if inplace else 'out of place'}", out, want[r * count:(r + 1) * count])
+        fails += harness.expect_equal(f"reducescatter {'in place' if inplace else 'out of place'}", out, want[r * count:(r + 1) * count])
         if _reads(comm) - before:
             fails.append("the reduce-scatter read a descriptor: a reduction's input did not come through the slots")
     return fails
@@ -481,7 +476,7 @@ def job_mixed_is_tried_across_thread_blocks(comm, count: int = 70001) -> list[st
     for i in range(3):  # out of place: in place, the input's sends are overwritten later and never go by descriptor
         out = np.zeros(n * count, np.float32)
         comm.all_reduce(base + r + i, out, algorithm="tree")
-        fails += _expect(f"tree allreduce #{i}", out, n * (base + i) + n * (n - 1) / 2)
+        fails += harness.expect_equal(f"tree allreduce #{i}", out, n * (base + i) + n * (n - 1) / 2)
     if r == 0 and not any(rec.cost[MIXED] is not None for rec in comm._paths._records.values()):
         fails.append("the mixed path was never tried on a tree all-reduce")
     return fails
@@ -501,14 +496,14 @@ def job_split_rest(comm, count: int = 70001) -> list[str]:
             want = base * (root + 2) + rep
             buf = want.copy() if r == root else np.zeros(count, np.float32)
             comm.broadcast(buf, root=root)
-            fails += _expect(f"broadcast from {root} #{rep}", buf, want)
+            fails += harness.expect_equal(f"broadcast from {root} #{rep}", buf, want)
             out = np.zeros(count, np.float32)
             comm.broadcast(want.copy() if r == root else np.zeros(count, np.float32), out, root=root)
-            fails += _expect(f"broadcast out of place from {root} #{rep}", out, want)
+            fails += harness.expect_equal(f"broadcast out of place from {root} #{rep}", out, want)
             src = np.concatenate([base + 100 * q + rep for q in range(n)]) if r == root else None
             out = np.zeros(count, np.float32)
             comm.scatter(src, out, root=root)
-            fails += _expect(f"scatter from {root} #{rep}", out, base + 100 * r + rep)
+            fails += harness.expect_equal(f"scatter from {root} #{rep}", out, base + 100 * r + rep)
     if n == 2 and not writes() - before:
         fails.append("no root wrote into its receiver: the split was never taken")
     return fails
@@ -529,7 +524,7 @@ def job_repeats_are_measured(comm, count: int = 8000) -> list[str]:
         for i in range(4):
             out[:] = -1
             comm.all_gather(x, out)
-            fails += _expect(f"allgather #{i}", out, want)
+            fails += harness.expect_equal(f"allgather #{i}", out, want)
     finally:
         del comm._run_repeat
     if len(repeats) < 3:
@@ -540,73 +535,57 @@ def job_repeats_are_measured(comm, count: int = 8000) -> list[str]:
     return fails
 
 
-@pytest.fixture(scope="module")
-def pools():
-    made: dict[tuple, harness.Pool] = {}
-
-    def get(nranks: int, **env: str) -> harness.Pool:
-        key = (nranks, tuple(sorted(env.items())))
-        pool = made.get(key)
-        if pool is None or not pool.healthy:
-            pool = made[key] = harness.Pool(nranks, "auto", env=dict(env)).start()
-        return pool
-
-    yield get
-    for pool in made.values():
-        pool.close()
-
-
 #: small slots and a low threshold: many slices per call, short chunks, every step by descriptor
 SMALL = {"PYXCCL_SLOT_BYTES": "16K", "PYXCCL_CMA_MIN_BYTES": "1K"}
 
 
 @needs_cma
 @pytest.mark.parametrize("nranks", [2, 3, 4, 5])
-def test_collectives_single_copy(pools, nranks):
+def test_collectives_single_copy(env_pools, nranks):
     """PYXCCL_CMA=auto: the first call of a kind goes by descriptor, the second through the slots,
     later ones by the faster; every one numpy-checked."""
-    pool = pools(nranks, **SMALL)
+    pool = env_pools(nranks, **SMALL)
     pool.check(job_collectives)
     for _ in range(2):
         pool.check(job_collectives, expect_reads=None)
 
 
 @needs_cma
-def test_repeated_calls_choose_their_path(pools):
-    pools(2, **SMALL).check(job_repeats_are_measured)
+def test_repeated_calls_choose_their_path(env_pools):
+    env_pools(2, **SMALL).check(job_repeats_are_measured)
 
 
 @needs_cma
-def test_collectives_single_copy_always(pools):
+def test_collectives_single_copy_always(env_pools):
     """PYXCCL_CMA=1: every step that may goes by descriptor, call after call."""
-    pool = pools(3, PYXCCL_CMA="1", **SMALL)
+    pool = env_pools(3, PYXCCL_CMA="1", **SMALL)
     for _ in range(2):
         pool.check(job_collectives)
 
 
 @needs_cma
 @pytest.mark.parametrize("nranks", [2, 3, 5])
-def test_mixed_path(pools, nranks):
-    pools(nranks, PYXCCL_CMA="mixed", **SMALL).check(job_mixed_path)
+def test_mixed_path(env_pools, nranks):
+    env_pools(nranks, PYXCCL_CMA="mixed", **SMALL).check(job_mixed_path)
 
 
 @needs_cma
-def test_mixed_path_counts_every_thread_block(pools):
-    pools(2, **SMALL).check(job_mixed_is_tried_across_thread_blocks)
-
-
-@needs_cma
-@pytest.mark.parametrize("nranks", [2, 3, 4])
-def test_spanning_descriptors(pools, nranks):
-    pools(nranks, PYXCCL_CMA="1", **SMALL).check(job_spans)
-    pools(nranks, **SMALL).check(job_spans)
+def test_mixed_path_counts_every_thread_block(env_pools):
+    env_pools(2, **SMALL).check(job_mixed_is_tried_across_thread_blocks)
 
 
 @needs_cma
 @pytest.mark.parametrize("nranks", [2, 3, 4])
-def test_root_writes_half_of_the_rest(pools, nranks):
-    pools(nranks, PYXCCL_CMA="1", **SMALL).check(job_split_rest)
-    pools(nranks, PYXCCL_CMA="1", **SMALL).check(job_split_rest, count=3001)  # one slice
+def test_spanning_descriptors(env_pools, nranks):
+    env_pools(nranks, PYXCCL_CMA="1", **SMALL).check(job_spans)
+    env_pools(nranks, **SMALL).check(job_spans)
+
+
+@needs_cma
+@pytest.mark.parametrize("nranks", [2, 3, 4])
+def test_root_writes_half_of_the_rest(env_pools, nranks):
+    env_pools(nranks, PYXCCL_CMA="1", **SMALL).check(job_split_rest)
+    env_pools(nranks, PYXCCL_CMA="1", **SMALL).check(job_split_rest, count=3001)  # one slice
 
 
 def test_destination_offers_on_a_ring():
@@ -636,28 +615,28 @@ def test_destination_offers_on_a_ring():
 
 
 @needs_cma
-def test_collectives_single_copy_two_channels(pools):
-    pools(3, PYXCCL_NCHANNELS="2", **SMALL).check(job_collectives)
+def test_collectives_single_copy_two_channels(env_pools):
+    env_pools(3, PYXCCL_NCHANNELS="2", **SMALL).check(job_collectives)
 
 
 @needs_cma
-def test_collectives_default_threshold(pools):
+def test_collectives_default_threshold(env_pools):
     """Default slots and threshold: only large calls take the path (after small ones on the same rings)."""
-    pools(2).check(job_collectives, counts=(5, 3_000_017))
+    env_pools(2).check(job_collectives, counts=(5, 3_000_017))
 
 
 @needs_cma
-def test_p2p_single_copy(pools):
-    pools(2, **SMALL).check(job_p2p)
-    pools(2).check(job_p2p, counts=(7, 8 << 20))  # default slots: descriptors of up to DESC_MAX
+def test_p2p_single_copy(env_pools):
+    env_pools(2, **SMALL).check(job_p2p)
+    env_pools(2).check(job_p2p, counts=(7, 8 << 20))  # default slots: descriptors of up to DESC_MAX
 
 
 @needs_cma
-def test_sender_returns_only_after_the_peer_read(pools):
-    pools(2, **SMALL).check(job_sender_returns_first)
+def test_sender_returns_only_after_the_peer_read(env_pools):
+    env_pools(2, **SMALL).check(job_sender_returns_first)
 
 
-def test_cma_off_copies_through_slots(pools):
-    pool = pools(2, PYXCCL_CMA="0", **SMALL)
+def test_cma_off_copies_through_slots(env_pools):
+    pool = env_pools(2, PYXCCL_CMA="0", **SMALL)
     pool.check(job_collectives, expect_reads=False)
     pool.check(job_p2p, expect_reads=False)
