@@ -412,10 +412,11 @@ class TBRunner(SingleCopySteps):
                     if done[dtb] < self.it * nsteps[dtb] + dstep + 1:
                         return progressed
                 op = st.op
-                if type(spanned) is SlicePut:
-                    self._put_slice(spanned, st.cnt)  # type: ignore[arg-type]
-                elif spanned:  # type: ignore[truthy-bool]
-                    self._copy_staged(st.cnt, dsts, spanned)  # type: ignore[arg-type]
+                if spanned:  # type: ignore[truthy-bool]
+                    if type(spanned) is SlicePut:
+                        self._put_slice(spanned, st.cnt)
+                    else:
+                        self._copy_staged(st.cnt, dsts, spanned)  # type: ignore[arg-type]
                 else:
                     if op.receives and not self.recvc.ready():  # type: ignore[union-attr]
                         if self._offers is not None and self._offers[self.s]:
