@@ -562,6 +562,30 @@ def expect_equal(label: str, got: np.ndarray, want: np.ndarray) -> list[str]:
     return [f"{label}: wrong at {list(bad[:5])} of {want.size}"]
 
 
+def all_gather_aliased(comm: Any, block: np.ndarray, inplace: bool) -> np.ndarray:
+    """All-gather this rank's ``block`` in place (from its slot of the output) or out of place,
+    into an output first filled with -1; the output."""
+    n, r, count = comm.size, comm.rank, block.size
+    out = np.full(n * count, -1, block.dtype)
+    if inplace:
+        out[r * count:(r + 1) * count] = block
+        comm.all_gather(out[r * count:(r + 1) * count], out)
+    else:
+        comm.all_gather(block, out)
+    return out
+
+
+def all_to_all_aliased(comm: Any, send: np.ndarray, inplace: bool) -> np.ndarray:
+    """All-to-all of ``send`` in place (the result in ``send``) or into an output first filled
+    with -1; the result."""
+    if inplace:
+        comm.all_to_all(send)
+        return send
+    got = np.full(send.size, -1, send.dtype)
+    comm.all_to_all(send, got)
+    return got
+
+
 def unchanged(arr: np.ndarray, original: np.ndarray, label: str) -> list[str]:
     """The out-of-place input must be left untouched (bitwise)."""
     if arr.size == 0:

@@ -154,23 +154,13 @@ def job_put(comm, counts=(1, 3001, 70001), late: bool = False) -> list[str]:
             before = writes()
             if late and r == 1:
                 time.sleep(0.05)
-            out = np.full(n * count, -1, np.float32)
-            if inplace:
-                out[r * count:(r + 1) * count] = blocks[r]
-                comm.all_gather(out[r * count:(r + 1) * count], out)
-            else:
-                comm.all_gather(blocks[r], out)
+            out = harness.all_gather_aliased(comm, blocks[r], inplace)
             fails += harness.expect_equal(f"allgather {how}", out, np.concatenate(blocks))
             if late and r == 1:
                 time.sleep(0.05)
             send = np.concatenate([base + 10 * q + r for q in range(n)])
             want = np.concatenate([base + 10 * r + q for q in range(n)])
-            if inplace:
-                comm.all_to_all(send)
-                got = send
-            else:
-                got = np.full(n * count, -1, np.float32)
-                comm.all_to_all(send, got)
+            got = harness.all_to_all_aliased(comm, send, inplace)
             fails += harness.expect_equal(f"alltoall {how}", got, want)
             if n == 2 and r == 0 and not mixed and not late and count > 4096 and writes() == before:
                 fails.append(f"count {count}: rank 0 wrote nothing into its peer on the put path")

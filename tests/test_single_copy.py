@@ -413,20 +413,9 @@ def job_spans(comm, count: int = 70001) -> list[str]:
     for rep in range(2):  # twice: the second call may go through the slots (PYXCCL_CMA=auto)
         send = np.concatenate([base + 10 * q + r + rep for q in range(n)])
         want = np.concatenate([base + 10 * r + q + rep for q in range(n)])
-        if mixed:
-            comm.all_to_all(send)
-            got = send
-        else:
-            got = np.full(n * count, -1, np.float32)
-            comm.all_to_all(send, got)
+        got = harness.all_to_all_aliased(comm, send, mixed)
         fails += harness.expect_equal(f"alltoall, {'in place' if mixed else 'out of place'} #{rep}", got, want)
-        if mixed:
-            out = np.full(n * count, -1, np.float32)
-            out[r * count:(r + 1) * count] = blocks[r] + rep
-            comm.all_gather(out[r * count:(r + 1) * count], out)
-        else:
-            out = np.full(n * count, -1, np.float32)
-            comm.all_gather(blocks[r] + rep, out)
+        out = harness.all_gather_aliased(comm, blocks[r] + rep, mixed)
         fails += harness.expect_equal(f"allgather, {'in place' if mixed else 'out of place'} #{rep}", out,
                          np.concatenate(blocks) + rep)
         root = n - 1
