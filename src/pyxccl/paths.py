@@ -29,13 +29,20 @@ differs from single copy.
 So the sender measures. Per (program, size class) it keeps each path's time per byte:
 the fastest of its last :data:`HISTORY` calls (delays from other processes only ever add
 time, so the minimum is the robust estimate, and it still follows a change of placement
-within :data:`HISTORY` calls). It keeps the path in use unless the other one is faster by
-:data:`_MARGIN` (no flapping between two paths of equal speed), and tries another path
-once every ``interval`` calls, the one measured longest ago (the interval doubles, up to
-:data:`MAX_INTERVAL`, while the tried paths keep losing, and drops back to
-:data:`MIN_INTERVAL` when one wins). The choice is the sender's alone and per call;
-receivers read whatever arrives. The first call of a kind goes by single copy, the second
-through the slots, the third mixed and the fourth by puts (where those are candidates).
+within :data:`HISTORY` calls). It keeps the path in use unless another is faster by
+:data:`_MARGIN` (no flapping between two paths of equal speed), and tries each other path
+on its own schedule: :data:`MIN_INTERVAL` calls after it was measured or lost the lead, the
+interval doubling (up to :data:`MAX_INTERVAL`) while its tries keep losing, and never sooner
+than its lag behind the best allows (:data:`TRY_BUDGET`: a path 2.5x slower is tried every
+150 calls, not every 8). With one interval shared by all paths, a close second (the put, a
+few % from single copy, winning some tries) kept resetting it, and every other try went to
+the slots at 2.5x the time: ``auto`` ran 7-12 % behind the best fixed path on the 2-rank
+exchanges. The first call of a kind goes by single copy, the second through the slots, the
+third mixed and the fourth by puts (where those are candidates).
+
+The ranks of a host take the same path in each call: the host's lowest rank decides and
+publishes, the others follow (:mod:`pyxccl.path_board`); receivers read whatever arrives,
+so a follower that misses an answer only loses time, never data.
 """
 
 from __future__ import annotations
@@ -43,69 +50,114 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from .path_board import Board, board_key
+
 #: the paths: every step through the slots; by descriptor wherever a step may; the mix; writes
 SLOTS, DIRECT, MIXED, PUT = 0, 1, 2, 3
 NPATHS = 4
 #: the candidates of a run whose mix and put equal one of the others
 TWO_PATHS = (DIRECT, SLOTS)
-MIN_INTERVAL = 8
-MAX_INTERVAL = 64
+MIN_INTERVAL = 8  # calls between tries of a path: at first, and for a path that just lost its lead
+MAX_INTERVAL = 256  # at most, however far behind a path is
+TRY_BUDGET = 0.01  # a path x times slower than the best is tried at most every (x - 1) / TRY_BUDGET calls
 MAX_KEYS = 256
 HISTORY = 3  # calls per path whose fastest is that path's cost
 _MARGIN = 1.03  # a path not in use must be this much faster to take over
 
 
 class _Record:
-    __slots__ = ("samples", "cost", "last", "best", "calls", "interval", "trying")
+    __slots__ = ("samples", "cost", "best", "calls", "interval", "due", "trying", "seq", "board_key")
 
-    def __init__(self) -> None:
+    def __init__(self, board_key: int = 0) -> None:
         self.samples: list[list[float]] = [[] for _ in range(NPATHS)]  # seconds per byte of the last calls, per path
         self.cost: list[float | None] = [None] * NPATHS  # the fastest of them
-        self.last = [0] * NPATHS  # per path: the call count when it last ran
         self.best = DIRECT
-        self.calls = 0
-        self.interval = MIN_INTERVAL
-        self.trying = False
+        self.calls = 0  # calls counted once every candidate was measured
+        self.interval = [MIN_INTERVAL] * NPATHS  # per path: calls between its tries
+        self.due = [0] * NPATHS  # per path: the count of calls at which it is tried next
+        self.trying: int | None = None  # the path this call tries
+        self.seq = 0  # calls of this key, all of them (the board's call number)
+        self.board_key = board_key
+
+
+def _pick(rec: _Record, candidates: tuple[int, ...], ran: int | None = None) -> tuple[int, bool, bool]:
+    """What :meth:`PathChooser.choose` gives next for ``rec``, as (path, counted, a try); ``ran``:
+    a path chosen since whose time is not recorded yet (for a forecast), taken as measured."""
+    for path in candidates:
+        if rec.cost[path] is None and path != ran:
+            return path, False, False
+    best = rec.best if rec.best in candidates else _fastest(rec, candidates)
+    due = [p for p in candidates if p != best and rec.due[p] <= rec.calls + 1]
+    if due:
+        return min(due, key=lambda p: rec.due[p]), True, True
+    return best, True, False
+
+
+def _fastest(rec: _Record, candidates) -> int:
+    return min(candidates, key=lambda p: _INF if rec.cost[p] is None else rec.cost[p])  # type: ignore[return-value]
+
+
+_INF = float("inf")
+
+
+def _schedule(rec: _Record, path: int, interval: int) -> None:
+    """Try ``path`` (not the best) again after ``interval`` calls, or later as far as it is slower
+    than the best (:data:`TRY_BUDGET`), within :data:`MIN_INTERVAL`..:data:`MAX_INTERVAL`."""
+    cost, best = rec.cost[path], rec.cost[rec.best]
+    if cost is not None and best:
+        interval = max(interval, round((cost / best - 1.0) / TRY_BUDGET))
+    rec.interval[path] = interval = min(max(interval, MIN_INTERVAL), MAX_INTERVAL)
+    rec.due[path] = rec.calls + interval
 
 
 class PathChooser:
     """Per communicator: which path the next call of a (program, size class) takes, by the
     ``PYXCCL_CMA`` setting: "auto" measures; "on" always takes :data:`DIRECT`, "mixed" :data:`MIXED`,
-    "put" :data:`PUT`."""
+    "put" :data:`PUT`. With a ``board`` (:mod:`pyxccl.path_board`) the chooser of the host's lowest
+    rank (``leads``) publishes each choice there and the others follow it."""
 
-    def __init__(self, setting: str = "auto") -> None:
+    def __init__(self, setting: str = "auto", board: Board | None = None, leads: bool = False) -> None:
         self._records: dict[tuple, _Record] = {}
         self._fixed = {"on": DIRECT, "mixed": MIXED, "put": PUT}.get(setting)
+        self._board = board
+        self._leads = leads
+
+    @property
+    def leads(self) -> bool:
+        """Whether this chooser measures and decides: it has no board (decides for itself alone)
+        or it publishes there for the ranks of its host; False: it follows another's board."""
+        return self._board is None or self._leads
 
     @staticmethod
     def key(program: object, nbytes: int) -> tuple:
         """Calls of one program within a factor of two in size share a record."""
         return (id(program), nbytes.bit_length())
 
-    def choose(self, key: tuple, candidates: tuple[int, ...] = TWO_PATHS) -> int:
-        """The path of the next call of ``key`` among ``candidates``: each once first (in their
-        order), then the fastest, with a try of another every ``interval`` calls."""
+    def _record(self, key: tuple, board_key: int = 0) -> _Record:
         rec = self._records.get(key)
         if rec is None:
             if len(self._records) >= MAX_KEYS:
                 self._records.pop(next(iter(self._records)))
-            rec = self._records[key] = _Record()
-        rec.trying = False
-        for path in candidates:
-            if rec.cost[path] is None:
-                return self._ran(rec, path)
-        rec.calls += 1
-        if rec.best not in candidates:
-            rec.best = min(candidates, key=lambda p: rec.cost[p])  # type: ignore[arg-type,return-value]
-        if rec.calls % rec.interval == 0:
-            rec.trying = True
-            return self._ran(rec, min((p for p in candidates if p != rec.best), key=lambda p: rec.last[p]))
-        return self._ran(rec, rec.best)
+            rec = self._records[key] = _Record(board_key)
+        return rec
 
-    @staticmethod
-    def _ran(rec: _Record, path: int) -> int:
-        rec.last[path] = rec.calls
+    def choose(self, key: tuple, candidates: tuple[int, ...] = TWO_PATHS) -> int:
+        """The path of the next call of ``key`` among ``candidates``: each once first (in their
+        order), then the fastest, with a try of another where its interval has passed."""
+        rec = self._record(key)
+        path, counted, trying = _pick(rec, candidates)
+        rec.trying = path if trying else None
+        if counted:
+            rec.calls += 1
+            rec.best = rec.best if rec.best in candidates else _fastest(rec, candidates)
+        if trying:  # not again before its interval, whatever this try's time (the forecast relies on it)
+            rec.due[path] = rec.calls + rec.interval[path]
         return path
+
+    def forecast(self, key: tuple, candidates: tuple[int, ...], ran: int) -> int:
+        """The path the call after this one (which took ``ran``) takes, unless this one's time
+        changes the choice."""
+        return _pick(self._records[key], candidates, ran)[0]
 
     def record(self, key: tuple, path: int, seconds: float, nbytes: int) -> None:
         """The call of ``key`` that took ``path`` ran ``seconds`` for ``nbytes`` per rank."""
@@ -113,37 +165,55 @@ class PathChooser:
         if rec is None or nbytes <= 0:
             return
         history = rec.samples[path]
-        if rec.trying:  # a tried path starts afresh: its old times are stale
+        tried = rec.trying == path
+        if tried:  # a tried path starts afresh: its old times are stale
             history.clear()
         history.append(seconds / nbytes)
         if len(history) > HISTORY:
             del history[0]
         rec.cost[path] = min(history)
-        best = rec.best  # another path must be faster by _MARGIN to take over (no flapping)
+        old = best = rec.best  # another path must be faster by _MARGIN to take over (no flapping)
         mine = rec.cost[best]
         if best != path and mine is not None and rec.cost[path] * _MARGIN < mine:  # type: ignore[operator]
             best = path
         elif best == path:  # the path in use got slower: any measured path faster by the margin takes over
-            fastest = min((p for p in range(NPATHS) if rec.cost[p] is not None), key=lambda p: rec.cost[p])  # type: ignore[arg-type,return-value]
+            fastest = _fastest(rec, range(NPATHS))
             if rec.cost[fastest] * _MARGIN < rec.cost[best]:  # type: ignore[operator]
                 best = fastest
-        if rec.trying:
-            rec.interval = MIN_INTERVAL if best == path else min(rec.interval * 2, MAX_INTERVAL)
-            rec.trying = False
+        rec.trying = None
         rec.best = best
+        if best != old:  # the path that lost the lead is tried again soon
+            _schedule(rec, old, MIN_INTERVAL)
+        if path != best and (tried or rec.calls == 0):  # a losing try (backs off), or a first measurement
+            _schedule(rec, path, 2 * rec.interval[path] if tried else MIN_INTERVAL)
 
     def drive(self, run: Any, nbytes: int, drive: Callable[[], None]) -> None:
         """Run ``drive()`` (the call of ``run``, a :class:`~pyxccl.executor.ProgramRun` moving
-        ``nbytes`` per rank) on the path chosen for it, and record how long it took."""
+        ``nbytes`` per rank) on the path chosen for it, and record how long it took; a follower
+        takes the path its leader published where there is one (:mod:`pyxccl.path_board`)."""
         if self._fixed is not None:
             run.path = self._fixed
             drive()
             return
         key = self.key(run.program, nbytes)
-        path = run.path = self.choose(key, self.candidates(run))
+        board = self._board
+        rec = self._record(key, 0 if board is None else board_key(run.program, nbytes))
+        rec.seq += 1
+        if board is not None and not self._leads:
+            followed = board.follow(rec.board_key, rec.seq)
+            if followed is not None:
+                run.path = followed
+                drive()
+                return
+        candidates = self.candidates(run)
+        path = run.path = self.choose(key, candidates)
+        if board is not None and self._leads:
+            board.publish(rec.board_key, rec.seq, path, self.forecast(key, candidates, path))
         t0 = time.perf_counter()
         drive()
         self.record(key, path, time.perf_counter() - t0, nbytes)
+        if board is not None and self._leads:  # the forecast again, with this call's time
+            board.publish(rec.board_key, rec.seq, path, self.forecast(key, candidates, path))
 
     @staticmethod
     def candidates(run: Any) -> tuple[int, ...]:

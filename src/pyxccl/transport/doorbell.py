@@ -63,7 +63,12 @@ class Doorbell:
 
     def handle(self, writer: int) -> "Doorbell":
         """Another handle on the same doorbell for another writer (e.g. a progress thread)."""
-        return Doorbell(self._mem, self._addr - _base_address(self._mem), writer=writer, spin_us=self._spin * 1e6)
+        return Doorbell(self._mem, _base_offset(self), writer=writer, spin_us=self._spin * 1e6)
+
+    def spare(self) -> memoryview:
+        """The rest of the doorbell's page after its :data:`SIZE` bytes (shared files: where the
+        owner publishes to the peers that attach it, :mod:`pyxccl.path_board`)."""
+        return memoryview(self._mem)[_base_offset(self) + SIZE:]
 
     def value(self) -> int:
         """The current value; pass it to :meth:`wait` after checking for work."""
@@ -112,6 +117,10 @@ class Doorbell:
 
 def _base_address(mem: mmap.mmap) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(mem))
+
+
+def _base_offset(bell: Doorbell) -> int:
+    return bell._addr - _base_address(bell._mem)
 
 
 def create_shared(path: str, *, spin_us: float = 100.0) -> Doorbell:
