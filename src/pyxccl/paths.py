@@ -36,8 +36,8 @@ interval doubling (up to :data:`MAX_INTERVAL`) while its tries keep losing, and 
 than its lag behind the best allows (:data:`TRY_BUDGET`: a path 2.5x slower is tried every
 150 calls, not every 8). With one interval shared by all paths, a close second (the put, a
 few % from single copy, winning some tries) kept resetting it, and every other try went to
-the slots at 2.5x the time: ``auto`` ran 7-12 % behind the best fixed path on the 2-rank
-exchanges. The first call of a kind goes by single copy, the second through the slots, the
+the slots at 2.5x the time: ``auto`` ran 5-10 % behind the best fixed path on the 2-rank
+exchanges (``docs/performance.md``). The first call of a kind goes by single copy, the second through the slots, the
 third mixed and the fourth by puts (where those are candidates).
 
 The ranks of a host take the same path in each call: the host's lowest rank decides and
@@ -133,12 +133,13 @@ class PathChooser:
         """Calls of one program within a factor of two in size share a record."""
         return (id(program), nbytes.bit_length())
 
-    def _record(self, key: tuple, board_key: int = 0) -> _Record:
+    def _record(self, key: tuple, program: object = None, nbytes: int = 0) -> _Record:
+        """The record of ``key``, made on its first call (keyed on the board by ``program`` and ``nbytes``)."""
         rec = self._records.get(key)
         if rec is None:
             if len(self._records) >= MAX_KEYS:
                 self._records.pop(next(iter(self._records)))
-            rec = self._records[key] = _Record(board_key)
+            rec = self._records[key] = _Record(0 if self._board is None else board_key(program, nbytes))
         return rec
 
     def choose(self, key: tuple, candidates: tuple[int, ...] = TWO_PATHS) -> int:
@@ -197,7 +198,7 @@ class PathChooser:
             return
         key = self.key(run.program, nbytes)
         board = self._board
-        rec = self._record(key, 0 if board is None else board_key(run.program, nbytes))
+        rec = self._record(key, run.program, nbytes)
         rec.seq += 1
         if board is not None and not self._leads:
             followed = board.follow(rec.board_key, rec.seq)
