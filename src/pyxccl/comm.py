@@ -27,7 +27,6 @@ from .bootstrap import Bootstrap, UniqueId
 from .calls import Call
 from .collectives import Collectives
 from .membership import Membership
-from .path_board import Board
 from .p2p_runner import P2PRunner
 from .dtypes import DTYPES, MAX, kernels, postdivide, prescale
 from .errors import (Aborted, CollectiveTimeout, InvalidArgument, PeerLostError, PyxcclError,
@@ -37,7 +36,7 @@ from .ir.program import COLLECTIVES, Buf, Program
 from .ir.relabel import relabel
 from .ir.verify import verify
 from .transport import PeerInfo, TransportContext, choose, create
-from .transport.doorbell import attach_shared, create_shared
+from .transport.doorbell import create_shared
 from .transport.shm import owner_suffix, pid_namespace, sweep_stale
 from .repeat import Repeat, Repeats
 from .work import BatchWork, Stream, Work
@@ -134,7 +133,7 @@ class Communicator(Collectives, Membership):
         self._coll_seq = 0  # collectives issued: the flight recorder's and PYXCCL_CHECK's sequence numbers
         self._flight = flight.FlightRecorder(cfg.trace_size) if cfg.trace_size else None
         self._check_call = _check.verify if cfg.check else None
-        self._paths = self._path_chooser(cfg.cma)
+        self._paths = paths.for_host(cfg.cma, self._rank, self._kind, self._doorbell, [p.doorbell for p in self._peers])
         flight.register(self)  # for SIGUSR1 dumps (PYXCCL_TRACE_DIR)
         if self._rank == 0:
             log.info("init: %d ranks on %d host(s) %s, slot %d B x %d, channels %d, timeout %.0f s",
@@ -145,21 +144,6 @@ class Communicator(Collectives, Membership):
         log.info("init: host %d (%s) pid %d; transports per peer: %s", self._layout.host_of[self._rank],
                  mine.hostname, mine.pid, " ".join(f"{p}:{k}" for p, k in enumerate(self._kind) if k != "self"),
                  rank=self._rank)
-
-    def _path_chooser(self, setting: str) -> paths.PathChooser | None:
-        """The per-call path choice (:mod:`pyxccl.paths`); measured ("auto"), by the host's lowest
-        rank for every rank of the host that maps its doorbell page (:mod:`pyxccl.path_board`)."""
-        if setting == "off":
-            return None
-        if setting != "auto":
-            return paths.PathChooser(setting)
-        mine = self._hosts[self._layout.host_of[self._rank]]
-        sharing = [r for r in mine if self._kind[r] in ("self", "local", "shm")]
-        leader = min(sharing)
-        if len(sharing) == 1:
-            return paths.PathChooser(setting)
-        bell = self._doorbell if leader == self._rank else attach_shared(self._peers[leader].doorbell, writer=0)
-        return paths.PathChooser(setting, Board(bell.spare()), leads=leader == self._rank)
 
     # ------------------------------------------------------------------ properties
     @property

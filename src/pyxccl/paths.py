@@ -48,9 +48,10 @@ so a follower that misses an answer only loses time, never data.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .path_board import Board, board_key
+from .transport.doorbell import Doorbell, attach_shared
 
 #: the paths: every step through the slots; by descriptor wherever a step may; the mix; writes
 SLOTS, DIRECT, MIXED, PUT = 0, 1, 2, 3
@@ -226,3 +227,19 @@ class PathChooser:
         """The path currently preferred for ``key`` (None before any call)."""
         rec = self._records.get(key)
         return None if rec is None else rec.best
+
+
+def for_host(setting: str, rank: int, kinds: Sequence[str], doorbell: Doorbell,
+             doorbells: Sequence[str]) -> PathChooser | None:
+    """The path chooser of ``rank`` for the ``PYXCCL_CMA`` ``setting`` (None for "off"). Under "auto",
+    the lowest of the ranks that share memory with it (``kinds[r]``, the transport towards rank
+    ``r``: "self", "local" or "shm", i.e. its host) decides for all of them, on the spare bytes of
+    its doorbell page (its own ``doorbell``, or the file ``doorbells[leader]``: :mod:`pyxccl.path_board`)."""
+    if setting == "off":
+        return None
+    sharing = [r for r, kind in enumerate(kinds) if kind in ("self", "local", "shm")]
+    if setting != "auto" or len(sharing) == 1:
+        return PathChooser(setting)
+    leader = min(sharing)
+    bell = doorbell if leader == rank else attach_shared(doorbells[leader], writer=0)
+    return PathChooser(setting, Board(bell.spare()), leads=leader == rank)
