@@ -1,4 +1,4 @@
-"""Repeated small blocking calls (src/pyxccl/repeat.py): reused plans must give the same results.
+"""Repeated blocking calls (src/pyxccl/repeat.py): reused plans must give the same results.
 
 The second identical call (same numpy arrays, op, root) skips the checks and planning; these
 tests change the arrays' contents, views and dtypes between calls and compare every
@@ -75,11 +75,21 @@ def job_repeats(comm) -> list[str]:
                 failures.append(f"array {i}: {a[0]} != {i * n}")
     if len(comm._repeats._entries) > repeat.MAX_ENTRIES:
         failures.append(f"{len(comm._repeats._entries)} entries kept (max {repeat.MAX_ENTRIES})")
-    # a large call is not remembered; a bad op on a remembered array still raises
-    big = np.ones(repeat.SMALL_BYTES // 4 + 1, np.float32)
-    comm.all_reduce(big)
-    if any(e.input is big for e in comm._repeats._entries.values()):
-        failures.append("a call above SMALL_BYTES was remembered")
+    # large calls are remembered apart, at most MAX_LARGE of them: they never evict the small ones
+    bigs = [np.empty(repeat.SMALL_BYTES // 4 + 1, np.float32) for _ in range(repeat.MAX_LARGE + 1)]
+    small = len(comm._repeats._entries)
+    for it in range(2):
+        for i, big in enumerate(bigs):
+            big[:] = i + it
+            comm.all_reduce(big)
+            if not np.all(big == (i + it) * n):
+                failures.append(f"large array {i} call {it}: {big[0]} != {(i + it) * n}")
+    kept = [e.input for e in comm._repeats._large.values()]
+    if len(kept) != repeat.MAX_LARGE or not all(any(k is b for b in bigs[1:]) for k in kept):
+        failures.append(f"{len(kept)} large calls kept, not the last {repeat.MAX_LARGE}")
+    if len(comm._repeats._entries) != small:
+        failures.append("large calls changed the small entries")
+    # a bad op on a remembered array still raises
     try:
         comm.all_reduce(arrays[0], op="bogus")
         failures.append("op='bogus' was accepted on a remembered array")
@@ -361,6 +371,19 @@ def test_repeats_of_every_covered_collective(pool, nranks):
 
 def test_repeats_of_every_covered_collective_over_sockets(pool):
     pool(2, "socket").check(job_repeats_all)
+
+
+#: every path of a large call between ranks of one host (:mod:`pyxccl.paths`), with 16 KiB slots so
+#: that 20000 float32 per block run as several slices, each by single copy where the path allows
+PATHS = ("0", "1", "mixed", "put", "auto")
+SMALL_SLOTS = {"PYXCCL_SLOT_BYTES": "16K", "PYXCCL_CMA_MIN_BYTES": "1K"}
+
+
+@pytest.mark.parametrize(("nranks", "path"), [(2, p) for p in PATHS] + [(3, "put"), (3, "auto")])
+def test_repeats_of_large_calls_on_every_path(env_pools, nranks, path):
+    """Above SMALL_BYTES per block, a repeat resets runners whose steps went by descriptor, by
+    put or through the slots: every result must still be exact."""
+    env_pools(nranks, PYXCCL_CMA=path, **SMALL_SLOTS).check(job_repeats_all, count=20_000)
 
 
 def job_gather_scatter_repeats(comm, count: int = 5) -> list[str]:
