@@ -242,6 +242,36 @@ def _plan_span_ok(program: Program, rank: int, mode: str | None) -> list[tuple[b
     return plan
 
 
+def copy_at_once(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+    """Per thread block of ``rank``, per step: may a local copy (``cpy``) copy every slice still to
+    come at its first turn, on any path?
+
+    Only where no step of this rank ever writes its source (every later slice is final already)
+    and no other step reads or writes its destination (nothing sees the later slices early), in a
+    call aliased as ``mode`` says (None: never). One large copy instead of one per slice: between
+    slices of 16 MiB copies each step's Python work ran with cold caches (tens of microseconds).
+    Other thread blocks' dependencies on the step still count its slices at their turns. Cached
+    per (program, rank, mode)."""
+    return _cached(program, rank, mode, "copy_once", _plan_copy_once)
+
+
+def _plan_copy_once(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+    canon = _canon(program, rank, mode)
+    touching = _touching(program, rank, mode, reads=True) if mode is not None else {}
+    writers = _touching(program, rank, mode, reads=False) if mode is not None else {}
+    plan = []
+    me = 0
+    for tb in program.ranks[rank].tbs:
+        flags = []
+        for st in tb.steps:
+            flags.append(mode is not None and st.op is Op.COPY and st.srcbuf is not None and
+                         not any(writers.get(canon(st.srcbuf, st.srcoff + j)) for j in range(st.cnt)) and
+                         all(touching.get(canon(st.dstbuf, st.dstoff + j), [me]) == [me] for j in range(st.cnt)))
+            me += 1
+        plan.append(tuple(flags))
+    return plan
+
+
 def early_offers(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
     """Per thread block of ``rank``, per step: does the receiver offer this step's destination at
     the start of the call (:meth:`pyxccl.transport.slots.RingRecvConnector.offer_destination`)?

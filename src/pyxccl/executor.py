@@ -35,6 +35,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from .direct_plan import (
+    copy_at_once,
     direct_any,
     direct_plan,
     early_offers,
@@ -48,7 +49,7 @@ from .direct_plan import (
 from .dtypes import Kernels, trim_pair
 from .errors import CollectiveTimeout, MismatchError
 from .ir.program import Buf, Op, Program, ThreadBlock, inplace_alias
-from .paths import DIRECT
+from .paths import DIRECT, PUT
 from .single_copy import SingleCopySteps, SlicePut
 from .transport.base import RecvConnector, SendConnector
 from .transport.doorbell import Doorbell
@@ -184,6 +185,10 @@ class ProgramRun:
     def early_offers(self) -> list[tuple[bool, ...]]:
         """Per thread block, per step: is its destination offered at the call's start (:func:`pyxccl.direct_plan.early_offers`)?"""
         return early_offers(self.program, self.rank, self._alias_mode())
+
+    def copy_at_once(self) -> list[tuple[bool, ...]]:
+        """Per thread block, per step: may a local copy do every slice at its first turn (:func:`pyxccl.direct_plan.copy_at_once`)?"""
+        return copy_at_once(self.program, self.rank, self._alias_mode())
 
     def span_ok(self) -> list[tuple[bool, ...]]:
         """Per thread block, per step: may it write every later slice at once (:func:`pyxccl.direct_plan.span_ok`)?"""
@@ -351,6 +356,8 @@ class TBRunner(SingleCopySteps):
             # call at once (2), every slice written into the receiver (3)?
             by_path = (0, plan[i], mixed[i], put[i]) if plan and mixed and put else (0, 0, 0, 0)  # type: ignore[index]
             self._steps.append((st, src_p, dst_p, by_path, same))
+        # local copies that do every slice at their first turn (on the put path, not those a put writes from)
+        self._at_once = run.copy_at_once()[index] if run.geo.niters > 1 and index >= 0 else None
         # put steps that write from the destination of the copy before them (the same bytes, in the cache)
         self._put_src: dict[int, list[_Piece]] = {}
         if put is not None and 3 in put:
@@ -450,6 +457,9 @@ class TBRunner(SingleCopySteps):
         nbytes = cnt * m * run.dtype.itemsize
         if (direct or self._rread) and self._execute_direct(op, cnt, srcs, dsts, direct, o, m, nbytes):
             return
+        if self._at_once is not None and self._at_once[self.s] and not (run.path == PUT and self.s + 1 in self._put_src):
+            self._copy_rest(cnt, srcs, dsts, same, o)
+            return
         key = acts = None
         memo = self._memo
         if memo is not None:  # a repeated one-slice run: the same views every time a slot comes round
@@ -468,6 +478,17 @@ class TBRunner(SingleCopySteps):
             self.sendc.post(nbytes)  # type: ignore[union-attr]
         if op.receives:
             self.recvc.release()  # type: ignore[union-attr]
+
+    def _copy_rest(self, cnt: int, srcs, dsts, same: tuple | None, o: int) -> None:
+        """A local copy of this slice and every later one, at once; the step is skipped after this."""
+        rest = self.run.geo.ce - o
+        copy = self.run.kernels.copy
+        for j in range(cnt):
+            if not same[j]:  # type: ignore[index]
+                dst, src = trim_pair(dsts[j].view(o, rest), srcs[j].view(o, rest))
+                if dst.size:
+                    copy(dst, src)
+        self._span_done(True)
 
     def _actions(self, op: Op, cnt: int, srcs, dsts, same: tuple | None, o: int, m: int,
                  nbytes: int) -> list[tuple[Callable, tuple]]:
