@@ -11,11 +11,11 @@ call) against numpy, on the slot path and by single copy.
 from __future__ import annotations
 
 import pytest
-
 from _algo_jobs import job_catalogue
+
 from pyxccl import algorithms
 from pyxccl.direct_plan import copy_at_once
-from pyxccl.ir.program import Buf, Op, inplace_alias
+from pyxccl.ir.program import Op, inplace_alias
 
 COLLS = ("allreduce", "allgather", "reducescatter", "broadcast", "reduce", "alltoall")
 

@@ -228,17 +228,25 @@ def _plan_span(program: Program, rank: int, mode: str | None) -> list[tuple[bool
 
 
 def _plan_span_ok(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+    alone = _alone(program, rank, mode)
+    return _step_table(program, rank, lambda st, me: mode is not None and st.op is Op.RECV and
+                       alone(st.dstbuf, st.dstoff, st.cnt, me))
+
+
+def _alone(program: Program, rank: int, mode: str | None) -> Callable[[Buf, int, int, int], bool]:
+    """``alone(buf, off, cnt, me)``: chunks ``off``.. ``off + cnt`` of ``buf`` are read or written by
+    no step of ``rank`` but step ``me`` (numbered through the thread blocks)."""
     canon = _canon(program, rank, mode)
     touching = _touching(program, rank, mode, reads=True) if mode is not None else {}
-    plan = []
-    me = 0
+    return lambda buf, off, cnt, me: all(touching.get(canon(buf, off + j), [me]) == [me] for j in range(cnt))
+
+
+def _step_table(program: Program, rank: int, flag: Callable) -> list[tuple[bool, ...]]:
+    """Per thread block of ``rank``, per step: ``flag(step, n)``, n numbering the steps through the thread blocks."""
+    plan, n = [], 0
     for tb in program.ranks[rank].tbs:
-        flags = []
-        for st in tb.steps:
-            flags.append(mode is not None and st.op is Op.RECV and
-                         all(touching.get(canon(st.dstbuf, st.dstoff + j), [me]) == [me] for j in range(st.cnt)))
-            me += 1
-        plan.append(tuple(flags))
+        plan.append(tuple(flag(st, n + i) for i, st in enumerate(tb.steps)))
+        n += len(tb.steps)
     return plan
 
 
@@ -257,19 +265,11 @@ def copy_at_once(program: Program, rank: int, mode: str | None) -> list[tuple[bo
 
 def _plan_copy_once(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
     canon = _canon(program, rank, mode)
-    touching = _touching(program, rank, mode, reads=True) if mode is not None else {}
     writers = _touching(program, rank, mode, reads=False) if mode is not None else {}
-    plan = []
-    me = 0
-    for tb in program.ranks[rank].tbs:
-        flags = []
-        for st in tb.steps:
-            flags.append(mode is not None and st.op is Op.COPY and st.srcbuf is not None and
-                         not any(writers.get(canon(st.srcbuf, st.srcoff + j)) for j in range(st.cnt)) and
-                         all(touching.get(canon(st.dstbuf, st.dstoff + j), [me]) == [me] for j in range(st.cnt)))
-            me += 1
-        plan.append(tuple(flags))
-    return plan
+    alone = _alone(program, rank, mode)
+    return _step_table(program, rank, lambda st, me: mode is not None and st.op is Op.COPY and st.srcbuf is not None
+                       and not any(writers.get(canon(st.srcbuf, st.srcoff + j)) for j in range(st.cnt))
+                       and alone(st.dstbuf, st.dstoff, st.cnt, me))
 
 
 def early_offers(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
