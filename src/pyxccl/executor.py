@@ -458,7 +458,9 @@ class TBRunner(SingleCopySteps):
         if (direct or self._rread) and self._execute_direct(op, cnt, srcs, dsts, direct, o, m, nbytes):
             return
         if self._at_once is not None and self._at_once[self.s] and not (run.path == PUT and self.s + 1 in self._put_src):
-            self._copy_rest(cnt, srcs, dsts, same, o)
+            for fn, args in self._actions(op, cnt, srcs, dsts, same, o, g.ce - o, 0):  # this slice and every later one
+                fn(*args)
+            self._span_done(True)  # the step is skipped for the later slices
             return
         key = acts = None
         memo = self._memo
@@ -478,17 +480,6 @@ class TBRunner(SingleCopySteps):
             self.sendc.post(nbytes)  # type: ignore[union-attr]
         if op.receives:
             self.recvc.release()  # type: ignore[union-attr]
-
-    def _copy_rest(self, cnt: int, srcs, dsts, same: tuple | None, o: int) -> None:
-        """A local copy of this slice and every later one, at once; the step is skipped after this."""
-        rest = self.run.geo.ce - o
-        copy = self.run.kernels.copy
-        for j in range(cnt):
-            if not same[j]:  # type: ignore[index]
-                dst, src = trim_pair(dsts[j].view(o, rest), srcs[j].view(o, rest))
-                if dst.size:
-                    copy(dst, src)
-        self._span_done(True)
 
     def _actions(self, op: Op, cnt: int, srcs, dsts, same: tuple | None, o: int, m: int,
                  nbytes: int) -> list[tuple[Callable, tuple]]:
