@@ -190,17 +190,13 @@ def multichannel_cases(coll: str, n: int) -> list:
     return catalogue_cases(coll, n)[:4]
 
 
-def job_catalogue(comm: Any, coll: str, host_layouts: list, seed: int = 11, skip: tuple = (),
-                  only: tuple = ()) -> list[str]:
+def job_catalogue(comm: Any, coll: str, host_layouts: list, seed: int = 11) -> list[str]:
     """Every registered algorithm of ``coll`` (host-aware ones once per layout in ``host_layouts``),
-    on one channel, and a few calls on 3 channels (programs passed as ``algorithm=``); without
-    the names in ``skip``, or only those in ``only`` when given."""
+    on one channel, and a few calls on 3 channels (programs passed as ``algorithm=``)."""
     from pyxccl import algorithms
     failures: list[str] = []
     cases = catalogue_cases(coll, comm.size)
     for name in algorithms.names(coll):
-        if name in skip or (only and name not in only):
-            continue
         algo = algorithms.get(coll, name)
         if algo.host_aware:
             for i, hosts in enumerate(host_layouts):

@@ -423,6 +423,13 @@ def job_spans(comm, count: int = 70001) -> list[str]:
         got = buf if mixed else np.zeros(count, np.float32)
         comm.broadcast(buf, None if mixed else got, root=root)
         fails += harness.expect_equal(f"broadcast #{rep}", got, blocks[root] + rep)
+    # a spanned step still waits for its dependencies: in the pairwise all-to-all on 3+ ranks a
+    # copy out of scratch is ordered after the scratch receive only through the send before it,
+    # which moved every slice at once (later slices were copied before they arrived, session 8)
+    send = np.concatenate([base + 10 * q + r for q in range(n)])
+    got = np.full(n * count, -1, np.float32)
+    comm.all_to_all(send, got, algorithm="pairwise")
+    fails += harness.expect_equal("pairwise alltoall", got, np.concatenate([base + 10 * r + q for q in range(n)]))
     return fails
 
 

@@ -418,11 +418,13 @@ class TBRunner(SingleCopySteps):
                 return True
             st, srcs, dsts, by_path, same = self._steps[self.s]
             direct = by_path[run.path]
+            # a step waits for its dependencies even once it moved every slice (spanned): the steps
+            # after it in this thread block are ordered after them through it
+            for dtb, dstep in st.deps:
+                if done[dtb] < self.it * nsteps[dtb] + dstep + 1:
+                    return progressed
             spanned = self._spanned[self.s] if self._spanned is not None else False
             if spanned is not True:
-                for dtb, dstep in st.deps:
-                    if done[dtb] < self.it * nsteps[dtb] + dstep + 1:
-                        return progressed
                 op = st.op
                 if spanned:  # type: ignore[truthy-bool]
                     if type(spanned) is SlicePut:
