@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import mmap
+import os
+import resource
+import tempfile
 import threading
 import time
 
@@ -15,7 +19,7 @@ from pyxccl.dtypes import DTYPES, dtype_of, op_of, postdivide, premul_sum, presc
 from pyxccl.errors import ConfigError, InvalidArgument
 from pyxccl.executor import Geometry
 from pyxccl.transport.doorbell import Doorbell
-from pyxccl.transport.slots import RingRecvConnector, RingSendConnector, SlotRing
+from pyxccl.transport.slots import RingRecvConnector, RingSendConnector, SlotRing, map_ring, ring_bytes
 
 
 def test_config_parses_and_rejects():
@@ -98,6 +102,29 @@ def test_slot_ring_moves_slots_in_order_with_bounded_flight():
         assert rx.ready() and rx.buffer().tolist() == [i] * 4
         rx.release()
     assert not rx.ready() and tx.ready()
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MAP_POPULATE") or not os.path.isdir("/dev/shm"), reason="Linux shared memory")
+def test_ring_pages_are_mapped_when_the_ring_is():
+    """The first use of a slot takes no page faults (it used to take one per 4 KiB, in the copy)."""
+    size = ring_bytes(1 << 20, 2)
+    fd, path = tempfile.mkstemp(dir="/dev/shm", prefix="pyxccl-test-ring-")
+    try:
+        os.posix_fallocate(fd, 0, size)
+        mems = [map_ring(fd, size), mmap.mmap(fd, size)]  # populated, and plain for contrast
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    faults = []
+    for mem in mems:
+        data = np.frombuffer(mem, np.uint8)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        data[::4096] = 1  # one write per page
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        del data
+        mem.close()
+    pages = size // 4096
+    assert faults[0] < pages // 16 and faults[1] > pages // 2, faults
 
 
 @pytest.mark.parametrize("count,k,slot,cnt,item,expect", [

@@ -34,7 +34,7 @@ from ...errors import TransportError
 from .. import cma
 from ..base import RecvConnector, SendConnector, Transport
 from ..doorbell import PROGRESS_WRITER, Doorbell, attach_shared
-from ..slots import CMA_OFF, CMA_OK, RingRecvConnector, RingSendConnector, SlotRing, ring_bytes
+from ..slots import CMA_OFF, CMA_OK, RingRecvConnector, RingSendConnector, SlotRing, map_ring, ring_bytes
 
 SHM_DIR = "/dev/shm"
 _OWNER = re.compile(r"^pyxccl-.*-p(\d+)\.(\d+)$")
@@ -206,8 +206,13 @@ class ShmTransport(Transport):
             os.unlink(path)  # left over by a crashed run of the same communicator id
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            os.ftruncate(fd, size)
-            mem = mmap.mmap(fd, size)
+            try:
+                os.posix_fallocate(fd, 0, size)  # the memory now: a full /dev/shm fails here, not mid-call
+            except OSError as exc:
+                os.unlink(path)
+                raise TransportError(f"shm: cannot allocate {size} bytes for the ring {path} (is /dev/shm full? "
+                                     f"PYXCCL_SLOT_BYTES / PYXCCL_NSLOTS make rings smaller): {exc}") from exc
+            mem = map_ring(fd, size)
         finally:
             os.close(fd)
         self._created.append(path)
@@ -222,7 +227,7 @@ class ShmTransport(Transport):
         except OSError as exc:
             raise TransportError(f"shm: cannot open the ring {path} a peer created: {exc}") from exc
         try:
-            mem = mmap.mmap(fd, size)
+            mem = map_ring(fd, size)
         finally:
             os.close(fd)
         os.unlink(path)
