@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pyxccl.paths import (DIRECT, HISTORY, MAX_INTERVAL, MIN_INTERVAL, MIXED, PUT, SLOTS, TRY_BUDGET,
+from pyxccl.paths import (DIRECT, HISTORY, MAX_INTERVAL, MIN_INTERVAL, MIXED, PUT, SLOTS, TRY_BUDGET, TRY_CALLS,
                           PathChooser)
 
 NBYTES = 16 << 20
+T = TRY_CALLS
 
 
 def _run(chooser: PathChooser, key, cost: dict[int, float], calls: int) -> list[int]:
@@ -22,15 +23,18 @@ def _run(chooser: PathChooser, key, cost: dict[int, float], calls: int) -> list[
 def test_tries_both_then_keeps_the_faster_and_backs_off():
     c = PathChooser()
     key = c.key(object(), NBYTES)
-    taken = _run(c, key, {SLOTS: 1.0, DIRECT: 1.6}, 2 + 1000)
-    assert taken[:2] == [DIRECT, SLOTS]
-    rest = taken[2:]
-    tries = [i for i, p in enumerate(rest) if p == DIRECT]
-    assert rest.count(SLOTS) > 990 and tries  # mostly the faster path, the other tried now and then
+    taken = _run(c, key, {SLOTS: 1.0, DIRECT: 1.6}, 2 * T + 1000)
+    assert taken[:2 * T] == [DIRECT] * T + [SLOTS] * T  # each measured over TRY_CALLS calls
+    rest = taken[2 * T:]
+    tries = [i for i, p in enumerate(rest) if p == DIRECT and (i == 0 or rest[i - 1] != DIRECT)]  # their starts
+    assert rest.count(SLOTS) > 980 and tries  # mostly the faster path, the other tried now and then
+    assert rest.count(DIRECT) == T * len(tries)  # a try is TRY_CALLS calls in a row
     gaps = [b - a for a, b in zip(tries, tries[1:])]
-    assert gaps == sorted(gaps) and gaps[-1] == MAX_INTERVAL  # each losing try doubles the interval
-    # the first try is as far away as single copy is slower: 60 % behind, tried after 0.6 / TRY_BUDGET calls
-    assert tries[0] == round(0.6 / TRY_BUDGET) - 1 and gaps[0] == 2 * round(0.6 / TRY_BUDGET)
+    # each losing try doubles the interval (counted from the try's last call)
+    assert gaps == sorted(gaps) and gaps[-1] == MAX_INTERVAL + T - 1
+    # the first try is as far away as single copy is slower: 60 % behind, tried after
+    # T * 0.6 / TRY_BUDGET calls (a try costs TRY_CALLS calls of the slower path)
+    assert tries[0] == round(T * 0.6 / TRY_BUDGET) - 1 and gaps[0] == 2 * round(T * 0.6 / TRY_BUDGET) + T - 1
 
 
 def test_follows_the_machine_when_it_changes():
@@ -87,11 +91,11 @@ def test_keys_are_per_program_and_size_class():
 def test_three_paths_each_once_then_the_fastest_and_tries_of_both_others():
     c = PathChooser()
     key = c.key(object(), NBYTES)
-    taken = _run(c, key, {SLOTS: 1.0, DIRECT: 1.6, MIXED: 0.9}, 3 + 200)
-    assert taken[:3] == [DIRECT, SLOTS, MIXED] and c.best(key) == MIXED
-    rest = taken[3:]
+    taken = _run(c, key, {SLOTS: 1.0, DIRECT: 1.6, MIXED: 0.9}, 3 * T + 200)
+    assert taken[:3 * T] == [DIRECT] * T + [SLOTS] * T + [MIXED] * T and c.best(key) == MIXED
+    rest = taken[3 * T:]
     tries = [p for p in rest if p != MIXED]
-    assert rest.count(MIXED) > 190 and SLOTS in tries and DIRECT in tries  # both others are tried
+    assert rest.count(MIXED) > 180 and SLOTS in tries and DIRECT in tries  # both others are tried
     # each on its own schedule: single copy, 78 % behind, less often than the slots, 11 % behind
     assert 0 < tries.count(DIRECT) < tries.count(SLOTS)
     # the mix gets slow: the next best measured path takes over within HISTORY calls
@@ -102,10 +106,28 @@ def test_three_paths_each_once_then_the_fastest_and_tries_of_both_others():
 def test_four_paths_the_put_wins_and_the_others_are_tried_in_turn():
     c = PathChooser()
     key = c.key(object(), NBYTES)
-    taken = _run(c, key, {SLOTS: 1.0, DIRECT: 1.6, MIXED: 1.2, PUT: 0.8}, 4 + 300)
-    assert taken[:4] == [DIRECT, SLOTS, MIXED, PUT] and c.best(key) == PUT
-    tries = [p for p in taken[4:] if p != PUT]
-    assert {SLOTS, DIRECT, MIXED} <= set(tries[:3]) and len(tries) < 30
+    taken = _run(c, key, {SLOTS: 1.0, DIRECT: 1.6, MIXED: 1.2, PUT: 0.8}, 4 * T + 300)
+    assert taken[:4 * T] == [DIRECT] * T + [SLOTS] * T + [MIXED] * T + [PUT] * T and c.best(key) == PUT
+    tries = [p for p in taken[4 * T:] if p != PUT]
+    assert {SLOTS, DIRECT, MIXED} <= set(tries[:3 * T]) and len(tries) < 30 * T
+
+
+def test_a_path_slow_on_its_first_call_after_another_still_wins():
+    """The first call of a path after calls of another runs cold (here the slots at 2x their
+    own speed, single copy at 1.1x): a try of one call would never see that the slots are
+    faster; the try's last call does."""
+    c = PathChooser()
+    key = c.key(object(), NBYTES)
+    steady = {SLOTS: 1.0, DIRECT: 1.6}
+    cold = {SLOTS: 2.0, DIRECT: 1.1}
+    last: list[int | None] = [None]
+    taken = []
+    for _ in range(40):
+        path = c.choose(key)
+        c.record(key, path, steady[path] * (cold[path] if path != last[0] else 1.0), NBYTES)
+        last[0] = path
+        taken.append(path)
+    assert c.best(key) == SLOTS and taken[-30:].count(SLOTS) == 30
 
 
 def test_candidates_are_the_paths_that_differ():

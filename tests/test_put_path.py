@@ -168,15 +168,16 @@ def job_put(comm, counts=(1, 3001, 70001), late: bool = False) -> list[str]:
 
 
 def job_put_is_tried(comm, count: int = 70001) -> list[str]:
-    """PYXCCL_CMA=auto: a 2-rank all-gather has the put path among its candidates; by the fourth
-    call each of single copy, the slots and the put has run once, with exact results (timed by
-    the rank that decides: :mod:`pyxccl.path_board`)."""
-    from pyxccl.paths import PUT
+    """PYXCCL_CMA=auto: a 2-rank all-gather has the put path among its candidates; within its
+    first calls each of single copy, the slots and the put has been measured (a try of
+    ``TRY_CALLS`` calls each), with exact results (timed by the rank that decides:
+    :mod:`pyxccl.path_board`)."""
+    from pyxccl.paths import PUT, TRY_CALLS
 
     r, n = comm.rank, comm.size
     fails: list[str] = []
     x = np.arange(count, dtype=np.float32)
-    for i in range(4):
+    for i in range(3 * TRY_CALLS + 1):
         out = np.zeros(n * count, np.float32)
         comm.all_gather(x + r + i, out)
         fails += harness.expect_equal(f"allgather #{i}", out, np.concatenate([x + q + i for q in range(n)]))

@@ -410,7 +410,7 @@ def job_spans(comm, count: int = 70001) -> list[str]:
     if n == 2 and os.environ.get("PYXCCL_CMA") == "1" and not 1 <= reads <= 2:  # one per channel: 1 or 2 here
         fails.append(f"allgather of {count} took {reads} descriptor reads, not one per channel")
     mixed = r % 2 == 1
-    for rep in range(2):  # twice: the second call may go through the slots (PYXCCL_CMA=auto)
+    for rep in range(3):  # the third call of a kind goes through the slots under PYXCCL_CMA=auto (paths.TRY_CALLS)
         send = np.concatenate([base + 10 * q + r + rep for q in range(n)])
         want = np.concatenate([base + 10 * r + q + rep for q in range(n)])
         got = harness.all_to_all_aliased(comm, send, mixed)
@@ -462,14 +462,15 @@ def job_mixed_path(comm, count: int = 70001) -> list[str]:
 
 def job_mixed_is_tried_across_thread_blocks(comm, count: int = 70001) -> list[str]:
     """PYXCCL_CMA=auto, tree all-reduce on 2 ranks: rank 0 sends what its peer reduces from one
-    thread block and forwards reduced data from another; the mixed path differs there, so its
-    third call goes mixed (before the fix only differences within one thread block counted)."""
-    from pyxccl.paths import MIXED
+    thread block and forwards reduced data from another; the mixed path differs there, so it is
+    measured after single copy and the slots (before the fix only differences within one thread
+    block counted)."""
+    from pyxccl.paths import MIXED, TRY_CALLS
 
     r, n = comm.rank, comm.size
     fails: list[str] = []
     base = np.arange(n * count, dtype=np.float32)
-    for i in range(3):  # out of place: in place, the input's sends are overwritten later and never go by descriptor
+    for i in range(3 * TRY_CALLS):  # out of place: in place, the input's sends are overwritten later and never go by descriptor
         out = np.zeros(n * count, np.float32)
         comm.all_reduce(base + r + i, out, algorithm="tree")
         fails += harness.expect_equal(f"tree allreduce #{i}", out, n * (base + i) + n * (n - 1) / 2)
@@ -507,7 +508,8 @@ def job_split_rest(comm, count: int = 70001) -> list[str]:
 
 def job_repeats_are_measured(comm, count: int = 8000) -> list[str]:
     """Repeated small calls with the same arrays (served by pyxccl.repeat) go through the path
-    chooser like any other: the first by descriptor, the next through the slots, then the faster."""
+    chooser like any other: the first two by descriptor, the next two through the slots (a
+    measurement is ``paths.TRY_CALLS`` calls), then the faster."""
     r, n = comm.rank, comm.size
     fails: list[str] = []
     x = np.arange(count, dtype=np.float32) + r

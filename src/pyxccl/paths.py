@@ -37,8 +37,13 @@ than its lag behind the best allows (:data:`TRY_BUDGET`: a path 2.5x slower is t
 150 calls, not every 8). With one interval shared by all paths, a close second (the put, a
 few % from single copy, winning some tries) kept resetting it, and every other try went to
 the slots at 2.5x the time: ``auto`` ran 5-10 % behind the best fixed path on the 2-rank
-exchanges (``docs/performance.md``). The first call of a kind goes by single copy, the second through the slots, the
-third mixed and the fourth by puts (where those are candidates).
+exchanges (``docs/performance.md``). A try, and a path's first measurement, is
+:data:`TRY_CALLS` calls in a row of which only the last counts: the first call of a path after
+calls of another runs cold (its slots and their cache lines idle; 2-rank allreduce of 1 MiB
+through the slots: about 150 µs on the first and second call after single copy, 116 µs from
+the third), and a try of one call never saw the path's own speed. The first two calls of a
+kind go by single copy, the next two through the slots, then mixed and by puts (where those
+are candidates).
 
 The ranks of a host take the same path in each call: the host's lowest rank decides and
 publishes, the others follow (:mod:`pyxccl.path_board`); receivers read whatever arrives,
@@ -63,11 +68,12 @@ MAX_INTERVAL = 256  # at most, however far behind a path is
 TRY_BUDGET = 0.01  # a path x times slower than the best is tried at most every (x - 1) / TRY_BUDGET calls
 MAX_KEYS = 256
 HISTORY = 3  # calls per path whose fastest is that path's cost
+TRY_CALLS = 2  # calls in a row per try (and per first measurement); only the last is recorded
 _MARGIN = 1.03  # a path not in use must be this much faster to take over
 
 
 class _Record:
-    __slots__ = ("samples", "cost", "best", "calls", "interval", "due", "trying", "seq", "board_key")
+    __slots__ = ("samples", "cost", "best", "calls", "interval", "due", "trying", "left", "seq", "board_key")
 
     def __init__(self, board_key: int = 0) -> None:
         self.samples: list[list[float]] = [[] for _ in range(NPATHS)]  # seconds per byte of the last calls, per path
@@ -76,17 +82,20 @@ class _Record:
         self.calls = 0  # calls counted once every candidate was measured
         self.interval = [MIN_INTERVAL] * NPATHS  # per path: calls between its tries
         self.due = [0] * NPATHS  # per path: the count of calls at which it is tried next
-        self.trying: int | None = None  # the path this call tries
+        self.trying: int | None = None  # the path this call tries (or measures for the first time)
+        self.left = 0  # calls of that try still to come after this one
         self.seq = 0  # calls of this key, all of them (the board's call number)
         self.board_key = board_key
 
 
 def _pick(rec: _Record, candidates: tuple[int, ...], ran: int | None = None) -> tuple[int, bool, bool]:
-    """What :meth:`PathChooser.choose` gives next for ``rec``, as (path, counted, a try); ``ran``:
+    """What :meth:`PathChooser.choose` gives next for ``rec``, as (path, counted, a new try); ``ran``:
     a path chosen since whose time is not recorded yet (for a forecast), taken as measured."""
+    if rec.left and rec.trying in candidates:  # a try goes on
+        return rec.trying, rec.cost[rec.trying] is not None, False  # type: ignore[return-value]
     for path in candidates:
         if rec.cost[path] is None and path != ran:
-            return path, False, False
+            return path, False, True
     best = rec.best if rec.best in candidates else _fastest(rec, candidates)
     due = [p for p in candidates if p != best and rec.due[p] <= rec.calls + 1]
     if due:
@@ -103,10 +112,11 @@ _INF = float("inf")
 
 def _schedule(rec: _Record, path: int, interval: int) -> None:
     """Try ``path`` (not the best) again after ``interval`` calls, or later as far as it is slower
-    than the best (:data:`TRY_BUDGET`), within :data:`MIN_INTERVAL`..:data:`MAX_INTERVAL`."""
+    than the best (:data:`TRY_BUDGET`, for the :data:`TRY_CALLS` calls of a try), within
+    :data:`MIN_INTERVAL`..:data:`MAX_INTERVAL`."""
     cost, best = rec.cost[path], rec.cost[rec.best]
     if cost is not None and best:
-        interval = max(interval, round((cost / best - 1.0) / TRY_BUDGET))
+        interval = max(interval, round(TRY_CALLS * (cost / best - 1.0) / TRY_BUDGET))
     rec.interval[path] = interval = min(max(interval, MIN_INTERVAL), MAX_INTERVAL)
     rec.due[path] = rec.calls + interval
 
@@ -144,15 +154,20 @@ class PathChooser:
         return rec
 
     def choose(self, key: tuple, candidates: tuple[int, ...] = TWO_PATHS) -> int:
-        """The path of the next call of ``key`` among ``candidates``: each once first (in their
-        order), then the fastest, with a try of another where its interval has passed."""
+        """The path of the next call of ``key`` among ``candidates``: each measured first (in their
+        order), then the fastest, with a try of another where its interval has passed (a
+        measurement and a try are :data:`TRY_CALLS` calls in a row)."""
         rec = self._record(key)
+        going_on = rec.left and rec.trying in candidates
         path, counted, trying = _pick(rec, candidates)
-        rec.trying = path if trying else None
+        if going_on:
+            rec.left -= 1
+        else:
+            rec.trying, rec.left = (path, TRY_CALLS - 1) if trying else (None, 0)
         if counted:
             rec.calls += 1
             rec.best = rec.best if rec.best in candidates else _fastest(rec, candidates)
-        if trying:  # not again before its interval, whatever this try's time (the forecast relies on it)
+        if trying and rec.cost[path] is not None:  # not again before its interval, whatever this try's time
             rec.due[path] = rec.calls + rec.interval[path]
         return path
 
@@ -166,8 +181,11 @@ class PathChooser:
         rec = self._records.get(key)
         if rec is None or nbytes <= 0:
             return
-        history = rec.samples[path]
         tried = rec.trying == path
+        if tried and rec.left:  # a try's first calls warm the path up: not recorded
+            return
+        first = rec.cost[path] is None
+        history = rec.samples[path]
         if tried:  # a tried path starts afresh: its old times are stale
             history.clear()
         history.append(seconds / nbytes)
@@ -187,7 +205,7 @@ class PathChooser:
         if best != old:  # the path that lost the lead is tried again soon
             _schedule(rec, old, MIN_INTERVAL)
         if path != best and (tried or rec.calls == 0):  # a losing try (backs off), or a first measurement
-            _schedule(rec, path, 2 * rec.interval[path] if tried else MIN_INTERVAL)
+            _schedule(rec, path, MIN_INTERVAL if first else 2 * rec.interval[path])
 
     def drive(self, run: Any, nbytes: int, drive: Callable[[], None]) -> None:
         """Run ``drive()`` (the call of ``run``, a :class:`~pyxccl.executor.ProgramRun` moving
