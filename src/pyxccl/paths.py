@@ -39,11 +39,12 @@ few % from single copy, winning some tries) kept resetting it, and every other t
 the slots at 2.5x the time: ``auto`` ran 5-10 % behind the best fixed path on the 2-rank
 exchanges (``docs/performance.md``). A try, and a path's first measurement, is
 :data:`TRY_CALLS` calls in a row of which only the last counts: the first call of a path after
-calls of another runs cold (its slots and their cache lines idle; 2-rank allreduce of 1 MiB
-through the slots: about 150 µs on the first and second call after single copy, 116 µs from
-the third), and a try of one call never saw the path's own speed. The first two calls of a
-kind go by single copy, the next two through the slots, then mixed and by puts (where those
-are candidates).
+calls of another runs cold (its slots and their cache lines idle: a 2-rank all-gather of 1 MiB
+through the slots took 71 µs on the first call after single copy, 66-68 on the next), and
+before the rings' pages were mapped up front (:func:`pyxccl.transport.slots.map_ring`) the
+first use of each slot took 500-750 µs in page faults: one-call tries saw that, not the
+path's own speed. The first two calls of a kind go by single copy, the next two through the
+slots, then mixed and by puts (where those are candidates).
 
 The ranks of a host take the same path in each call: the host's lowest rank decides and
 publishes, the others follow (:mod:`pyxccl.path_board`); receivers read whatever arrives,
