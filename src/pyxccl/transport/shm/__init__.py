@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import mmap
 import os
 import re
 import time
