@@ -159,12 +159,13 @@ class PathChooser:
         order), then the fastest, with a try of another where its interval has passed (a
         measurement and a try are :data:`TRY_CALLS` calls in a row)."""
         rec = self._record(key)
-        going_on = rec.left and rec.trying in candidates
         path, counted, trying = _pick(rec, candidates)
-        if going_on:
+        if trying:
+            rec.trying, rec.left = path, TRY_CALLS - 1
+        elif rec.left and path == rec.trying:  # the try goes on (_pick gives that first)
             rec.left -= 1
         else:
-            rec.trying, rec.left = (path, TRY_CALLS - 1) if trying else (None, 0)
+            rec.trying, rec.left = None, 0
         if counted:
             rec.calls += 1
             rec.best = rec.best if rec.best in candidates else _fastest(rec, candidates)
@@ -205,7 +206,7 @@ class PathChooser:
         rec.best = best
         if best != old:  # the path that lost the lead is tried again soon
             _schedule(rec, old, MIN_INTERVAL)
-        if path != best and (tried or rec.calls == 0):  # a losing try (backs off), or a first measurement
+        if path != best and tried:  # a first measurement, or a losing try (backs off)
             _schedule(rec, path, MIN_INTERVAL if first else 2 * rec.interval[path])
 
     def drive(self, run: Any, nbytes: int, drive: Callable[[], None]) -> None:

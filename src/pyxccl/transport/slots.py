@@ -92,8 +92,8 @@ class SlotRing:
     @classmethod
     def allocate(cls, slot_bytes: int, nslots: int) -> "SlotRing":
         """A ring in private memory (threads of one process)."""
-        return cls(mmap.mmap(-1, ring_bytes(slot_bytes, nslots), flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS | _POPULATE),
-                   slot_bytes, nslots)
+        mem = mmap.mmap(-1, ring_bytes(slot_bytes, nslots), flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS | _POPULATE)
+        return cls(mem, slot_bytes, nslots)
 
 
 class RingSendConnector(SendConnector):
