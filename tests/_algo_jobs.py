@@ -212,6 +212,27 @@ def job_catalogue(comm: Any, coll: str, host_layouts: list, seed: int = 11) -> l
     return failures
 
 
+def job_catalogue_streamed(comm: Any, coll: str) -> list[str]:
+    """:func:`job_catalogue`, counting the copies that went through the streaming loop: every rank
+    must have streamed some (``coll`` one whose ranks all copy their own block at once; the
+    environment sets ``PYXCCL_STREAM_MIN_BYTES`` low)."""
+    from pyxccl import stream_copy
+    real, streamed = stream_copy.copy_bytes, []
+
+    def counting(dst: int, src: int, n: int) -> None:
+        streamed.append(n)
+        real(dst, src, n)
+
+    stream_copy.copy_bytes = counting
+    try:
+        failures = job_catalogue(comm, coll, host_layouts=[])
+    finally:
+        stream_copy.copy_bytes = real
+    if not streamed:
+        failures.append(f"{coll}: no copy was streamed")
+    return failures
+
+
 def job_default_selection(comm: Any) -> list[str]:
     """Calls without algorithm= go through the tuner (whatever it picks must be right)."""
     failures: list[str] = []

@@ -5,15 +5,16 @@ aliasings, against the safety property written out again here over the chunks ea
 reads and writes (not with the module's own helpers): a flagged copy's source is written by
 no step of the rank, and its destination is read or written by no other step. Then every
 algorithm of the collectives that have such copies runs with 16 KiB slots (many slices per
-call) against numpy, on the slot path and by single copy.
+call) against numpy, on the slot path and by single copy, and once more with every such copy
+streamed past the cache (:mod:`pyxccl.stream_copy`).
 """
 
 from __future__ import annotations
 
 import pytest
-from _algo_jobs import job_catalogue
+from _algo_jobs import job_catalogue, job_catalogue_streamed
 
-from pyxccl import algorithms
+from pyxccl import algorithms, stream_copy
 from pyxccl.direct_plan import copy_at_once
 from pyxccl.ir.program import Op, inplace_alias
 
@@ -96,3 +97,11 @@ MANY_SLICES = {"PYXCCL_SLOT_BYTES": "16K", "PYXCCL_CMA_MIN_BYTES": "1K"}
 def test_every_algorithm_with_many_slices(env_pools, nranks, coll, path):
     pool = env_pools(nranks, PYXCCL_CMA=path, **MANY_SLICES)
     pool.check(job_catalogue, coll=coll, host_layouts=[], deadline=240)
+
+
+@pytest.mark.skipif(not stream_copy.available(), reason="llvmlite is not installed (pyxccl[fast])")
+@pytest.mark.parametrize("coll", ("allgather", "alltoall"))  # every rank copies its own block
+@pytest.mark.parametrize("nranks", (2, 3))
+def test_every_algorithm_with_streamed_copies(env_pools, nranks, coll):
+    pool = env_pools(nranks, PYXCCL_CMA="1", PYXCCL_STREAM_MIN_BYTES="1K", **MANY_SLICES)
+    pool.check(job_catalogue_streamed, coll=coll, deadline=240)

@@ -27,6 +27,11 @@ def _parse_bytes(text: str) -> int:
     return value
 
 
+def _bytes_or_zero(text: str) -> int:
+    """Like :func:`_parse_bytes`, and ``0`` (or ``off``) for never."""
+    return 0 if text.strip().lower() in ("0", "off") else _parse_bytes(text)
+
+
 def _parse_level(text: str) -> str:
     level = text.strip().upper()
     if level not in ("WARN", "INFO", "TRACE"):
@@ -109,6 +114,8 @@ class Config:
     """PYXCCL_CMA: same-host single copy (a receiver copies large messages straight from the sender's buffer with process_vm_readv): auto (default: per call, whichever of it, the shared slots, their mix and writes measured faster, see pyxccl.paths), 1 (whenever a step may), 0 (never: always the slots), mixed (only where the receiver does not reduce what arrives), put (like 1, and a rank that also receives writes a step's every slice into the receiver where it offered its destination at the call's start)."""
     cma_min_bytes: int = 512 * 1024
     """PYXCCL_CMA_MIN_BYTES: smallest step (bytes per slot) that goes by single copy (smaller ones measured slower than the slots)."""
+    stream_min_bytes: int = 8 * 1024 * 1024
+    """PYXCCL_STREAM_MIN_BYTES: smallest local copy of a whole block (every slice of a call at once) that bypasses the cache with non-temporal stores, where llvmlite is installed (pyxccl.stream_copy); 0: never."""
     spin_us: float = 1000.0
     """PYXCCL_SPIN_US: microseconds a waiter spins before it sleeps in the kernel."""
     socket_ifname: str = ""
@@ -148,6 +155,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "nchannels": ("PYXCCL_NCHANNELS", _positive_int),
     "cma": ("PYXCCL_CMA", _parse_cma),
     "cma_min_bytes": ("PYXCCL_CMA_MIN_BYTES", _parse_bytes),
+    "stream_min_bytes": ("PYXCCL_STREAM_MIN_BYTES", _bytes_or_zero),
     "spin_us": ("PYXCCL_SPIN_US", _non_negative_float),
     "socket_ifname": ("PYXCCL_SOCKET_IFNAME", str),
     "socket_nstreams": ("PYXCCL_SOCKET_NSTREAMS", _positive_int),

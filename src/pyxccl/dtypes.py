@@ -17,6 +17,7 @@ from typing import Callable
 import ml_dtypes
 import numpy as np
 
+from . import stream_copy
 from .errors import InvalidArgument
 
 
@@ -145,10 +146,12 @@ _UFUNC = {"sum": np.add, "avg": np.add, "premul_sum": np.add, "prod": np.multipl
 
 @dataclass(frozen=True)
 class Kernels:
-    """The per-device functions the executor calls: ``reduce(a, b, out)`` and ``copy(dst, src)``."""
+    """The per-device functions the executor calls: ``reduce(a, b, out)``, ``copy(dst, src)`` and
+    ``bulk_copy(dst, src)``, a copy of a whole block whose destination is not read again soon."""
 
     reduce: Reduce
     copy: Callable[[np.ndarray, np.ndarray], None]
+    bulk_copy: Callable[[np.ndarray, np.ndarray], None]
 
 
 def trim_pair(dst: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +167,7 @@ def kernels(op: ReduceOp, dtype: DType, device: str = "cpu") -> Kernels:
     """Kernels for one call; the only place that picks them per device."""
     if device != "cpu":
         raise InvalidArgument(f"device {device!r} has no kernels yet (CPU only in this version)")
-    return Kernels(reduce=_UFUNC[op.name], copy=np.copyto)  # type: ignore[arg-type]
+    return Kernels(reduce=_UFUNC[op.name], copy=np.copyto, bulk_copy=stream_copy.bulk_copy)  # type: ignore[arg-type]
 
 
 def prescale(array: np.ndarray, op: ReduceOp) -> np.ndarray:
