@@ -23,7 +23,7 @@ contiguous and llvmlite is installed; ``np.copyto`` otherwise.
 from __future__ import annotations
 
 import ctypes
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
