@@ -56,7 +56,10 @@ def test_bulk_copy_streams_large_contiguous_blocks_only(monkeypatch, streamed):
     stream_copy.bulk_copy(strided, src)  # not contiguous
     cast = np.zeros(3000, np.float64)
     stream_copy.bulk_copy(cast, src)  # another dtype: numpy casts
+    both = np.arange(6000, dtype=np.float32)
+    stream_copy.bulk_copy(both[1000:5000], both[:4000])  # overlapping: numpy moves it
     assert streamed == [12000]
+    assert np.array_equal(both[1000:5000], np.arange(4000, dtype=np.float32))
     assert np.array_equal(small, src[:1000]) and np.array_equal(strided, src) and np.array_equal(cast, src)
 
 
