@@ -460,9 +460,10 @@ class TBRunner(SingleCopySteps):
         if (direct or self._rread) and self._execute_direct(op, cnt, srcs, dsts, direct, o, m, nbytes):
             return
         if self._at_once is not None and self._at_once[self.s] and not (run.path == PUT and self.s + 1 in self._put_src):
-            copy, bulk = run.kernels.copy, run.kernels.bulk_copy  # a whole block: nobody reads it again soon
-            for fn, args in self._actions(op, cnt, srcs, dsts, same, o, g.ce - o, 0):  # this slice and every later one
-                (bulk if fn is copy else fn)(*args)
+            # only local copies go at once (direct_plan.copy_at_once): this slice and every later one, a
+            # whole block whose destination nobody reads again soon
+            for _, (dst, src) in self._actions(op, cnt, srcs, dsts, same, o, g.ce - o, 0):
+                run.kernels.bulk_copy(dst, src)
             self._span_done(True)  # the step is skipped for the later slices
             return
         key = acts = None
