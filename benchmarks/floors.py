@@ -40,7 +40,7 @@ import traceback
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-from pyxccl.transport import cma  # noqa: E402
+from pyxccl.transport.shm import cma  # noqa: E402
 
 PIECE = 1 << 20  # bytes per piece (pyxccl's slot size)
 PLANS = ("exchange", "exchange-put", "broadcast-read", "broadcast-split", "allreduce-slots", "allreduce-read")

@@ -216,7 +216,7 @@ def job_catalogue_streamed(comm: Any, coll: str) -> list[str]:
     """:func:`job_catalogue`, counting the copies that went through the streaming loop: every rank
     must have streamed some (``coll`` one whose ranks all copy their own block at once; the
     environment sets ``PYXCCL_STREAM_MIN_BYTES`` low)."""
-    from pyxccl import stream_copy
+    from pyxccl.runtime.kernels import nt_copy as stream_copy
     real, streamed = stream_copy.copy_bytes, []
 
     def counting(dst: int, src: int, n: int) -> None:

@@ -6,7 +6,7 @@ reads and writes (not with the module's own helpers): a flagged copy's source is
 no step of the rank, and its destination is read or written by no other step. Then every
 algorithm of the collectives that have such copies runs with 16 KiB slots (many slices per
 call) against numpy, on the slot path and by single copy, and once more with every such copy
-streamed past the cache (:mod:`pyxccl.stream_copy`).
+streamed past the cache (:mod:`pyxccl.runtime.kernels.nt_copy`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from __future__ import annotations
 import pytest
 from _algo_jobs import job_catalogue, job_catalogue_streamed
 
-from pyxccl import algorithms, stream_copy
-from pyxccl.direct_plan import copy_at_once
+from pyxccl import algorithms
+from pyxccl.runtime.kernels import nt_copy as stream_copy
+from pyxccl.ir.passes.direct import copy_at_once
 from pyxccl.ir.program import Op, inplace_alias
 
 COLLS = ("allreduce", "allgather", "reducescatter", "broadcast", "reduce", "alltoall")

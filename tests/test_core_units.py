@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from pyxccl import config
-from pyxccl.arrays import as_buffer
-from pyxccl.dtypes import DTYPES, dtype_of, op_of, postdivide, premul_sum, prescale
+from pyxccl.memory.buffer import as_buffer
+from pyxccl.dtypes import DTYPES, dtype_of, op_of, premul_sum
+from pyxccl.runtime.kernels import postdivide, prescale
 from pyxccl.errors import ConfigError, InvalidArgument
-from pyxccl.executor import Geometry
+from pyxccl.runtime.host.executor import Geometry
 from pyxccl.transport.doorbell import Doorbell
 from pyxccl.transport.slots import RingRecvConnector, RingSendConnector, SlotRing, map_ring, ring_bytes
 

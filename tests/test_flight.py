@@ -21,7 +21,9 @@ import pytest
 from harness import SRC_DIR, expect_raises, fresh_comm
 
 import pyxccl
-from pyxccl import check, config, flight
+from pyxccl import config
+from pyxccl.reliability import mismatch as check
+from pyxccl.reliability import flight
 from pyxccl.cli import doctor
 
 HERE = os.path.abspath(__file__)
@@ -113,7 +115,7 @@ def test_pending_ops(pool, nranks):
 
 def test_recorder_ring_and_failure_state():
     fr = flight.FlightRecorder(size=3)
-    call = pyxccl.calls.plan_elementwise("allreduce", 0, 1, np.ones(7, np.float16), None, "max")
+    call = pyxccl.comm.checks.plan_elementwise("allreduce", 0, 1, np.ones(7, np.float16), None, "max")
     recs = []
     for s in range(1, 6):
         recs.append(fr.collective(s, call, "ring"))

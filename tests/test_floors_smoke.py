@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process_vm_readv is Linux only")
 def test_every_plan_moves_the_right_bytes():
-    from pyxccl.transport import cma
+    from pyxccl.transport.shm import cma
 
     if not cma.available():
         pytest.skip("process_vm_readv is not available")

@@ -32,7 +32,7 @@ from pyxccl.bootstrap import ring as ring_mod
 from pyxccl.bootstrap import root as root_mod
 from pyxccl.bootstrap import store as store_mod
 from pyxccl.errors import InvalidArgument, MismatchError, PeerLostError, PyxcclError, TransportError
-from pyxccl.p2p_runner import P2PRunner
+from pyxccl.runtime.host.p2p import P2PRunner
 from pyxccl.rpc import codec
 from pyxccl.rpc import wire as rpc_wire
 from pyxccl.rpc.errors import ProtocolError

@@ -1,4 +1,4 @@
-"""One path choice per host (pyxccl.path_board): the host's lowest rank decides, the others follow.
+"""One path choice per host (pyxccl.runtime.host.path_board): the host's lowest rank decides, the others follow.
 
 The board's entries (the call number, its path and the forecast of the next); a leader and a
 follower sharing a board in one process, the follower ahead of the leader and behind it; and
@@ -15,9 +15,9 @@ import harness
 import numpy as np
 import pytest
 
-from pyxccl.path_board import ENTRIES, Board, board_key
-from pyxccl.paths import DIRECT, MIXED, PUT, SLOTS, TRY_CALLS, PathChooser
-from pyxccl.transport import cma
+from pyxccl.runtime.host.path_board import ENTRIES, Board, board_key
+from pyxccl.runtime.host.path_choice import DIRECT, MIXED, PUT, SLOTS, TRY_CALLS, PathChooser
+from pyxccl.transport.shm import cma
 
 NBYTES = 16 << 20
 
@@ -48,7 +48,7 @@ def test_keys_agree_between_processes_and_a_small_area_is_refused():
 
 
 class _Run:
-    """A stand-in for :class:`pyxccl.executor.ProgramRun`: its program and the candidates it offers."""
+    """A stand-in for :class:`pyxccl.runtime.host.executor.ProgramRun`: its program and the candidates it offers."""
 
     def __init__(self, program: object) -> None:
         self.program, self.mixed_differs, self.put_differs, self.path = program, False, True, DIRECT
@@ -69,7 +69,7 @@ def test_the_follower_takes_the_leaders_path(monkeypatch, follower_first):
     assert leader.leads and not follower.leads and PathChooser().leads
     program = object()
     clock = [0.0]
-    monkeypatch.setattr("pyxccl.paths.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr("pyxccl.runtime.host.path_choice.time.perf_counter", lambda: clock[0])
     runs = {leader: _Run(program), follower: _Run(program)}
     taken: dict[PathChooser, list[int]] = {leader: [], follower: []}
 

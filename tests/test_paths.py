@@ -1,8 +1,8 @@
-"""The per-call choice between slots and single copy (pyxccl.paths), on a simulated machine."""
+"""The per-call choice between slots and single copy (pyxccl.runtime.host.path_choice), on a simulated machine."""
 
 from __future__ import annotations
 
-from pyxccl.paths import (DIRECT, HISTORY, MAX_INTERVAL, MIN_INTERVAL, MIXED, PUT, SLOTS, TRY_BUDGET, TRY_CALLS,
+from pyxccl.runtime.host.path_choice import (DIRECT, HISTORY, MAX_INTERVAL, MIN_INTERVAL, MIXED, PUT, SLOTS, TRY_BUDGET, TRY_CALLS,
                           PathChooser)
 
 NBYTES = 16 << 20

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from pyxccl import algorithms
-from pyxccl.direct_plan import (
+from pyxccl.ir.passes.direct import (
     _canon,
     early_offers,
     only_sends,
@@ -28,7 +28,7 @@ from pyxccl.direct_plan import (
 )
 from pyxccl.errors import InvalidArgument
 from pyxccl.ir.program import Op
-from pyxccl.transport import cma
+from pyxccl.transport.shm import cma
 
 pytestmark = pytest.mark.skipif(not cma.available(), reason="process_vm_readv is not available")
 
@@ -171,8 +171,8 @@ def job_put_is_tried(comm, count: int = 70001) -> list[str]:
     """PYXCCL_CMA=auto: a 2-rank all-gather has the put path among its candidates; within its
     first calls each of single copy, the slots and the put has been measured (a try of
     ``TRY_CALLS`` calls each), with exact results (timed by the rank that decides:
-    :mod:`pyxccl.path_board`)."""
-    from pyxccl.paths import PUT, TRY_CALLS
+    :mod:`pyxccl.runtime.host.path_board`)."""
+    from pyxccl.runtime.host.path_choice import PUT, TRY_CALLS
 
     r, n = comm.rank, comm.size
     fails: list[str] = []

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import pyxccl
-from pyxccl import repeat
+from pyxccl.comm import repeat
 
 
 def _expected(n: int, base: np.ndarray, op: str) -> np.ndarray:
@@ -373,7 +373,7 @@ def test_repeats_of_every_covered_collective_over_sockets(pool):
     pool(2, "socket").check(job_repeats_all)
 
 
-#: every path of a large call between ranks of one host (:mod:`pyxccl.paths`), with 16 KiB slots so
+#: every path of a large call between ranks of one host (:mod:`pyxccl.runtime.host.path_choice`), with 16 KiB slots so
 #: that 20000 float32 per block run as several slices, each by single copy where the path allows
 PATHS = ("0", "1", "mixed", "put", "auto")
 SMALL_SLOTS = {"PYXCCL_SLOT_BYTES": "16K", "PYXCCL_CMA_MIN_BYTES": "1K"}

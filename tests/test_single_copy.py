@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from pyxccl import algorithms, config
-from pyxccl.direct_plan import _plan_direct, feeds_reduction, span_ok, span_plan
-from pyxccl.paths import SLOTS
-from pyxccl.transport import cma
+from pyxccl.ir.passes.direct import _plan_direct, feeds_reduction, span_ok, span_plan
+from pyxccl.runtime.host.path_choice import SLOTS
+from pyxccl.transport.shm import cma
 from pyxccl.transport.doorbell import Doorbell
 from pyxccl.transport.shm import ShmRecvConnector, ShmSendConnector
 from pyxccl.transport.slots import CMA_OFF, CMA_OK, SlotRing
@@ -229,8 +229,9 @@ def test_sender_finishes_only_once_its_descriptors_were_read():
     """A chain broadcast 2 -> 0 -> 1 run in this process: rank 0 forwards by descriptor and can run
     all its steps before rank 1 starts; it must not report finished (its caller would return and
     reuse the buffer) before rank 1 read everything."""
-    from pyxccl.dtypes import DTYPES, SUM, kernels
-    from pyxccl.executor import ProgramRun
+    from pyxccl.dtypes import DTYPES, SUM
+    from pyxccl.runtime.kernels import kernels
+    from pyxccl.runtime.host.executor import ProgramRun
     from pyxccl.ir.program import Buf
 
     if not _cma_works():
@@ -465,7 +466,7 @@ def job_mixed_is_tried_across_thread_blocks(comm, count: int = 70001) -> list[st
     thread block and forwards reduced data from another; the mixed path differs there, so it is
     measured after single copy and the slots (before the fix only differences within one thread
     block counted)."""
-    from pyxccl.paths import MIXED, TRY_CALLS
+    from pyxccl.runtime.host.path_choice import MIXED, TRY_CALLS
 
     r, n = comm.rank, comm.size
     fails: list[str] = []
@@ -507,7 +508,7 @@ def job_split_rest(comm, count: int = 70001) -> list[str]:
 
 
 def job_repeats_are_measured(comm, count: int = 8000) -> list[str]:
-    """Repeated small calls with the same arrays (served by pyxccl.repeat) go through the path
+    """Repeated small calls with the same arrays (served by pyxccl.comm.repeat) go through the path
     chooser like any other: the first two by descriptor, the next two through the slots (a
     measurement is ``paths.TRY_CALLS`` calls), then the faster."""
     r, n = comm.rank, comm.size

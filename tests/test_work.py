@@ -9,7 +9,7 @@ import time
 import pytest
 
 from pyxccl.errors import Aborted, CollectiveTimeout
-from pyxccl.work import BatchWork, Stream, Work
+from pyxccl.comm.call_queue import BatchWork, Stream, Work
 
 
 @pytest.fixture
@@ -234,7 +234,7 @@ def test_closed_stream_fails_new_and_queued_calls_with_callbacks():
 
 def test_no_callback_no_lock():
     """The common path (no callback) never touches the callbacks' lock."""
-    import pyxccl.work as W
+    import pyxccl.comm.call_queue as W
 
     taken = []
 

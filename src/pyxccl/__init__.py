@@ -15,12 +15,12 @@ Or explicitly: ``uid = pyxccl.get_unique_id()`` on one rank, shared out of band,
 from __future__ import annotations
 
 from .bootstrap import UniqueId, get_unique_id
-from .comm import Communicator
+from .comm.communicator import Communicator
 from .dtypes import AVG, DTYPES, MAX, MIN, PROD, SUM, DType, ReduceOp, premul_sum
 from .errors import (Aborted, CollectiveTimeout, ConfigError, InvalidArgument, MismatchError, PeerLostError,
                      PyxcclError, TransportError, VerificationError)
-from .group import group
-from .work import Work
+from .comm.group import group
+from .comm.call_queue import Work
 
 __version__ = "0.1.0"
 

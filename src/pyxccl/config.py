@@ -111,11 +111,11 @@ class Config:
     nchannels: int = 1
     """PYXCCL_NCHANNELS: channels the built-in algorithms use."""
     cma: str = "auto"
-    """PYXCCL_CMA: same-host single copy (a receiver copies large messages straight from the sender's buffer with process_vm_readv): auto (default: per call, whichever of it, the shared slots, their mix and writes measured faster, see pyxccl.paths), 1 (whenever a step may), 0 (never: always the slots), mixed (only where the receiver does not reduce what arrives), put (like 1, and a rank that also receives writes a step's every slice into the receiver where it offered its destination at the call's start)."""
+    """PYXCCL_CMA: same-host single copy (a receiver copies large messages straight from the sender's buffer with process_vm_readv): auto (default: per call, whichever of it, the shared slots, their mix and writes measured faster, see pyxccl.runtime.host.path_choice), 1 (whenever a step may), 0 (never: always the slots), mixed (only where the receiver does not reduce what arrives), put (like 1, and a rank that also receives writes a step's every slice into the receiver where it offered its destination at the call's start)."""
     cma_min_bytes: int = 512 * 1024
     """PYXCCL_CMA_MIN_BYTES: smallest step (bytes per slot) that goes by single copy (smaller ones measured slower than the slots)."""
     stream_min_bytes: int = 8 * 1024 * 1024
-    """PYXCCL_STREAM_MIN_BYTES: smallest local copy of a whole block (every slice of a call at once) that bypasses the cache with non-temporal stores, where llvmlite is installed (pyxccl.stream_copy); 0: never."""
+    """PYXCCL_STREAM_MIN_BYTES: smallest local copy of a whole block (every slice of a call at once) that bypasses the cache with non-temporal stores, where llvmlite is installed (pyxccl.runtime.kernels.nt_copy); 0: never."""
     spin_us: float = 1000.0
     """PYXCCL_SPIN_US: microseconds a waiter spins before it sleeps in the kernel."""
     socket_ifname: str = ""

@@ -1,23 +1,20 @@
-"""Data types and reduce operations, with their kernels per device.
+"""Data types and reduce operations: names and metadata only.
 
 Types: int8, uint8, int32, uint32, int64, uint64, float16, bfloat16, float32, float64,
 float8_e4m3 (e4m3fn, NCCL's ncclFloat8e4m3) and float8_e5m2. Ops: sum, prod, min, max,
 avg, premul_sum(scalar). bfloat16 and fp8 arithmetic goes through ml_dtypes, which
 computes every element in float32 and rounds once.
 
-Kernels are chosen in one place (:func:`kernels`) per (op, dtype, device), so a CUDA
-device plugs in here without touching the executor.
+The arithmetic lives in :mod:`pyxccl.runtime.kernels` (``kernels(op, dtype, device)``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import ml_dtypes
 import numpy as np
 
-from . import stream_copy
 from .errors import InvalidArgument
 
 
@@ -137,65 +134,3 @@ def check_op_dtype(op: ReduceOp, dtype: DType, arg: str = "op") -> None:
         raise InvalidArgument(
             f"{arg}={op}: premul_sum needs a floating-point dtype, the buffers are {dtype}; "
             "scale integers yourself and use sum")
-
-
-Reduce = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
-_UFUNC = {"sum": np.add, "avg": np.add, "premul_sum": np.add, "prod": np.multiply,
-          "min": np.minimum, "max": np.maximum}
-
-
-@dataclass(frozen=True)
-class Kernels:
-    """The per-device functions the executor calls: ``reduce(a, b, out)``, ``copy(dst, src)`` and
-    ``bulk_copy(dst, src)``, a copy of a whole block whose destination is not read again soon."""
-
-    reduce: Reduce
-    copy: Callable[[np.ndarray, np.ndarray], None]
-    bulk_copy: Callable[[np.ndarray, np.ndarray], None]
-
-
-def trim_pair(dst: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``dst`` and ``src`` cut to their common length for a kernel (a short user chunk may meet a
-    full-length scratch chunk: only the elements both have are real)."""
-    if dst.size == src.size:
-        return dst, src
-    n = min(dst.size, src.size)
-    return dst[:n], src[:n]
-
-
-def kernels(op: ReduceOp, dtype: DType, device: str = "cpu") -> Kernels:
-    """Kernels for one call; the only place that picks them per device."""
-    if device != "cpu":
-        raise InvalidArgument(f"device {device!r} has no kernels yet (CPU only in this version)")
-    return Kernels(reduce=_UFUNC[op.name], copy=np.copyto, bulk_copy=stream_copy.bulk_copy)  # type: ignore[arg-type]
-
-
-def prescale(array: np.ndarray, op: ReduceOp) -> np.ndarray:
-    """premul_sum's first step: ``scalar * array`` in a new array (float32 math for bf16/fp8)."""
-    assert op.scalar is not None
-    dt = dtype_of(array.dtype)
-    if dt.is_low_precision:
-        return (array.astype(np.float32) * np.float32(op.scalar)).astype(array.dtype)
-    return (array * array.dtype.type(op.scalar)).astype(array.dtype, copy=False)
-
-
-def postdivide(array: np.ndarray, nranks: int) -> None:
-    """avg's last step, in place: divide the sum by ``nranks``.
-
-    Floats multiply by 1/nranks (float32 math for bf16/fp8, rounded once); integers
-    divide and truncate toward zero, like NCCL's SumPostDiv.
-    """
-    if nranks == 1 or array.size == 0:
-        return
-    dt = dtype_of(array.dtype)
-    if dt.is_low_precision:
-        array[...] = (array.astype(np.float32) / np.float32(nranks)).astype(array.dtype)
-    elif dt.is_float:
-        np.divide(array, array.dtype.type(nranks), out=array)
-    elif array.dtype.kind == "u":
-        np.floor_divide(array, array.dtype.type(nranks), out=array)
-    else:
-        n = array.dtype.type(nranks)
-        inexact = (array < 0) & (np.remainder(array, n) != 0)
-        np.floor_divide(array, n, out=array)
-        array += inexact.astype(array.dtype)

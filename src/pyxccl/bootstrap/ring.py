@@ -13,7 +13,7 @@ alive with TCP keep-alive probes (a peer host that vanished is noticed within ~1
 
 Peer loss: the end of an incoming connection marks its rank lost, and a ``TAG_LOST``
 frame from any rank marks the rank it names lost; both call :attr:`Bootstrap.on_lost`
-(the communicator's :mod:`pyxccl.health`), and a wait on a lost rank raises PeerLostError.
+(the communicator's :mod:`pyxccl.reliability.health`), and a wait on a lost rank raises PeerLostError.
 """
 
 from __future__ import annotations

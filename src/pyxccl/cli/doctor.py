@@ -5,7 +5,7 @@
     pyxccl-doctor /tmp/trace                          # then read them together
     pyxccl-doctor /tmp/trace --comm 3fa2c1d0          # only the communicator(s) whose tag starts so
 
-Each rank writes ``pyxccl-trace-<comm tag>-rank<r>.json`` (see :mod:`pyxccl.flight`): its
+Each rank writes ``pyxccl-trace-<comm tag>-rank<r>.json`` (see :mod:`pyxccl.reliability.flight`): its
 last operations with their state (queued, running, done, failed). Collectives are
 numbered per communicator, and every rank must issue the same collectives in the same
 order, so the records of one number on all ranks must describe the same call. Per

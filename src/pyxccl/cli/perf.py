@@ -83,7 +83,7 @@ class Case:
         self.output = np.empty(per_out, self.dtype.np)
         self.work = np.empty(max(per_in, per_out), self.dtype.np)
         # the same array objects and op name on every call, as a training loop passes them, so
-        # repeated small calls take pyxccl's repeat path (pyxccl.repeat) like nccl-tests' loop
+        # repeated small calls take pyxccl's repeat path (pyxccl.comm.repeat) like nccl-tests' loop
         self.work1, self.workn = self.work[:self.count], self.work[:self.count * self.n]
         self.out1 = self.output[:self.count]
         self.op_arg = op if op.name == "premul_sum" else op.name
@@ -142,7 +142,8 @@ class Case:
 
     def expected(self) -> np.ndarray | None:
         """What this rank's result must be (None: nothing to check on this rank)."""
-        from pyxccl.dtypes import _UFUNC, postdivide
+        from pyxccl.runtime.kernels import postdivide
+        from pyxccl.runtime.kernels.host import ufunc
 
         coll, r, n, cnt = self.coll, self.rank, self.n, self.count
         if coll in ("allreduce", "reduce", "reducescatter"):
@@ -151,7 +152,7 @@ class Case:
             ins = [x.astype(np.float64) if self.dtype.is_low_precision else x for x in self.inputs]
             acc = ins[0].copy()
             for x in ins[1:]:
-                _UFUNC[self.op.name](acc, x, out=acc)
+                ufunc(self.op)(acc, x, out=acc)
             acc = acc.astype(self.dtype.np)
             if self.op.name == "avg":
                 postdivide(acc, n)

@@ -35,7 +35,7 @@ from . import errors as E
 from .errors import RpcClosed, RpcError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .calls import ClientSide
+    from .client import ClientSide
     from .server import ServerSide, _Channel
 
 

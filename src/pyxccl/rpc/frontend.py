@@ -21,7 +21,7 @@ from . import wire
 from .link import Link
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .calls import ClientSide
+    from .client import ClientSide
 
 CONNECT_TIMEOUT = 5.0
 BULK_SOCKBUF = 4 << 20

@@ -18,7 +18,7 @@ from ..bootstrap import net
 from ..errors import CollectiveTimeout, ConfigError, InvalidArgument, PeerLostError
 from . import wire
 from . import errors as E
-from .calls import ClientSide, _Call
+from .client import ClientSide, _Call
 from .frontend import FrontEnd, ServerLink
 from .server import ServerSide, _Channel
 from .view import View

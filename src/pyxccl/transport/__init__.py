@@ -1,11 +1,16 @@
 """Transports behind one contract (:mod:`.base`): shm, socket, local.
 
-:func:`choose` picks the transport for a peer from the peers' host identity.
+:func:`choose` picks the transport for a peer from the peers' host identity. The host-side
+resources every communicator has whatever its peers (its doorbell, shared with the ranks of
+its host, and the removal of files crashed processes left) are made here too, so nothing
+outside ``transport/`` knows where shared memory lives.
 """
 
 from __future__ import annotations
 
 from .base import PeerInfo, RecvConnector, SendConnector, Transport, TransportContext
+from .doorbell import Doorbell, attach_shared, create_shared
+from .shm.files import pid_alive, pid_namespace
 
 
 def choose(me: PeerInfo, peer: PeerInfo, forced: str = "auto") -> str:
@@ -25,6 +30,33 @@ def choose(me: PeerInfo, peer: PeerInfo, forced: str = "auto") -> str:
     return "socket"
 
 
+def open_doorbell(comm_tag: str, rank: int, spin_us: float) -> tuple[Doorbell, str]:
+    """This rank's doorbell, in memory the ranks of its host can map, and its name (for
+    :class:`PeerInfo`: peers attach with :func:`attach_doorbell`). Files crashed processes
+    left are removed first."""
+    from .shm import files
+    files.sweep_stale()
+    name = files.doorbell_path(comm_tag, rank)
+    return create_shared(name, spin_us=spin_us), name
+
+
+def attach_doorbell(name: str, writer: int) -> Doorbell:
+    """Another rank's doorbell of this host (by the name :func:`open_doorbell` gave), to ring it."""
+    return attach_shared(name, writer=writer)
+
+
+def close_doorbell(name: str) -> None:
+    """Remove this rank's doorbell (its mappings stay valid until unmapped)."""
+    from .shm import files
+    files.remove(name)
+
+
+def sweep_stale(min_age: float = 1.0) -> list[str]:
+    """Remove the shared files of processes that no longer exist (after a peer was lost)."""
+    from .shm import files
+    return files.sweep_stale(min_age=min_age)
+
+
 def create(name: str, ctx: TransportContext) -> Transport:
     """Instantiate transport ``name`` for a communicator."""
     if name == "shm":
@@ -39,4 +71,5 @@ def create(name: str, ctx: TransportContext) -> Transport:
     raise ValueError(f"unknown transport {name!r}")
 
 
-__all__ = ["PeerInfo", "RecvConnector", "SendConnector", "Transport", "TransportContext", "choose", "create"]
+__all__ = ["Doorbell", "PeerInfo", "RecvConnector", "SendConnector", "Transport", "TransportContext", "attach_doorbell",
+           "choose", "close_doorbell", "create", "open_doorbell", "pid_alive", "pid_namespace", "sweep_stale"]

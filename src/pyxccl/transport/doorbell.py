@@ -67,7 +67,7 @@ class Doorbell:
 
     def spare(self) -> memoryview:
         """The rest of the doorbell's page after its :data:`SIZE` bytes (shared files: where the
-        owner publishes to the peers that attach it, :mod:`pyxccl.path_board`)."""
+        owner publishes to the peers that attach it, :mod:`pyxccl.runtime.host.path_board`)."""
         return memoryview(self._mem)[_base_offset(self) + SIZE:]
 
     def value(self) -> int:

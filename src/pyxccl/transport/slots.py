@@ -54,7 +54,7 @@ def ring_bytes(slot_bytes: int, nslots: int) -> int:
 
 #: map every page up front (Linux): a slot's first use otherwise takes a page fault per 4 KiB in
 #: the copy (a 1 MiB all-gather through slots first used after calls by single copy: 136 faults,
-#: 420 µs more in one 512 KiB copy), and the chooser of :mod:`pyxccl.paths` timed that
+#: 420 µs more in one 512 KiB copy), and the chooser of :mod:`pyxccl.runtime.host.path_choice` timed that
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 

@@ -30,70 +30,12 @@ import time
 from ... import config as _config
 from ... import log
 from ...errors import TransportError
-from .. import cma
+from . import cma
 from ..base import RecvConnector, SendConnector, Transport
 from ..doorbell import PROGRESS_WRITER, Doorbell, attach_shared
 from ..slots import CMA_OFF, CMA_OK, RingRecvConnector, RingSendConnector, SlotRing, map_ring, ring_bytes
 
-SHM_DIR = "/dev/shm"
-_OWNER = re.compile(r"^pyxccl-.*-p(\d+)\.(\d+)$")
-
-
-def pid_namespace() -> str:
-    """This process's pid namespace ("0" when unknown): pids compare only within one."""
-    try:
-        return str(os.stat("/proc/self/ns/pid").st_ino)
-    except OSError:
-        return "0"
-
-
-def owner_suffix() -> str:
-    """The suffix naming this process in its /dev/shm files: ``-p<pid namespace>.<pid>``."""
-    return f"-p{pid_namespace()}.{os.getpid()}"
-
-
-def sweep_stale(directory: str = SHM_DIR, min_age: float = 1.0) -> list[str]:
-    """Remove pyxccl files whose creating process (in this pid namespace) is gone; return their names.
-
-    Files younger than ``min_age`` seconds are kept (their creator may have just started in a
-    way this process cannot see yet); files of other pid namespaces are never touched.
-    """
-    mine = pid_namespace()
-    removed = []
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return removed
-    now = time.time()
-    for name in names:
-        m = _OWNER.match(name)
-        if m is None or m.group(1) != mine or pid_alive(int(m.group(2))):
-            continue
-        path = os.path.join(directory, name)
-        try:
-            if now - os.stat(path).st_mtime < min_age:
-                continue
-            os.unlink(path)
-            removed.append(name)
-        except OSError:
-            pass
-    return removed
-
-
-def pid_alive(pid: int) -> bool:
-    """True when a process with this pid runs (in this pid namespace); a zombie does not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in (b"Z", b"X")
+from .files import SHM_DIR, owner_suffix, pid_alive, pid_namespace, sweep_stale  # noqa: F401 (re-exported)
 
 
 class ShmSendConnector(RingSendConnector):

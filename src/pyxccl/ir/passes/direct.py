@@ -6,14 +6,14 @@ reads them itself (straight into its destination, or into the slot before a redu
 That is safe only when nothing overwrites those bytes before the peer read them. This
 module decides it from the IR alone, per (program, rank, aliasing mode), and caches the
 answer like the executor's other per-program tables; whether a call uses it is measured
-per call (:mod:`pyxccl.paths`).
+per call (:mod:`pyxccl.runtime.host.path_choice`).
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from .ir.program import Buf, Op, Program, ThreadBlock, inplace_alias
+from ..program import Buf, Op, Program, ThreadBlock, inplace_alias
 
 _CACHE_SIZE = 256
 
@@ -35,7 +35,7 @@ def direct_plan(program: Program, rank: int, mode: str | None) -> list[tuple[boo
     the chunks sent (in-place aliasing of input and output included: ``mode``) is ordered
     before it, through its thread block or ``deps``. Writes of other slice iterations touch
     other elements. ``mode`` None: nothing qualifies. Whether a qualifying step does go by
-    descriptor is decided per call (:mod:`pyxccl.paths`): a plain receive reads it straight
+    descriptor is decided per call (:mod:`pyxccl.runtime.host.path_choice`): a plain receive reads it straight
     into its destination, a reduction reads it into the slot first.
     Cached per (program, rank, mode).
     """
@@ -108,7 +108,7 @@ def _plan_direct(program: Program, rank: int, mode: str | None) -> list[tuple[bo
 
 def feeds_reduction(program: Program, rank: int) -> list[tuple[bool, ...]]:
     """Per thread block of ``rank``, per step: does the step send bytes the peer reduces (its
-    receiving step is ``rrs``, ``rrc`` or ``rrcs``)? The mixed path (:data:`pyxccl.paths.MIXED`)
+    receiving step is ``rrs``, ``rrc`` or ``rrcs``)? The mixed path (:data:`pyxccl.runtime.host.path_choice.MIXED`)
     sends those through the slots: the reduction reads them once either way. Cached per (program, rank)."""
     return _cached(program, rank, None, "feeds", _plan_feeds)
 
@@ -304,7 +304,7 @@ def _plan_early(program: Program, rank: int, mode: str | None) -> list[tuple[boo
 
 def put_plan(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
     """Per thread block of ``rank``, per step: may the step, on the put path
-    (:data:`pyxccl.paths.PUT`), write every slice into the receiver's destination itself, each
+    (:data:`pyxccl.runtime.host.path_choice.PUT`), write every slice into the receiver's destination itself, each
     right after this rank's earlier steps of that slice ran (a slice it just copied locally is
     still in the cache), instead of posting them to be read?
 

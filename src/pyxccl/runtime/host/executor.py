@@ -15,11 +15,11 @@ Single copy: where a connector takes descriptors (``remote_min_bytes`` > 0, the 
 transport with PYXCCL_CMA), a step that only forwards bytes may post where they lie in
 this rank's memory instead of copying them into the slot; a receiving ``r`` / ``rcs``
 copies them straight into its destination, a reduction reads them into the slot first.
-:func:`pyxccl.direct_plan.direct_plan` decides per program, rank and aliasing which
+:func:`pyxccl.ir.passes.direct.direct_plan` decides per program, rank and aliasing which
 sending steps may: ``s`` (its source), ``rcs`` and ``rrcs`` (the destination just
 written), when no step of this rank that is not ordered before it writes the same chunk
 (the peer reads it later, at its own pace). Whether they do is the call's choice
-(``ProgramRun.path``, measured per call by :mod:`pyxccl.paths`: all, none, or those whose
+(``ProgramRun.path``, measured per call by :mod:`pyxccl.runtime.host.path_choice`: all, none, or those whose
 receiver does not reduce what arrives): the kernel's copy
 is slower than memcpy between cores that share a cache and much faster than pulling
 slot lines out of another CCD's cache. A runner that posted descriptors finishes only
@@ -34,7 +34,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .direct_plan import (
+from ...ir.passes.direct import (
     copy_at_once,
     direct_any,
     direct_plan,
@@ -46,13 +46,13 @@ from .direct_plan import (
     span_ok,
     span_plan,
 )
-from .dtypes import Kernels, trim_pair
-from .errors import CollectiveTimeout, MismatchError
-from .ir.program import Buf, Op, Program, ThreadBlock, inplace_alias
-from .paths import DIRECT, PUT
+from ..kernels import Kernels, trim_pair
+from ...errors import CollectiveTimeout, MismatchError
+from ...ir.program import Buf, Op, Program, ThreadBlock, inplace_alias
+from .path_choice import DIRECT, PUT
 from .single_copy import SingleCopySteps, SlicePut
-from .transport.base import RecvConnector, SendConnector
-from .transport.doorbell import Doorbell
+from ...transport.base import RecvConnector, SendConnector
+from ...transport.doorbell import Doorbell
 
 ConnKey = tuple[int, int, str]  # (peer, channel, "send" | "recv")
 
@@ -149,7 +149,7 @@ class ProgramRun:
         # some step of this run keeps its descriptor on the mixed path / loses it (set by its runners)
         self._mixed_keeps = self._mixed_drops = False
         self.put_differs = False  # some step of this run may write into its receiver on the put path
-        self.path = DIRECT  # this call's path for those steps (:mod:`pyxccl.paths`)
+        self.path = DIRECT  # this call's path for those steps (:mod:`pyxccl.runtime.host.path_choice`)
 
     def addr_of(self, array: np.ndarray) -> int:
         """The address of ``array``'s first element (memoized: the call's arrays live as long as it)."""
@@ -159,7 +159,7 @@ class ProgramRun:
         return a
 
     def direct_plan(self) -> list[tuple[bool, ...]]:
-        """Per thread block, per step: may it send by descriptor (see :func:`pyxccl.direct_plan.direct_plan`)?"""
+        """Per thread block, per step: may it send by descriptor (see :func:`pyxccl.ir.passes.direct.direct_plan`)?"""
         if self._plan is None:
             self._plan = direct_plan(self.program, self.rank, self._alias_mode())
         return self._plan
@@ -167,31 +167,31 @@ class ProgramRun:
     @property
     def mixed_differs(self) -> bool:
         """Whether the mixed path differs from both others in this run (some descriptor stays and
-        some goes, in any of its thread blocks): only then is it a candidate (:mod:`pyxccl.paths`)."""
+        some goes, in any of its thread blocks): only then is it a candidate (:mod:`pyxccl.runtime.host.path_choice`)."""
         return self._mixed_keeps and self._mixed_drops
 
     def span_plan(self) -> list[tuple[bool, ...]]:
-        """Per thread block, per step: may it send every later slice at once (:func:`pyxccl.direct_plan.span_plan`)?"""
+        """Per thread block, per step: may it send every later slice at once (:func:`pyxccl.ir.passes.direct.span_plan`)?"""
         return span_plan(self.program, self.rank, self._alias_mode())
 
     def put_plan(self) -> list[tuple[bool, ...]]:
-        """Per thread block, per step: may it write every slice into the receiver (:func:`pyxccl.direct_plan.put_plan`)?"""
+        """Per thread block, per step: may it write every slice into the receiver (:func:`pyxccl.ir.passes.direct.put_plan`)?"""
         return put_plan(self.program, self.rank, self._alias_mode())
 
     def put_from_copy(self) -> list[tuple[bool, ...]]:
-        """Per thread block, per step: does a put write from the copy before it (:func:`pyxccl.direct_plan.put_from_copy`)?"""
+        """Per thread block, per step: does a put write from the copy before it (:func:`pyxccl.ir.passes.direct.put_from_copy`)?"""
         return put_from_copy(self.program, self.rank, self._alias_mode())
 
     def early_offers(self) -> list[tuple[bool, ...]]:
-        """Per thread block, per step: is its destination offered at the call's start (:func:`pyxccl.direct_plan.early_offers`)?"""
+        """Per thread block, per step: is its destination offered at the call's start (:func:`pyxccl.ir.passes.direct.early_offers`)?"""
         return early_offers(self.program, self.rank, self._alias_mode())
 
     def copy_at_once(self) -> list[tuple[bool, ...]]:
-        """Per thread block, per step: may a local copy do every slice at its first turn (:func:`pyxccl.direct_plan.copy_at_once`)?"""
+        """Per thread block, per step: may a local copy do every slice at its first turn (:func:`pyxccl.ir.passes.direct.copy_at_once`)?"""
         return copy_at_once(self.program, self.rank, self._alias_mode())
 
     def span_ok(self) -> list[tuple[bool, ...]]:
-        """Per thread block, per step: may it write every later slice at once (:func:`pyxccl.direct_plan.span_ok`)?"""
+        """Per thread block, per step: may it write every later slice at once (:func:`pyxccl.ir.passes.direct.span_ok`)?"""
         return span_ok(self.program, self.rank, self._alias_mode())
 
     def alias_hint(self) -> str:
@@ -289,7 +289,7 @@ def _needed(program: Program, rank: int) -> frozenset[ConnKey]:
 
 class TBRunner(SingleCopySteps):
     """Runs one thread block: every step, once per slice iteration (the single-copy steps are
-    :class:`pyxccl.single_copy.SingleCopySteps`)."""
+    :class:`pyxccl.runtime.host.single_copy.SingleCopySteps`)."""
 
     def __init__(self, run: ProgramRun, tb: ThreadBlock, skeleton, send: SendConnector | None,
                  recv: RecvConnector | None, index: int = -1):

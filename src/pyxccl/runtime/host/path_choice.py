@@ -1,6 +1,6 @@
 """Slots, single copy or both, chosen per call by measured time (``PYXCCL_CMA=auto``).
 
-A sending step that may go by descriptor (see :mod:`pyxccl.direct_plan`) can also go
+A sending step that may go by descriptor (see :mod:`pyxccl.ir.passes.direct`) can also go
 through the slots; the receiver takes either. Which is faster is not a property of the
 program but of the machine *at the moment*: on the 2-vCPU benchmark VM the two vCPUs sit
 either on one CCD (a cache line moves between them in ~80 ns round trip, slots shared in
@@ -18,7 +18,7 @@ paths sit within the noise. It is only a candidate where it differs from both ot
 
 A fourth path writes instead of reading (:data:`PUT`): single copy everywhere, and where a
 rank that also receives may send every slice of a step at once towards a receive offered at
-the call's start (:func:`pyxccl.direct_plan.put_plan`: the 2-rank all-gather and all-to-all),
+the call's start (:func:`pyxccl.ir.passes.direct.put_plan`: the 2-rank all-gather and all-to-all),
 it writes each slice into the receiver's destination itself with ``process_vm_writev`` right
 after its own earlier steps of that slice, instead of posting them to be read. An all-gather
 copies its own block locally and writes the same bytes to the peer while they are in the
@@ -47,7 +47,7 @@ path's own speed. The first two calls of a kind go by single copy, the next two 
 slots, then mixed and by puts (where those are candidates).
 
 The ranks of a host take the same path in each call: the host's lowest rank decides and
-publishes, the others follow (:mod:`pyxccl.path_board`); receivers read whatever arrives,
+publishes, the others follow (:mod:`pyxccl.runtime.host.path_board`); receivers read whatever arrives,
 so a follower that misses an answer only loses time, never data.
 """
 
@@ -57,7 +57,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from .path_board import Board, board_key
-from .transport.doorbell import Doorbell, attach_shared
+from ...transport.doorbell import Doorbell, attach_shared
 
 #: the paths: every step through the slots; by descriptor wherever a step may; the mix; writes
 SLOTS, DIRECT, MIXED, PUT = 0, 1, 2, 3
@@ -125,7 +125,7 @@ def _schedule(rec: _Record, path: int, interval: int) -> None:
 class PathChooser:
     """Per communicator: which path the next call of a (program, size class) takes, by the
     ``PYXCCL_CMA`` setting: "auto" measures; "on" always takes :data:`DIRECT`, "mixed" :data:`MIXED`,
-    "put" :data:`PUT`. With a ``board`` (:mod:`pyxccl.path_board`) the chooser of the host's lowest
+    "put" :data:`PUT`. With a ``board`` (:mod:`pyxccl.runtime.host.path_board`) the chooser of the host's lowest
     rank (``leads``) publishes each choice there and the others follow it."""
 
     def __init__(self, setting: str = "auto", board: Board | None = None, leads: bool = False) -> None:
@@ -210,9 +210,9 @@ class PathChooser:
             _schedule(rec, path, MIN_INTERVAL if first else 2 * rec.interval[path])
 
     def drive(self, run: Any, nbytes: int, drive: Callable[[], None]) -> None:
-        """Run ``drive()`` (the call of ``run``, a :class:`~pyxccl.executor.ProgramRun` moving
+        """Run ``drive()`` (the call of ``run``, a :class:`~pyxccl.runtime.host.executor.ProgramRun` moving
         ``nbytes`` per rank) on the path chosen for it, and record how long it took; a follower
-        takes the path its leader published where there is one (:mod:`pyxccl.path_board`)."""
+        takes the path its leader published where there is one (:mod:`pyxccl.runtime.host.path_board`)."""
         if self._fixed is not None:
             run.path = self._fixed
             drive()
@@ -240,7 +240,7 @@ class PathChooser:
     @staticmethod
     def candidates(run: Any) -> tuple[int, ...]:
         """The paths worth measuring for ``run``: single copy and the slots, and the mix and the
-        put where they differ from both (:attr:`~pyxccl.executor.ProgramRun.mixed_differs`, ``put_differs``)."""
+        put where they differ from both (:attr:`~pyxccl.runtime.host.executor.ProgramRun.mixed_differs`, ``put_differs``)."""
         return TWO_PATHS + ((MIXED,) if run.mixed_differs else ()) + ((PUT,) if run.put_differs else ())
 
     def best(self, key: tuple) -> int | None:
@@ -254,7 +254,7 @@ def for_host(setting: str, rank: int, kinds: Sequence[str], doorbell: Doorbell,
     """The path chooser of ``rank`` for the ``PYXCCL_CMA`` ``setting`` (None for "off"). Under "auto",
     the lowest of the ranks that share memory with it (``kinds[r]``, the transport towards rank
     ``r``: "self", "local" or "shm", i.e. its host) decides for all of them, on the spare bytes of
-    its doorbell page (its own ``doorbell``, or the file ``doorbells[leader]``: :mod:`pyxccl.path_board`)."""
+    its doorbell page (its own ``doorbell``, or the file ``doorbells[leader]``: :mod:`pyxccl.runtime.host.path_board`)."""
     if setting == "off":
         return None
     sharing = [r for r, kind in enumerate(kinds) if kind in ("self", "local", "shm")]

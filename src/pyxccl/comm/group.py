@@ -14,7 +14,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from .work import Work
+from .call_queue import Work
 
 _state = threading.local()
 

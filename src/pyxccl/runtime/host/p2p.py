@@ -1,6 +1,6 @@
 """Point-to-point runners: send/recv ops towards one peer, sliced into that connector's slots.
 
-The executor's :func:`~pyxccl.executor.drive` runs them like thread-block runners; the
+The executor's :func:`~pyxccl.runtime.host.executor.drive` runs them like thread-block runners; the
 communicator builds one per (peer, direction) of a send/recv or a group of them.
 """
 
@@ -11,8 +11,8 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import MismatchError
-from .transport.base import RecvConnector, SendConnector
+from ...errors import MismatchError
+from ...transport.base import RecvConnector, SendConnector
 
 
 class P2PRunner:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .errors import MismatchError
+from ..errors import MismatchError
 
 #: bootstrap tag of the fingerprint exchange (distinct from the communicator's other tags)
 TAG = (1 << 40) + 0xC4EC

@@ -21,25 +21,30 @@ from typing import AbstractSet, Any
 
 import numpy as np
 
-from . import algorithms, calls, config, executor, group as _group, log, topo, tuner
-from . import check as _check, flight, paths
-from .bootstrap import Bootstrap, UniqueId
-from .calls import Call
+from .. import algorithms, config, log, topo, tuner
+from . import checks as calls
+from ..runtime.host import executor
+from . import group as _group
+from ..reliability import mismatch as _check
+from ..reliability import flight
+from ..runtime.host import path_choice as paths
+from ..bootstrap import Bootstrap, UniqueId
+from .checks import Call
 from .collectives import Collectives
 from .membership import Membership
-from .p2p_runner import P2PRunner
-from .dtypes import DTYPES, MAX, kernels, postdivide, prescale
-from .errors import (Aborted, CollectiveTimeout, InvalidArgument, PeerLostError, PyxcclError,
+from ..runtime.host.p2p import P2PRunner
+from ..dtypes import DTYPES, MAX
+from ..runtime.kernels import kernels, postdivide, prescale
+from ..errors import (Aborted, CollectiveTimeout, InvalidArgument, PeerLostError, PyxcclError,
                      TransportError)
-from .health import Health
-from .ir.program import COLLECTIVES, Buf, Program
-from .ir.relabel import relabel
-from .ir.verify import verify
-from .transport import PeerInfo, TransportContext, choose, create
-from .transport.doorbell import create_shared
-from .transport.shm import owner_suffix, pid_namespace, sweep_stale
+from ..reliability.health import Health
+from ..ir.program import COLLECTIVES, Buf, Program
+from ..ir.relabel import relabel
+from ..ir.verify import verify
+from ..transport import (PeerInfo, TransportContext, choose, close_doorbell, create, open_doorbell, pid_namespace,
+                         sweep_stale)
 from .repeat import Repeat, Repeats
-from .work import BatchWork, Stream, Work
+from .call_queue import BatchWork, Stream, Work
 
 _TAG_CONNECT = 1 << 20  # bootstrap tags for connector set-up: + channel
 _P2P_CHANNEL = 1 << 10  # p2p traffic uses its own channels, after any collective's
@@ -64,7 +69,7 @@ class Communicator(Collectives, Membership):
     ``timeout=`` keyword bounds the waits of that call (calls inside ``group()`` use the
     communicator's); a wait that passes it raises CollectiveTimeout naming the call, the
     step and channel, and the peer. A lost peer makes every call raise PeerLostError
-    (see :mod:`pyxccl.health`); :meth:`shrink` goes on with the survivors.
+    (see :mod:`pyxccl.reliability.health`); :meth:`shrink` goes on with the survivors.
     """
 
     def __init__(self, nranks: int, uid: Any, rank: int, *, timeout: float | None = None):
@@ -97,10 +102,8 @@ class Communicator(Collectives, Membership):
 
     def _setup(self, uid: UniqueId) -> None:
         cfg = self._cfg
-        sweep_stale()  # files of crashed processes (of any communicator)
-        bell_path = f"/dev/shm/pyxccl-{self._tag}-bell{self._rank}{owner_suffix()}"
+        self._doorbell, bell_path = open_doorbell(self._tag, self._rank, cfg.spin_us)
         self._bell_path = bell_path
-        self._doorbell = create_shared(bell_path, spin_us=cfg.spin_us)
         system = topo.local_system(cfg, dump=self._rank == 0, rank=self._rank)
         me = {"rank": self._rank, "host": topo.host_hash(cfg), "pid": os.getpid(), "doorbell": bell_path,
               "hostname": socket.gethostname(), "slot_bytes": cfg.slot_bytes, "nslots": cfg.nslots,
@@ -177,7 +180,7 @@ class Communicator(Collectives, Membership):
         ``reduce_op``, ``state`` ("queued", "running", "done" or "failed: <Type>: message"),
         ``enqueued``/``started``/``ended`` (``time.time()``), ``duration`` (s) and
         ``call_site`` ("file:line in function", the first frame outside pyxccl).
-        Empty when ``PYXCCL_TRACE_SIZE=0``. See :mod:`pyxccl.flight`.
+        Empty when ``PYXCCL_TRACE_SIZE=0``. See :mod:`pyxccl.reliability.flight`.
         """
         return self._flight.records() if self._flight is not None else []
 
@@ -287,7 +290,7 @@ class Communicator(Collectives, Membership):
     def _collective(self, call: Call, algorithm: "str | Program | None", async_op: bool,
                     timeout: float | None = None, repeat: "tuple | None" = None) -> Any:
         """Check, plan and submit ``call``; ``repeat``: (key, input, output) to remember it by
-        (:mod:`pyxccl.repeat`; a blocking call with the communicator's algorithm choice)."""
+        (:mod:`pyxccl.comm.repeat`; a blocking call with the communicator's algorithm choice)."""
         self._check_open()
         timeout = calls.check_timeout(timeout)
         program = kern = None  # count 0: nothing moves; still ordered after earlier calls
@@ -377,7 +380,7 @@ class Communicator(Collectives, Membership):
 
     def _drive_run(self, prun: executor.ProgramRun, runners: list, call: Call, label: str) -> None:
         """Run ``runners`` of ``prun`` for ``call`` (by single copy, through the slots or mixed,
-        whichever measures faster, where a step may send by descriptor: :mod:`pyxccl.paths`), then average."""
+        whichever measures faster, where a step may send by descriptor: :mod:`pyxccl.runtime.host.path_choice`), then average."""
         if prun.sends_direct and self._paths is not None:
             self._paths.drive(prun, call.count * call.dtype.itemsize, lambda: self._drive(runners, label))
         else:
@@ -569,10 +572,7 @@ class Communicator(Collectives, Membership):
                 pass
         self._transports.clear()
         self._repeats.clear()
-        try:
-            os.unlink(self._bell_path)
-        except FileNotFoundError:
-            pass
+        close_doorbell(self._bell_path)
         self._bootstrap.close()
         if self._health.lost:  # type: ignore[union-attr] # a crashed peer's files, once its process is gone
             self._health.wait_exited(1.0)  # type: ignore[union-attr]
@@ -592,7 +592,7 @@ _LIVE: "weakref.WeakSet[Communicator]" = weakref.WeakSet()
 
 @atexit.register
 def _release_at_exit() -> None:
-    """A process that exits without destroy() still removes its /dev/shm files and sockets."""
+    """A process that exits without destroy() still removes its shared files and sockets."""
     for comm in list(_LIVE):
         try:
             comm.abort()

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import Buffer, as_buffer
-from .dtypes import SUM, DType, ReduceOp, check_op_dtype, op_of
-from .errors import InvalidArgument
-from .ir.program import Buf
+from ..memory.buffer import Buffer, as_buffer
+from ..dtypes import SUM, DType, ReduceOp, check_op_dtype, op_of
+from ..errors import InvalidArgument
+from ..ir.program import Buf
 
 
 @dataclass

@@ -27,8 +27,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import config as _config
-from . import log
+from ... import config as _config
+from ... import log
 
 #: destination alignment of the non-temporal loop (one cache line; also what AVX-512 stores need)
 ALIGN = 64
@@ -101,7 +101,7 @@ def copy_bytes(dst: int, src: int, n: int) -> None:
     RuntimeError where :func:`available` is False."""
     loop = _compile()
     if loop is None:
-        raise RuntimeError("stream copies are not available here (see pyxccl.stream_copy.available())")
+        raise RuntimeError("stream copies are not available here (see pyxccl.runtime.kernels.nt_copy.available())")
     head = min(n, -dst % ALIGN)
     if head:
         ctypes.memmove(dst, src, head)

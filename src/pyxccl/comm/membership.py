@@ -1,6 +1,6 @@
 """Communicators made from a communicator: ``split`` by color, ``shrink`` to the survivors.
 
-A mixin of :class:`~pyxccl.comm.Communicator`. The new communicator needs no unique id
+A mixin of :class:`~pyxccl.comm.communicator.Communicator`. The new communicator needs no unique id
 from the user: its first rank starts a root on its own bootstrap address and sends that
 address to the other members over this communicator's bootstrap; the new secret is
 derived from this one with HMAC, so no secret ever travels.
@@ -13,20 +13,20 @@ import hmac
 import json
 from typing import TYPE_CHECKING, Any
 
-from . import calls
-from .bootstrap import UniqueId
-from .bootstrap.root import start_root
-from .errors import Aborted, InvalidArgument, MismatchError, PyxcclError
+from . import checks as calls
+from ..bootstrap import UniqueId
+from ..bootstrap.root import start_root
+from ..errors import Aborted, InvalidArgument, MismatchError, PyxcclError
 
 if TYPE_CHECKING:
-    from .comm import Communicator
+    from .communicator import Communicator
 
 _TAG_SPLIT = 1 << 21  # bootstrap tags: + the split / shrink counter
 _TAG_SHRINK = 1 << 22
 
 
 class Membership:
-    """Mixin of :class:`~pyxccl.comm.Communicator`: ``split``, ``shrink``."""
+    """Mixin of :class:`~pyxccl.comm.communicator.Communicator`: ``split``, ``shrink``."""
 
     def split(self, color: int | None, key: int = 0) -> "Communicator | None":
         """A new communicator of the ranks with the same ``color``, ordered by (key, rank).

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import DTYPES, DType, dtype_of
+from ..dtypes import DTYPES, DType, dtype_of
 
 _NP_FAST = {t.np: t for t in DTYPES.values()}
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
 
 
 class Buffer:

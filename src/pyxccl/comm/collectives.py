@@ -1,10 +1,10 @@
-"""The collective entry points of :class:`~pyxccl.comm.Communicator`.
+"""The collective entry points of :class:`~pyxccl.comm.communicator.Communicator`.
 
-Each method lays its arguments out with :mod:`pyxccl.calls` (the checks that raise
+Each method lays its arguments out with :mod:`pyxccl.comm.checks` (the checks that raise
 InvalidArgument on the rank that made the mistake) and hands the call to
 ``Communicator._collective``; ``all_reduce``, ``broadcast``, ``reduce``, ``all_gather``,
 ``reduce_scatter``, ``all_to_all``, ``gather`` and ``scatter`` first look for a remembered repeat of the same call
-(:mod:`pyxccl.repeat`, through :meth:`Collectives._remembered`). Every method takes
+(:mod:`pyxccl.comm.repeat`, through :meth:`Collectives._remembered`). Every method takes
 ``algorithm`` (a registered name or an IR Program), ``async_op`` and ``timeout`` as the
 Communicator's docstring describes.
 """
@@ -15,18 +15,19 @@ from typing import Any
 
 import numpy as np
 
-from . import calls, group as _group
-from .calls import Call
-from .dtypes import DTYPES, MAX
-from .ir.program import Program
+from . import checks as calls
+from . import group as _group
+from .checks import Call
+from ..dtypes import DTYPES, MAX
+from ..ir.program import Program
 
 
 class Collectives:
-    """Mixin of :class:`~pyxccl.comm.Communicator`: one public method per collective."""
+    """Mixin of :class:`~pyxccl.comm.communicator.Communicator`: one public method per collective."""
 
     def _remembered(self, collective: str, input: Any, output: Any, op: Any, root: Any,
                     algorithm: "str | Program | None", async_op: bool, timeout: float | None) -> tuple:
-        """``(key, repeat)`` for a call :mod:`pyxccl.repeat` may serve: ``repeat`` is the remembered
+        """``(key, repeat)`` for a call :mod:`pyxccl.comm.repeat` may serve: ``repeat`` is the remembered
         call to run again (or None), ``key`` what to remember this one by (None: never remembered).
 
         Only blocking calls with the communicator's algorithm and timeout qualify; a remembered

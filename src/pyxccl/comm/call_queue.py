@@ -21,8 +21,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from . import log
-from .errors import Aborted, CollectiveTimeout
+from .. import log
+from ..errors import Aborted, CollectiveTimeout
 
 _CALLBACKS = threading.Lock()  # guards Work._callbacks (taken only by works that have callbacks)
 _EVENTS = threading.Lock()  # makes a Work's event (taken only by a wait that has to sleep)

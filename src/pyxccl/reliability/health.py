@@ -28,12 +28,12 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable
 
-from . import log
-from .errors import PeerLostError
-from .transport.shm import pid_alive
+from .. import log
+from ..errors import PeerLostError
+from ..transport import pid_alive
 
 if TYPE_CHECKING:
-    from .transport.base import PeerInfo
+    from ..transport.base import PeerInfo
 
 
 #: seconds a loss seen by this rank waits for a notice of an earlier loss (see Health.report)

@@ -1,6 +1,6 @@
 """One path choice per host: the host's lowest rank decides, the others follow (``PYXCCL_CMA=auto``).
 
-Each rank used to choose its path (:mod:`pyxccl.paths`) alone, timing its own calls. But a
+Each rank used to choose its path (:mod:`pyxccl.runtime.host.path_choice`) alone, timing its own calls. But a
 call's time depends on the pair of paths, the rank's and its peers': in 200 2-rank
 all-gathers of 16 MiB, rank 0 settled on single copy and rank 1 on the put, and each
 measured the other's choice as noise. ``auto`` then ran 7-12 % slower than the best fixed

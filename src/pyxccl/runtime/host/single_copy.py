@@ -1,9 +1,9 @@
-"""The single-copy steps of a thread block runner (mixed into :class:`pyxccl.executor.TBRunner`).
+"""The single-copy steps of a thread block runner (mixed into :class:`pyxccl.runtime.host.executor.TBRunner`).
 
 Where a connector takes descriptors (the shm transport with ``PYXCCL_CMA``), a step may post
 where its bytes lie instead of copying them into a slot, and the peer reads them itself with
-``process_vm_readv`` (:mod:`pyxccl.direct_plan` decides statically which steps may,
-:mod:`pyxccl.paths` per call whether they do). Three forms:
+``process_vm_readv`` (:mod:`pyxccl.ir.passes.direct` decides statically which steps may,
+:mod:`pyxccl.runtime.host.path_choice` per call whether they do). Three forms:
 
 * one slice per descriptor (the receiver reads it into its destination, or into the slot
   before a reduction);
@@ -13,7 +13,7 @@ where its bytes lie instead of copying them into a slot, and the peer reads them
 * the same, split (``SPAN_SPLIT``): a root that only sends writes the first part itself with
   ``process_vm_writev`` into the destination the receiver offered (see
   :mod:`pyxccl.transport.slots`), while the receiver reads the rest;
-* the same, all written by the sender (the put path, :data:`pyxccl.paths.PUT`): a rank that
+* the same, all written by the sender (the put path, :data:`pyxccl.runtime.host.path_choice.PUT`): a rank that
   also receives writes each slice into the offered destination at the step's turn in that
   slice (:class:`SlicePut`), right after its earlier steps of the slice (a local copy of the same
   bytes leaves them in the cache), and the receiver only waits for the last.
@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .direct_plan import DIRECT_RECV, SPAN_REST, SPAN_SPLIT
-from .dtypes import trim_pair
-from .errors import MismatchError, TransportError
-from .ir.program import Op
-from .transport.base import overlap
+from ...ir.passes.direct import DIRECT_RECV, SPAN_REST, SPAN_SPLIT
+from ..kernels import trim_pair
+from ...errors import MismatchError, TransportError
+from ...ir.program import Op
+from ...transport.base import overlap
 
 if TYPE_CHECKING:
     from .executor import _Piece
@@ -62,7 +62,7 @@ def _clip(regions: list[tuple[int, int, int]], lo: int, hi: int) -> list[tuple[i
 
 
 class SingleCopySteps:
-    """Single-copy methods of :class:`pyxccl.executor.TBRunner` (they use its state: ``run``, ``tb``,
+    """Single-copy methods of :class:`pyxccl.runtime.host.executor.TBRunner` (they use its state: ``run``, ``tb``,
     ``sendc``, ``recvc``, ``it``, ``s``, ``index`` and the ``_``-prefixed single-copy fields)."""
 
     def _execute_direct(self, op: Op, cnt: int, srcs, dsts, direct: int, o: int, m: int, nbytes: int) -> bool:

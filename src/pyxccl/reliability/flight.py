@@ -40,7 +40,7 @@ from collections import deque
 from itertools import count as _count
 from typing import Any
 
-from . import log
+from .. import log
 
 # the package folder as code objects spell it (co_filename), whatever sys.path entry it came from
 _PKG_DIR = os.path.dirname(sys._getframe().f_code.co_filename) + os.sep
@@ -141,7 +141,7 @@ def _dtype_name(dtype: Any) -> str:
     if hasattr(dtype, "nccl_name"):  # a pyxccl DType
         return str(name)
     try:
-        from .dtypes import dtype_of
+        from ..dtypes import dtype_of
         return dtype_of(dtype).name
     except Exception:  # noqa: BLE001 - a dump must not fail on a type name
         return str(name or dtype)
@@ -163,7 +163,7 @@ class FlightRecorder:
 
     # Both makers set every slot in place (no __init__ call: this runs on every call).
     def collective(self, seq: int, call: Any, algorithm: str | None, depth: int = 1) -> OpRecord:
-        """Record collective number ``seq`` (a :class:`~pyxccl.calls.Call`), queued.
+        """Record collective number ``seq`` (a :class:`~pyxccl.comm.checks.Call`), queued.
 
         ``depth``: where the call site is looked for, as ``sys._getframe(depth)`` counts from
         here (1: this method's caller).
@@ -206,7 +206,7 @@ class FlightRecorder:
 
 def failed(comm: Any, records: Any, exc: BaseException) -> None:
     """A call of ``comm`` raised ``exc``: mark its record(s) failed, dump on a CollectiveTimeout."""
-    from .errors import CollectiveTimeout
+    from ..errors import CollectiveTimeout
 
     if records is not None:
         for rec in (records if isinstance(records, list) else (records,)):

@@ -5,7 +5,7 @@ again and again. For such a call most of the per-call cost is Python bookkeeping
 checking the arguments, laying out the call, finding the program, binding the thread
 blocks to the arrays. When a blocking call names the very same numpy arrays (same
 objects, same shape, strides, dtype and writeability), op and root as a call remembered
-here, the communicator reuses that call's checked :class:`~pyxccl.calls.Call`, program
+here, the communicator reuses that call's checked :class:`~pyxccl.comm.checks.Call`, program
 and bound runners (reset to their first step) — NCCL keeps persistent plans for the same
 reason.
 
@@ -15,7 +15,7 @@ Covered: ``all_reduce``, ``broadcast``, ``reduce``, ``all_gather``, ``reduce_sca
 algorithm choice (``algorithm=None``) and timeout (``timeout=None``), outside ``group()``,
 with ``PYXCCL_CHECK`` off; ops given by name (``avg`` included: the repeat divides again;
 never ``premul_sum``), roots as plain ints.
-``Collectives._remembered`` in :mod:`pyxccl.collectives` makes that decision for all of them.
+``Collectives._remembered`` in :mod:`pyxccl.comm.collectives` makes that decision for all of them.
 
 Any size is remembered, at most :data:`MAX_ENTRIES` calls of at most :data:`SMALL_BYTES` per
 block (the call's ``count``, i.e. the whole buffer for all_reduce/broadcast/reduce, one rank's
@@ -23,7 +23,7 @@ block for the others) and at most :data:`MAX_LARGE` larger ones, each bound the 
 An entry holds references to its arrays: a numpy array's memory cannot move while it is
 referenced (``ndarray.resize`` refuses), so the same object means the same memory. The memory of
 a large call's arrays is therefore kept until :data:`MAX_LARGE` other large calls replaced it, or
-:meth:`~pyxccl.comm.Communicator.destroy`. Large calls gain too: between two copies of 16 MiB,
+:meth:`~pyxccl.comm.communicator.Communicator.destroy`. Large calls gain too: between two copies of 16 MiB,
 this machine's caches hold none of Python's own data, and the planning a repeat skips took 60-100
 µs per call there (2-rank 16 MiB calls: 5-8 % less time). Other array types (torch, CuPy) always
 take the full path.
