@@ -48,7 +48,7 @@ def test_keys_agree_between_processes_and_a_small_area_is_refused():
 
 
 class _Run:
-    """A stand-in for :class:`pyxccl.runtime.host.executor.ProgramRun`: its program and the candidates it offers."""
+    """A stand-in for :class:`pyxccl.runtime.host.executor.HostCall`: its program and the candidates it offers."""
 
     def __init__(self, program: object) -> None:
         self.program, self.mixed_differs, self.put_differs, self.path = program, False, True, DIRECT

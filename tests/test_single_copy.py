@@ -147,7 +147,7 @@ def test_config_variables():
 
 def _flags(collective: str, algo: str, n: int, mode: str | None, rank: int) -> list[tuple[str, bool]]:
     p = algorithms.program(collective, algo, n, 1, 0, None)
-    plan = _plan_direct(p, rank, mode)
+    plan = _plan_direct(p, rank, mode, {})
     return [(st.op.value, f) for tb, fl in zip(p.ranks[rank].tbs, plan) for st, f in zip(tb.steps, fl)]
 
 
@@ -231,7 +231,7 @@ def test_sender_finishes_only_once_its_descriptors_were_read():
     reuse the buffer) before rank 1 read everything."""
     from pyxccl.dtypes import DTYPES, SUM
     from pyxccl.runtime.kernels import kernels
-    from pyxccl.runtime.host.executor import ProgramRun
+    from pyxccl.runtime.host.executor import HostCall
     from pyxccl.ir.program import Buf
 
     if not _cma_works():
@@ -245,7 +245,7 @@ def test_sender_finishes_only_once_its_descriptors_were_read():
     kern = kernels(SUM, DTYPES["float32"])
     data = np.arange(count, dtype=np.float32) + 0.5
     bufs = [np.zeros(count, np.float32), np.zeros(count, np.float32), data.copy()]
-    runs = [ProgramRun(program, q, {Buf.INPUT: bufs[q], Buf.OUTPUT: bufs[q]}, count, kern, 16384) for q in range(3)]
+    runs = [HostCall(program, q, {Buf.INPUT: bufs[q], Buf.OUTPUT: bufs[q]}, count, kern, 16384) for q in range(3)]
     (root,) = runs[2].runners({(0, 0, "send"): s20})
     (mid,) = runs[0].runners({(1, 0, "send"): s01, (2, 0, "recv"): r20})
     (last,) = runs[1].runners({(0, 0, "recv"): r01})
@@ -261,7 +261,7 @@ def test_sender_finishes_only_once_its_descriptors_were_read():
     assert r01.reads == 3 and r20.reads == 3  # the root's sends and the forwards went by descriptor
     # the same program with the call's choice "slots": no descriptor at all
     bufs = [np.zeros(count, np.float32), np.zeros(count, np.float32), data.copy()]
-    runs = [ProgramRun(program, q, {Buf.INPUT: bufs[q], Buf.OUTPUT: bufs[q]}, count, kern, 16384) for q in range(3)]
+    runs = [HostCall(program, q, {Buf.INPUT: bufs[q], Buf.OUTPUT: bufs[q]}, count, kern, 16384) for q in range(3)]
     for run in runs:
         run.path = SLOTS
     runners = [runs[2].runners({(0, 0, "send"): s20})[0], runs[0].runners({(1, 0, "send"): s01, (2, 0, "recv"): r20})[0],

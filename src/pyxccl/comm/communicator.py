@@ -341,7 +341,7 @@ class Communicator(Collectives, Membership):
             self._seq += 1
             label = f"{rep.what} #{self._seq} algorithm {rep.program.name}"
             if rep.prun is None:  # the first repeat binds the runners, later ones reset them
-                rep.prun = executor.ProgramRun(rep.program, self._rank, {Buf.INPUT: call.input, Buf.OUTPUT: call.output},
+                rep.prun = executor.HostCall(rep.program, self._rank, {Buf.INPUT: call.input, Buf.OUTPUT: call.output},
                                                call.count, rep.kern, self._slot_bytes, label)
                 rep.runners = rep.prun.runners(self._connect(rep.prun.needed(), label))
             else:
@@ -373,12 +373,12 @@ class Communicator(Collectives, Membership):
         inp = prescale(call.input, call.op) if call.op.name == "premul_sum" else call.input
         arrays = {Buf.INPUT: inp, Buf.OUTPUT: call.output}
         label = f"{call.describe()} #{self._seq} algorithm {program.name}"
-        prun = executor.ProgramRun(program, self._rank, arrays, call.count, kern, self._slot_bytes, label,
+        prun = executor.HostCall(program, self._rank, arrays, call.count, kern, self._slot_bytes, label,
                                    call.layout)
         log.trace("%s", label, rank=self._rank)
         self._drive_run(prun, prun.runners(self._connect(prun.needed(), label)), call, label)
 
-    def _drive_run(self, prun: executor.ProgramRun, runners: list, call: Call, label: str) -> None:
+    def _drive_run(self, prun: executor.HostCall, runners: list, call: Call, label: str) -> None:
         """Run ``runners`` of ``prun`` for ``call`` (by single copy, through the slots or mixed,
         whichever measures faster, where a step may send by descriptor: :mod:`pyxccl.runtime.host.path_choice`), then average."""
         if prun.sends_direct and self._paths is not None:

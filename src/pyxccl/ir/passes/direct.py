@@ -1,21 +1,25 @@
-"""Single copy, statically: which steps of a program may send by descriptor.
+"""The single-copy pass: which steps of a program may move their bytes straight between the
+ranks' memories, decided from the IR alone, for any transport.
 
-Where a connector takes descriptors (the shm transport with PYXCCL_CMA), a sending step
-may post where its bytes lie instead of copying them into the slot, and the receiver
-reads them itself (straight into its destination, or into the slot before a reduction).
-That is safe only when nothing overwrites those bytes before the peer read them. This
-module decides it from the IR alone, per (program, rank, aliasing mode), and caches the
-answer like the executor's other per-program tables; whether a call uses it is measured
-per call (:mod:`pyxccl.runtime.host.path_choice`).
+A sending step may, instead of copying its bytes into a slot, post where they lie (a
+*descriptor*) for the receiver to read itself, straight into its destination or into the
+slot before a reduction (NCCL's P2P read; CMA on the CPU, mapped peer memory on a GPU), or
+write them into the receiver's offered destination itself (P2P write). That is safe only when
+nothing overwrites those bytes before the peer read them, and (for writes and whole-call
+descriptors) when nothing else of the receiver touches the destination early. This pass
+answers, per (program, rank, aliasing of input and output), which steps *may*; a connector's
+capabilities say whether it *can* (:mod:`pyxccl.transport.base`), the rank's plan intersects
+the two (:mod:`pyxccl.runtime.plan`, which also keeps the tables), and whether a call *does*
+is measured per call (:mod:`pyxccl.runtime.host.path_choice`). It also finds the local copies
+that may copy every slice at once. :func:`tables` gives them all for one rank.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 from ..program import Buf, Op, Program, ThreadBlock, inplace_alias
-
-_CACHE_SIZE = 256
 
 
 #: a descriptor's ``aux`` bit: it holds every slice of the step still to come, not one
@@ -26,7 +30,7 @@ SPAN_SPLIT = 2
 DIRECT_RECV = frozenset((Op.RECV, Op.RECV_COPY_SEND))
 
 
-def direct_plan(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+def direct_plan(program: Program, rank: int, mode: str | None, memo: dict | None = None) -> list[tuple[bool, ...]]:
     """Per thread block of ``rank`` (in order), per step: may the step send by descriptor?
 
     A sending step qualifies when it only forwards bytes that stay put (``s`` from its
@@ -39,10 +43,10 @@ def direct_plan(program: Program, rank: int, mode: str | None) -> list[tuple[boo
     into its destination, a reduction reads it into the slot first.
     Cached per (program, rank, mode).
     """
-    return _cached(program, rank, mode, "direct", _plan_direct)
+    return _cached(program, rank, mode, "direct", _plan_direct, memo)
 
 
-def _plan_direct(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+def _plan_direct(program: Program, rank: int, mode: str | None, memo: dict) -> list[tuple[bool, ...]]:
     tbs = program.ranks[rank].tbs
     none = [(False,) * len(tb.steps) for tb in tbs]
     if mode is None:
@@ -106,14 +110,14 @@ def _plan_direct(program: Program, rank: int, mode: str | None) -> list[tuple[bo
     return plan
 
 
-def feeds_reduction(program: Program, rank: int) -> list[tuple[bool, ...]]:
+def feeds_reduction(program: Program, rank: int, memo: dict | None = None) -> list[tuple[bool, ...]]:
     """Per thread block of ``rank``, per step: does the step send bytes the peer reduces (its
     receiving step is ``rrs``, ``rrc`` or ``rrcs``)? The mixed path (:data:`pyxccl.runtime.host.path_choice.MIXED`)
     sends those through the slots: the reduction reads them once either way. Cached per (program, rank)."""
-    return _cached(program, rank, None, "feeds", _plan_feeds)
+    return _cached(program, rank, None, "feeds", _plan_feeds, memo)
 
 
-def _plan_feeds(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+def _plan_feeds(program: Program, rank: int, mode: str | None, memo: dict) -> list[tuple[bool, ...]]:
     plan = []
     for tb in program.ranks[rank].tbs:
         flags = [False] * len(tb.steps)
@@ -169,11 +173,7 @@ def _touching(program: Program, rank: int, mode: str | None, reads: bool) -> dic
     return out
 
 
-#: the per-step tables of this module, per (program id, rank, mode, which table)
-_PLANS: dict[tuple[int, int, str | None, str], tuple[Program, list[tuple[bool, ...]]]] = {}
-
-
-def span_plan(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+def span_plan(program: Program, rank: int, mode: str | None, memo: dict | None = None) -> list[tuple[bool, ...]]:
     """Per thread block of ``rank``, per step: may the step post, on the single-copy path, one
     descriptor for every slice still to come (the peer reads them all at once and both skip
     the step afterwards)?
@@ -185,39 +185,39 @@ def span_plan(program: Program, rank: int, mode: str | None) -> list[tuple[bool,
     one ``process_vm_readv`` per call instead of one per slice, and no per-slice work.
     Cached per (program, rank, mode).
     """
-    return _cached(program, rank, mode, "span", _plan_span)
+    return _cached(program, rank, mode, "span", _plan_span, memo)
 
 
-def span_ok(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+def span_ok(program: Program, rank: int, mode: str | None, memo: dict | None = None) -> list[tuple[bool, ...]]:
     """Per thread block of ``rank``, per step: may a plain receive write every slice still to come
     at once (no other step of the rank reads or writes its destination)? Otherwise a descriptor
     spanning them is read into a private buffer and copied slice by slice at the step's turn."""
-    return _cached(program, rank, mode, "span_ok", _plan_span_ok)
+    return _cached(program, rank, mode, "span_ok", _plan_span_ok, memo)
 
 
 def _cached(program: Program, rank: int, mode: str | None, table: str,
-            make: Callable[[Program, int, str | None], list[tuple[bool, ...]]]) -> list[tuple[bool, ...]]:
-    """``make(program, rank, mode)``, remembered (the entry keeps the program alive, so its id stays its own)."""
-    key = (id(program), rank, mode, table)
-    hit = _PLANS.get(key)
-    if hit is not None and hit[0] is program:
-        return hit[1]
-    plan = make(program, rank, mode)
-    if len(_PLANS) >= _CACHE_SIZE:
-        _PLANS.clear()
-    _PLANS[key] = (program, plan)
-    return plan
+            make: Callable[..., list[tuple[bool, ...]]], memo: dict | None) -> list[tuple[bool, ...]]:
+    """``make(program, rank, mode, memo)``, computed once per ``memo`` (one analysis of ``program``:
+    the tables of one rank depend on its peers'). Nothing is kept between analyses: the runtime
+    keeps what it derives (:mod:`pyxccl.runtime.plan`)."""
+    if memo is None:
+        memo = {}
+    key = (rank, mode, table)
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = make(program, rank, mode, memo)
+    return hit
 
 
-def _plan_span(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+def _plan_span(program: Program, rank: int, mode: str | None, memo: dict) -> list[tuple[bool, ...]]:
     canon = _canon(program, rank, mode)
     writers = _touching(program, rank, mode, reads=False) if mode is not None else {}
     plan = []
-    for tb, flags in zip(program.ranks[rank].tbs, direct_plan(program, rank, mode)):
+    for tb, flags in zip(program.ranks[rank].tbs, direct_plan(program, rank, mode, memo)):
         span = [False] * len(flags)
         found = _peer_receiving_steps(program, rank, tb) if any(flags) else None
         if found is not None:
-            peer_ok = span_ok(program, tb.send, mode)[found[0]]
+            peer_ok = span_ok(program, tb.send, mode, memo)[found[0]]
             sends = [i for i, st in enumerate(tb.steps) if st.op.sends]
             for i, pi in zip(sends, found[1]):
                 st = tb.steps[i]
@@ -227,7 +227,7 @@ def _plan_span(program: Program, rank: int, mode: str | None) -> list[tuple[bool
     return plan
 
 
-def _plan_span_ok(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+def _plan_span_ok(program: Program, rank: int, mode: str | None, memo: dict) -> list[tuple[bool, ...]]:
     alone = _alone(program, rank, mode)
     return _step_table(program, rank, lambda st, me: mode is not None and st.op is Op.RECV and
                        alone(st.dstbuf, st.dstoff, st.cnt, me))
@@ -250,7 +250,7 @@ def _step_table(program: Program, rank: int, flag: Callable) -> list[tuple[bool,
     return plan
 
 
-def copy_at_once(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+def copy_at_once(program: Program, rank: int, mode: str | None, memo: dict | None = None) -> list[tuple[bool, ...]]:
     """Per thread block of ``rank``, per step: may a local copy (``cpy``) copy every slice still to
     come at its first turn, on any path?
 
@@ -260,10 +260,10 @@ def copy_at_once(program: Program, rank: int, mode: str | None) -> list[tuple[bo
     slices of 16 MiB copies each step's Python work ran with cold caches (tens of microseconds).
     Other thread blocks' dependencies on the step still count its slices at their turns. Cached
     per (program, rank, mode)."""
-    return _cached(program, rank, mode, "copy_once", _plan_copy_once)
+    return _cached(program, rank, mode, "copy_once", _plan_copy_once, memo)
 
 
-def _plan_copy_once(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+def _plan_copy_once(program: Program, rank: int, mode: str | None, memo: dict) -> list[tuple[bool, ...]]:
     canon = _canon(program, rank, mode)
     writers = _touching(program, rank, mode, reads=False) if mode is not None else {}
     alone = _alone(program, rank, mode)
@@ -272,7 +272,7 @@ def _plan_copy_once(program: Program, rank: int, mode: str | None) -> list[tuple
                        and alone(st.dstbuf, st.dstoff, st.cnt, me))
 
 
-def early_offers(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+def early_offers(program: Program, rank: int, mode: str | None, memo: dict | None = None) -> list[tuple[bool, ...]]:
     """Per thread block of ``rank``, per step: does the receiver offer this step's destination at
     the start of the call (:meth:`pyxccl.transport.slots.RingRecvConnector.offer_destination`)?
 
@@ -284,10 +284,10 @@ def early_offers(program: Program, rank: int, mode: str | None) -> list[tuple[bo
     The answer is an offer where this call may take every slice at once (:func:`span_ok`), else
     a refusal (a peer aliased otherwise then does not wait for one). Cached per (program, rank, mode).
     """
-    return _cached(program, rank, mode, "early", _plan_early)
+    return _cached(program, rank, mode, "early", _plan_early, memo)
 
 
-def _plan_early(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+def _plan_early(program: Program, rank: int, mode: str | None, memo: dict) -> list[tuple[bool, ...]]:
     plan = []
     for tb in program.ranks[rank].tbs:
         flags = [False] * len(tb.steps)
@@ -296,13 +296,13 @@ def _plan_early(program: Program, rank: int, mode: str | None) -> list[tuple[boo
             for pt, ptb in enumerate(program.ranks[tb.recv].tbs):
                 if ptb.send == rank and ptb.channel == tb.channel:
                     sends = [i for i, st in enumerate(ptb.steps) if st.op.sends]
-                    flags[first] = bool(sends) and any(span_plan(program, tb.recv, m)[pt][sends[0]]
+                    flags[first] = bool(sends) and any(span_plan(program, tb.recv, m, memo)[pt][sends[0]]
                                                        for m in ("oop", "inplace"))
         plan.append(tuple(flags))
     return plan
 
 
-def put_plan(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+def put_plan(program: Program, rank: int, mode: str | None, memo: dict | None = None) -> list[tuple[bool, ...]]:
     """Per thread block of ``rank``, per step: may the step, on the put path
     (:data:`pyxccl.runtime.host.path_choice.PUT`), write every slice into the receiver's destination itself, each
     right after this rank's earlier steps of that slice ran (a slice it just copied locally is
@@ -313,26 +313,26 @@ def put_plan(program: Program, rank: int, mode: str | None) -> list[tuple[bool, 
     that only sends splits the work with its receiver instead (both copy at once). Cached per
     (program, rank, mode).
     """
-    return _cached(program, rank, mode, "put", _plan_put)
+    return _cached(program, rank, mode, "put", _plan_put, memo)
 
 
-def _plan_put(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+def _plan_put(program: Program, rank: int, mode: str | None, memo: dict) -> list[tuple[bool, ...]]:
     tbs = program.ranks[rank].tbs
     if only_sends(program, rank):
         return [(False,) * len(tb.steps) for tb in tbs]
     plan = []
-    for tb, span in zip(tbs, span_plan(program, rank, mode)):
+    for tb, span in zip(tbs, span_plan(program, rank, mode, memo)):
         flags = [False] * len(span)
         found = _peer_receiving_steps(program, rank, tb) if any(span) else None
         if found is not None:
-            early = early_offers(program, tb.send, mode)[found[0]]
+            early = early_offers(program, tb.send, mode, memo)[found[0]]
             for i, pi in zip((i for i, st in enumerate(tb.steps) if st.op.sends), found[1]):
                 flags[i] = span[i] and early[pi]
         plan.append(tuple(flags))
     return plan
 
 
-def put_from_copy(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+def put_from_copy(program: Program, rank: int, mode: str | None, memo: dict | None = None) -> list[tuple[bool, ...]]:
     """Per thread block of ``rank``, per step of :func:`put_plan`: does the step write from the
     destination of the copy just before it in the thread block instead of from its source?
 
@@ -340,15 +340,15 @@ def put_from_copy(program: Program, rank: int, mode: str | None) -> list[tuple[b
     output) and no other step writes its destination, both hold the same bytes; the copy just
     wrote them, so they are still in this core's cache, where the source may not be (measured:
     ``benchmarks/floors.py``, ``exchange-put``). Cached per (program, rank, mode)."""
-    return _cached(program, rank, mode, "put_from", _plan_put_from)
+    return _cached(program, rank, mode, "put_from", _plan_put_from, memo)
 
 
-def _plan_put_from(program: Program, rank: int, mode: str | None) -> list[tuple[bool, ...]]:
+def _plan_put_from(program: Program, rank: int, mode: str | None, memo: dict) -> list[tuple[bool, ...]]:
     canon = _canon(program, rank, mode)
     writers = _touching(program, rank, mode, reads=False)
     plan = []
     n = 0
-    for tb, puts in zip(program.ranks[rank].tbs, put_plan(program, rank, mode)):
+    for tb, puts in zip(program.ranks[rank].tbs, put_plan(program, rank, mode, memo)):
         flags = [False] * len(puts)
         for i, st in enumerate(tb.steps):
             prev = tb.steps[i - 1] if i else None
@@ -360,42 +360,60 @@ def _plan_put_from(program: Program, rank: int, mode: str | None) -> list[tuple[
     return plan
 
 
-_ANY: dict[tuple[int, int, str], tuple[Program, list[tuple[bool, bool, int]]]] = {}
-
-
-def direct_any(program: Program, rank: int, mode: str) -> list[tuple[bool, bool, int]]:
+def direct_any(program: Program, rank: int, mode: str | None, memo: dict | None = None) -> list[tuple[bool, bool, int]]:
     """Per thread block of ``rank``: (may it send a descriptor, may it receive one, its largest slot ``cnt``)
     in a call of aliasing ``mode`` (the peer's call assumed alike; a descriptor that comes anyway
     is still read, through the slot): calls that cannot use descriptors skip every other check."""
-    hit = _ANY.get((id(program), rank, mode))
-    if hit is not None and hit[0] is program:
-        return hit[1]
+    if memo is None:
+        memo = {}
     out = []
     for i, tb in enumerate(program.ranks[rank].tbs):
-        may_send = any(direct_plan(program, rank, mode)[i])
+        may_send = any(direct_plan(program, rank, mode, memo)[i])
         may_recv = False
         if tb.recv >= 0:
             for j, ptb in enumerate(program.ranks[tb.recv].tbs):
                 if ptb.send == rank and ptb.channel == tb.channel:
-                    may_recv = any(direct_plan(program, tb.recv, mode)[j])
+                    may_recv = any(direct_plan(program, tb.recv, mode, memo)[j])
         cnt = max((st.cnt for st in tb.steps if st.op.sends or st.op.receives), default=0)
         out.append((may_send, may_recv, cnt))
-    if len(_ANY) >= _CACHE_SIZE:
-        _ANY.clear()
-    _ANY[(id(program), rank, mode)] = (program, out)
     return out
 
 
 def only_sends(program: Program, rank: int) -> bool:
     """Whether ``rank`` receives nothing in ``program`` (a broadcast's or scatter's root): only such
     a sender splits its descriptors with the receiver; one that also receives is busy enough."""
-    key = (id(program), rank)
-    hit = _ONLY_SENDS.get(key)
-    if hit is None or hit[0] is not program:
-        if len(_ONLY_SENDS) >= _CACHE_SIZE:
-            _ONLY_SENDS.clear()
-        hit = _ONLY_SENDS[key] = (program, not any(st.op.receives for tb in program.ranks[rank].tbs for st in tb.steps))
-    return hit[1]
+    return not any(st.op.receives for tb in program.ranks[rank].tbs for st in tb.steps)
 
 
-_ONLY_SENDS: dict[tuple[int, int], tuple[Program, bool]] = {}
+@dataclass(frozen=True)
+class Tables:
+    """Every table of this pass for one rank of a program in a call aliased as ``mode``: per thread
+    block, per step (``any``: per thread block)."""
+
+    program: Program
+    rank: int
+    mode: str | None
+    direct: list[tuple[bool, ...]]
+    span: list[tuple[bool, ...]]
+    span_ok: list[tuple[bool, ...]]
+    feeds: list[tuple[bool, ...]]
+    put: list[tuple[bool, ...]]
+    put_from: list[tuple[bool, ...]]
+    early: list[tuple[bool, ...]]
+    copy_once: list[tuple[bool, ...]]
+    any: list[tuple[bool, bool, int]]
+    only_sends: bool
+
+    def only_sends_peer(self, peer: int) -> bool:
+        """Whether ``peer`` only sends in this program."""
+        return only_sends(self.program, peer)
+
+
+def tables(program: Program, rank: int, mode: str | None) -> Tables:
+    """All of this pass's tables for ``rank`` in a call aliased as ``mode``, from one analysis."""
+    memo: dict = {}
+    return Tables(program, rank, mode, direct_plan(program, rank, mode, memo), span_plan(program, rank, mode, memo),
+                  span_ok(program, rank, mode, memo), feeds_reduction(program, rank, memo),
+                  put_plan(program, rank, mode, memo), put_from_copy(program, rank, mode, memo),
+                  early_offers(program, rank, mode, memo), copy_at_once(program, rank, mode, memo),
+                  direct_any(program, rank, mode, memo), only_sends(program, rank))

@@ -56,11 +56,13 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Sequence
 
+from ..plan import DIRECT, MIXED, PUT, SLOTS
 from .path_board import Board, board_key
 from ...transport.doorbell import Doorbell, attach_shared
 
-#: the paths: every step through the slots; by descriptor wherever a step may; the mix; writes
-SLOTS, DIRECT, MIXED, PUT = 0, 1, 2, 3
+#: the paths (every step through the slots; by descriptor wherever a step may; the mix; writes)
+#: are numbered by the plan, which keeps each step's mode per path
+
 NPATHS = 4
 #: the candidates of a run whose mix and put equal one of the others
 TWO_PATHS = (DIRECT, SLOTS)
@@ -210,7 +212,7 @@ class PathChooser:
             _schedule(rec, path, MIN_INTERVAL if first else 2 * rec.interval[path])
 
     def drive(self, run: Any, nbytes: int, drive: Callable[[], None]) -> None:
-        """Run ``drive()`` (the call of ``run``, a :class:`~pyxccl.runtime.host.executor.ProgramRun` moving
+        """Run ``drive()`` (the call of ``run``, a :class:`~pyxccl.runtime.host.executor.HostCall` moving
         ``nbytes`` per rank) on the path chosen for it, and record how long it took; a follower
         takes the path its leader published where there is one (:mod:`pyxccl.runtime.host.path_board`)."""
         if self._fixed is not None:
@@ -240,7 +242,7 @@ class PathChooser:
     @staticmethod
     def candidates(run: Any) -> tuple[int, ...]:
         """The paths worth measuring for ``run``: single copy and the slots, and the mix and the
-        put where they differ from both (:attr:`~pyxccl.runtime.host.executor.ProgramRun.mixed_differs`, ``put_differs``)."""
+        put where they differ from both (:attr:`~pyxccl.runtime.host.executor.HostCall.mixed_differs`, ``put_differs``)."""
         return TWO_PATHS + ((MIXED,) if run.mixed_differs else ()) + ((PUT,) if run.put_differs else ())
 
     def best(self, key: tuple) -> int | None:
