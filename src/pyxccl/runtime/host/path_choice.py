@@ -76,9 +76,10 @@ _MARGIN = 1.03  # a path not in use must be this much faster to take over
 
 
 class _Record:
-    __slots__ = ("samples", "cost", "best", "calls", "interval", "due", "trying", "left", "seq", "board_key")
+    __slots__ = ("samples", "cost", "best", "calls", "interval", "due", "trying", "left", "seq", "board_key", "program")
 
-    def __init__(self, board_key: int = 0) -> None:
+    def __init__(self, board_key: int = 0, program: object = None) -> None:
+        self.program = program  # kept alive: the key holds its id
         self.samples: list[list[float]] = [[] for _ in range(NPATHS)]  # seconds per byte of the last calls, per path
         self.cost: list[float | None] = [None] * NPATHS  # the fastest of them
         self.best = DIRECT
@@ -153,7 +154,7 @@ class PathChooser:
         if rec is None:
             if len(self._records) >= MAX_KEYS:
                 self._records.pop(next(iter(self._records)))
-            rec = self._records[key] = _Record(0 if self._board is None else board_key(program, nbytes))
+            rec = self._records[key] = _Record(0 if self._board is None else board_key(program, nbytes), program)
         return rec
 
     def choose(self, key: tuple, candidates: tuple[int, ...] = TWO_PATHS) -> int:
