@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import resource
@@ -19,8 +20,11 @@ from pyxccl.dtypes import DTYPES, dtype_of, op_of, premul_sum
 from pyxccl.runtime.kernels import postdivide, prescale
 from pyxccl.errors import ConfigError, InvalidArgument
 from pyxccl.runtime.host.executor import Geometry
+from pyxccl import transport
+from pyxccl.memory.region import Region
+from pyxccl.transport import Capability, PeerInfo, TransportContext
 from pyxccl.transport.doorbell import Doorbell
-from pyxccl.transport.slots import RingRecvConnector, RingSendConnector, SlotRing, map_ring, ring_bytes
+from pyxccl.transport.ring import RingRecvConnector, RingSendConnector, SlotRing, map_ring, ring_bytes
 
 
 def test_config_parses_and_rejects():
@@ -103,6 +107,43 @@ def test_slot_ring_moves_slots_in_order_with_bounded_flight():
         assert rx.ready() and rx.buffer().tolist() == [i] * 4
         rx.release()
     assert not rx.ready() and tx.ready()
+
+
+def test_local_connectors_have_slots_only_and_say_where_they_live():
+    """local: two ranks of one process, through the transport (doorbells in shared files, as a
+    communicator makes them); slots only, and both ends name the same host memory."""
+    tag = f"unit{os.getpid()}"
+    bells = [transport.open_doorbell(tag, r, spin_us=0) for r in range(2)]
+    peers = [PeerInfo(rank=r, host="h", pid=os.getpid(), doorbell=bells[r][1]) for r in range(2)]
+    trs = [transport.create("local", TransportContext(rank=r, nranks=2, comm_tag=tag, peers=peers,
+                                                      doorbell=bells[r][0], slot_bytes=4096, nslots=3, timeout=5.0))
+           for r in range(2)]
+    try:
+        rx, info = trs[1].setup_recv(0, 0)
+        tx = trs[0].connect_send(1, 0, info)
+        assert type(trs[0]).__mro__[1] is transport.Transport  # local no longer derives from shm
+        for c in (tx, rx):
+            assert c.capabilities == Capability.SLOTS
+            assert not c.capabilities & (Capability.READ_PEER | Capability.WRITE_PEER | Capability.STREAM_ORDERED)
+        whole = tx.slot_region()
+        assert whole == rx.slot_region() and whole.on_host and whole.nbytes == 3 * 4096
+        for i in range(3):
+            r = tx.slot_region(i)
+            assert r == Region("cpu", whole.address + i * 4096, 4096)
+        seen = bells[1][0].value()
+        i = tx.slot_index()
+        tx.buffer()[:5] = np.frombuffer(b"hello", np.uint8)
+        tx.post(5)
+        assert bells[1][0].value() != seen  # the receiver's doorbell rang
+        assert rx.ready() and rx.slot_index(5) == i
+        assert ctypes.string_at(rx.slot_region(i).address, 5) == b"hello" == rx.buffer().tobytes()
+        rx.release()
+        assert tx.ready() and tx.remote_min_bytes == 0 and not rx.remote_read and tx.destination() is None
+    finally:
+        for t in trs:
+            t.close()
+        for _, name in bells:
+            transport.close_doorbell(name)
 
 
 @pytest.mark.skipif(not hasattr(mmap, "MAP_POPULATE") or not os.path.isdir("/dev/shm"), reason="Linux shared memory")

@@ -398,7 +398,7 @@ def test_socket_parse_hello(data):
         hello = sk_wire.parse_hello(data, SECRET, b"N" * 16)
     except ValueError:
         return
-    assert 0 <= hello.stream < hello.nstreams and len(hello.token) == sk_wire.TOKEN_BYTES
+    assert 0 <= hello.lane < hello.nlanes and len(hello.token) == sk_wire.TOKEN_BYTES
 
 
 @fuzz(200)
@@ -420,7 +420,7 @@ def test_socket_frame_headers(nstreams, headers):
     """The receiver's check of each frame header (seq u64, nbytes u32) as the progress thread reads it."""
     slot = 256 * 1024
     conn = SocketRecvConnector(0, 0, slot, 4, None, "fuzz")  # type: ignore[arg-type]
-    conn.nstreams = nstreams
+    conn.nlanes = nstreams
     for stream, seq, nbytes in headers:
         seq, nbytes = sk_wire.FRAME.unpack(sk_wire.FRAME.pack(seq, nbytes))
         if stream >= nstreams:

@@ -14,7 +14,7 @@ import pytest
 from harness import fresh_comm
 
 import pyxccl
-from pyxccl.transport import shm
+from pyxccl.transport.shm import files as shm_files
 
 
 def job_call_timeout(comm) -> list[str]:
@@ -95,7 +95,7 @@ def job_loss_then_shrink(comm) -> list[str]:
 def job_no_shm_leftovers(comm) -> list[str]:
     """A communicator's files in /dev/shm are gone after destroy (and after abort)."""
     failures = []
-    suffix = shm.owner_suffix()
+    suffix = shm_files.owner_suffix()
     for end in ("destroy", "abort"):
         c = fresh_comm(comm)
         x = np.ones(300000, np.float32)
@@ -138,15 +138,15 @@ def test_sweep_removes_files_of_dead_processes(tmp_path):
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
-    ns = shm.owner_suffix().split(".")[0]
+    ns = shm_files.owner_suffix().split(".")[0]
     stale = tmp_path / f"pyxccl-abc-bell0{ns}.{dead_pid}"
-    ours = tmp_path / f"pyxccl-abc-bell1{shm.owner_suffix()}"
+    ours = tmp_path / f"pyxccl-abc-bell1{shm_files.owner_suffix()}"
     other_ns = tmp_path / f"pyxccl-abc-bell2-p1.{dead_pid}"
     for f in (stale, ours, other_ns):
         f.write_bytes(b"x")
         os.utime(f, (time.time() - 60, time.time() - 60))
     young = tmp_path / f"pyxccl-abc-bell3{ns}.{dead_pid}"
     young.write_bytes(b"x")
-    removed = shm.sweep_stale(str(tmp_path), min_age=5.0)
+    removed = shm_files.sweep_stale(str(tmp_path), min_age=5.0)
     assert removed == [stale.name]
     assert ours.exists() and other_ns.exists() and young.exists() and not stale.exists()

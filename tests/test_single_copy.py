@@ -19,13 +19,13 @@ import harness
 import numpy as np
 import pytest
 
-from pyxccl import algorithms, config
+from pyxccl import algorithms, config, transport
 from pyxccl.ir.passes.direct import _plan_direct, feeds_reduction, span_ok, span_plan
 from pyxccl.runtime.host.path_choice import SLOTS
+from pyxccl.transport import Capability, PeerInfo, TransportContext
 from pyxccl.transport.shm import cma
 from pyxccl.transport.doorbell import Doorbell
-from pyxccl.transport.shm import ShmRecvConnector, ShmSendConnector
-from pyxccl.transport.slots import CMA_OFF, CMA_OK, SlotRing
+from pyxccl.transport.shm.connectors import CMA_OFF, CMA_OK, ShmRecvConnector, ShmRing, ShmSendConnector
 
 pytestmark = pytest.mark.skipif(not cma.available(), reason="process_vm_readv is not available")
 
@@ -72,7 +72,7 @@ def test_cma_skip_resumes_partial_transfers():
 
 
 def _pair(pid: int | None = None, enabled: bool = True, min_bytes: int = 1024, slot_bytes: int = 8192, nslots: int = 2):
-    ring = SlotRing.allocate(slot_bytes, nslots)
+    ring = ShmRing.allocate(slot_bytes, nslots)
     recv = ShmRecvConnector(ring, 1, 0, os.getpid() if pid is None else pid, 0, enabled)
     recv.bell = Doorbell.anonymous()
     send = ShmSendConnector(ring, 0, 0, Doorbell.anonymous(), min_bytes)
@@ -132,6 +132,75 @@ def test_probe_failure_and_disabled_fall_back_to_slots():
     send, recv = _pair(min_bytes=0)  # PYXCCL_CMA=0 on the sender: nothing offered
     _plain(send, recv, b"y")
     assert send.remote_min_bytes == 0 and send.ring.cma_state.value == CMA_OFF
+
+
+def _shm_pair(cma_mode: str = "auto"):
+    """rank 0's send connector to rank 1 and rank 1's receive connector, through two ShmTransports
+    of this process (ring files, doorbell files); and a function that closes everything."""
+    tag = f"sc{os.getpid()}{cma_mode}"
+    bells = [transport.open_doorbell(tag, r, spin_us=0) for r in range(2)]
+    peers = [PeerInfo(rank=r, host="h", pid=os.getpid(), doorbell=bells[r][1]) for r in range(2)]
+    cfg = config.load({"PYXCCL_CMA": cma_mode, "PYXCCL_CMA_MIN_BYTES": "1K"})
+    trs = [transport.create("shm", TransportContext(rank=r, nranks=2, comm_tag=tag, peers=peers, doorbell=bells[r][0],
+                                                    slot_bytes=8192, nslots=2, timeout=5.0, config=cfg))
+           for r in range(2)]
+    recv, info = trs[1].setup_recv(0, 0)
+    send = trs[0].connect_send(1, 0, info)
+
+    def close():
+        for t in trs:
+            t.close()
+        for _, name in bells:
+            transport.close_doorbell(name)
+    return send, recv, close
+
+
+@needs_cma
+def test_shm_capabilities_follow_the_probe_and_regions_name_one_ring():
+    send, recv, close = _shm_pair()
+    try:
+        assert send.nslots == recv.nslots == 2
+        # offered, not answered yet: slots only (the sender may already write where offered)
+        assert recv.capabilities == Capability.SLOTS
+        assert send.capabilities == Capability.SLOTS | Capability.WRITE_PEER
+        assert _plain(send, recv, b"probe") == b"probe"  # the receiver answers at its first release
+        both = Capability.SLOTS | Capability.READ_PEER | Capability.WRITE_PEER
+        assert send.capabilities == both and recv.capabilities == both
+        assert not send.capabilities & Capability.STREAM_ORDERED
+        # two mappings of one ring file: other addresses, the same bytes
+        ts, rs = send.slot_region(), recv.slot_region()
+        assert ts.on_host and rs.on_host and ts.nbytes == rs.nbytes == 2 * 8192 and ts.address != rs.address
+        i = send.slot_index()
+        assert send.slot_region(i).address == ts.address + i * 8192 and recv.slot_region(i).nbytes == 8192
+        send.buffer()[:6] = np.frombuffer(b"shared", np.uint8)
+        send.post(6)
+        assert recv.ready() and ctypes.string_at(recv.slot_region(i).address, 6) == b"shared"
+        recv.release()
+    finally:
+        close()
+
+
+def test_a_refused_write_drops_write_peer():
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)  # a pid that no longer exists: writes fail (ESRCH)
+    ring = ShmRing.allocate(8192, 2)
+    send = ShmSendConnector(ring, 1, 0, Doorbell.anonymous(), 0, pid=child)
+    assert send.capabilities == Capability.SLOTS | Capability.WRITE_PEER
+    buf = np.zeros(8, np.uint8)
+    assert not send.write_remote([(_addr(buf), _addr(buf), 8)])
+    assert send.capabilities == Capability.SLOTS and send.writes == 0
+
+
+def test_shm_capabilities_without_single_copy():
+    send, recv, close = _shm_pair("0")  # PYXCCL_CMA=0: nothing offered, nothing read
+    try:
+        assert _plain(send, recv, b"x") == b"x"
+        assert send.capabilities == recv.capabilities == Capability.SLOTS
+        assert send.remote_min_bytes == recv.remote_min_bytes == 0 and not recv.remote_read
+    finally:
+        close()
 
 
 def test_config_variables():
@@ -589,7 +658,7 @@ def test_root_writes_half_of_the_rest(env_pools, nranks):
 
 def test_destination_offers_on_a_ring():
     """The ring's offer protocol in one process: answer per slot, decline, done and fail states."""
-    ring = SlotRing.allocate(4096, 4)
+    ring = ShmRing.allocate(4096, 4)
     bell = Doorbell.anonymous()
     send = ShmSendConnector(ring, 1, 0, bell, 1024, os.getpid())
     recv = ShmRecvConnector(ring, 0, 0, os.getpid(), 1, True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -17,7 +18,8 @@ import numpy as np
 import pytest
 
 from pyxccl.errors import PeerLostError, TransportError
-from pyxccl.transport.base import PeerInfo, TransportContext
+from pyxccl.memory.region import Region
+from pyxccl.transport.base import Capability, PeerInfo, TransportContext
 from pyxccl.transport.doorbell import Doorbell
 from pyxccl.transport.socket import SocketTransport
 from pyxccl.transport.socket.wire import chunk_range, decode_info, encode_info, frames_per_slot, make_hello
@@ -124,6 +126,28 @@ def until(cond, within: float = 2.0, what: str = "condition") -> None:
         time.sleep(0.001)
 
 
+def test_socket_connectors_have_slots_only_and_say_where_they_live(pair):
+    """Slots only (no direct read or write of a peer on another host); each end's slots are its
+    own host memory: the sender's staging slots, the receiver's landing slots."""
+    tx, rx = pair.send[0][0], pair.recv[1][0]
+    for c in (tx, rx):
+        assert c.capabilities == Capability.SLOTS
+        assert c.remote_min_bytes == 0
+    assert not rx.remote_read and tx.destination() is None
+    for c in (tx, rx):
+        whole = c.slot_region()
+        assert whole.on_host and whole.nbytes == NSLOTS * SLOT
+        assert [c.slot_region(i) for i in range(NSLOTS)] == [Region("cpu", whole.address + i * SLOT, SLOT)
+                                                             for i in range(NSLOTS)]
+    assert tx.slot_region().address != rx.slot_region().address
+    until(tx.ready, what="a free slot")
+    tx.buffer()[:4] = np.frombuffer(b"lane", np.uint8)
+    tx.post(4)
+    until(rx.ready, what="the slot")
+    assert rx.buffer().tobytes() == b"lane" == ctypes.string_at(rx.slot_region(0).address, 4)
+    rx.release()
+
+
 def test_wire_chunks_cover_slot():
     for n in (0, 1, 4095, 65536, 65537, 300000, 1 << 20):
         for ns in (1, 2, 3, 4):
@@ -149,7 +173,7 @@ def test_several_streams(nstreams):
         sizes = [int(x) for x in rng.integers(0, 512 * 1024 + 1, 200)]
         sizes[:3] = [0, 512 * 1024, 70000]
         run_both(p, sizes)
-        assert all(len(s.streams) == nstreams for s in p.send[0] + p.recv[0])
+        assert all(len(s.lanes) == nstreams for s in p.send[0] + p.recv[0])
     finally:
         p.close()
 
@@ -162,9 +186,9 @@ def test_direct_sends_with_tiny_socket_buffers(monkeypatch):
     p = Pair(nchannels=1)
     try:
         conns = p.send[0] + p.send[1]
-        until(lambda: all(c.streams for c in conns), what="attached streams")
+        until(lambda: all(c.lanes for c in conns), what="attached lanes")
         for c in conns:  # (shrinking an established connection's receive buffer would stall TCP)
-            c.streams[0].sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            c.lanes[0].sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         sizes = [int(x) for x in np.random.default_rng(5).integers(0, SLOT + 1, 300)]
         run_both(p, sizes)
     finally:

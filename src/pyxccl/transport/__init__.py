@@ -1,5 +1,10 @@
 """Transports behind one contract (:mod:`.base`): shm, socket, local.
 
+Each transport is a folder with the same file set: ``__init__`` (re-exports its Transport),
+``transport`` (the Transport: setup_recv / connect_send / close), ``connectors`` (its
+connectors), and private extras (shm: ``files``, ``cma``; socket: ``progress``, ``wire``).
+What they share: :mod:`.ring` (the slot ring of shm and local), :mod:`.doorbell`.
+
 :func:`choose` picks the transport for a peer from the peers' host identity. The host-side
 resources every communicator has whatever its peers (its doorbell, shared with the ranks of
 its host, and the removal of files crashed processes left) are made here too, so nothing
@@ -8,7 +13,7 @@ outside ``transport/`` knows where shared memory lives.
 
 from __future__ import annotations
 
-from .base import PeerInfo, RecvConnector, SendConnector, Transport, TransportContext
+from .base import Capability, PeerInfo, RecvConnector, SendConnector, Transport, TransportContext
 from .doorbell import Doorbell, attach_shared, create_shared
 from .shm.files import pid_alive, pid_namespace
 
@@ -71,5 +76,5 @@ def create(name: str, ctx: TransportContext) -> Transport:
     raise ValueError(f"unknown transport {name!r}")
 
 
-__all__ = ["Doorbell", "PeerInfo", "RecvConnector", "SendConnector", "Transport", "TransportContext", "attach_doorbell",
-           "choose", "close_doorbell", "create", "open_doorbell", "pid_alive", "pid_namespace", "sweep_stale"]
+__all__ = ["Capability", "Doorbell", "PeerInfo", "RecvConnector", "SendConnector", "Transport", "TransportContext",
+           "attach_doorbell", "choose", "close_doorbell", "create", "open_doorbell", "pid_alive", "pid_namespace", "sweep_stale"]

@@ -1,4 +1,5 @@
-"""The transport contracts: connectors that move slots of bytes between two ranks.
+"""The transport contracts: connectors that move slots of bytes between two ranks, what they
+can do (:class:`Capability`) and where their slots live (:class:`~pyxccl.memory.region.Region`).
 
 A connector pair moves slots from one rank to another in order, with at most
 ``nslots`` in flight (NCCL's STEPS). The executor never blocks inside a connector:
@@ -9,7 +10,19 @@ executor's :class:`~pyxccl.transport.doorbell.Doorbell`.
 Sender:   ready() -> buffer() (fill it: copy or fused reduce) -> post(nbytes)
 Receiver: ready() -> buffer() (consume it: copy or fused reduce) -> release()
 
-Descriptors (optional; the single-copy path of same-host peers). A sender whose
+Capabilities (``capabilities``, a :class:`Capability` flag set, as NCCL's transports declare
+read and write): every connector has ``SLOTS`` (the buffered path above). ``READ_PEER``: the
+receiver may copy a step straight from the sender's memory (descriptors, below); ``WRITE_PEER``:
+the sender may write a step straight into the receiver's memory (destination offers, below);
+``STREAM_ORDERED``: ready/post/release can be enqueued on a device stream instead of polled
+(no transport has it yet). They may grow or shrink during a connector's life (shm gains
+``READ_PEER`` once its probe of the peer succeeded, loses ``WRITE_PEER`` when the kernel
+refuses a write); socket and local connectors have ``SLOTS`` only.
+
+Memory: ``slot_region(i)`` says where slot ``i`` (all slots: ``None``) lives, as a
+:class:`~pyxccl.memory.region.Region` (device ``"cpu"`` for host memory).
+
+Descriptors (``READ_PEER``; the single-copy path of same-host peers). A sender whose
 ``remote_min_bytes`` is > 0 may, instead of filling a slot, post a *descriptor*:
 ``post_remote(nbytes, regions, aux)`` where ``regions`` are (logical offset, address,
 length) of the data in the sender's own memory, ascending in offset; logical bytes no
@@ -27,8 +40,14 @@ descriptor slot resolves it into the slot (for consumers that reduce anyway), so
 receiver that ignores descriptors still works as long as they fit a slot.
 ``remote_min_bytes`` is 0 while the transport cannot (or not yet) deliver descriptors
 (not offered, the receiver's probe failed, ``PYXCCL_CMA=0``); it is the size under
-which posting one does not pay. Socket and local connectors keep the defaults (no
-descriptors).
+which posting one does not pay.
+
+Destination offers (``WRITE_PEER``): a receiver waiting for a slot may offer where that
+slot's bytes go in its memory (``offer_destination``); the sender sees it with
+``destination()``, writes pieces there (``write_remote``), posts a descriptor of the rest and
+says with ``put_finished(seq, ok)`` whether its writes arrived, which the receiver asks with
+``put_state(seq)``; ``seq`` is the slot's number (the sender's ``head``, the receiver's ``tail``
+when the slot was next).
 
 A :class:`Transport` builds connectors for one kind of peer: the receiver sets up
 its side first and returns connect info (bytes) for the sender, which attaches.
@@ -36,14 +55,40 @@ its side first and returns connect info (bytes) for the sender, which attaches.
 
 from __future__ import annotations
 
+import enum
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..memory.region import HOST, Region
+
 if TYPE_CHECKING:
     from .doorbell import Doorbell
+
+
+class Capability(enum.Flag):
+    """What a connector can do (see the module docstring)."""
+
+    SLOTS = enum.auto()
+    """slots in the transport's memory, filled and consumed in order (every connector)"""
+    READ_PEER = enum.auto()
+    """the receiver copies a step straight from the sender's memory (descriptors)"""
+    WRITE_PEER = enum.auto()
+    """the sender writes a step straight into the receiver's memory (destination offers)"""
+    STREAM_ORDERED = enum.auto()
+    """ready/post/release may be enqueued on a device stream instead of polled by the host"""
+
+
+def slots_region(slots: Sequence[np.ndarray], index: int | None = None) -> Region:
+    """The host region of slot ``index`` of ``slots`` (views of one array, in order), or of all
+    of them when ``index`` is None."""
+    if index is None:
+        return Region(HOST, slots[0].ctypes.data, sum(s.nbytes for s in slots))
+    slot = slots[index]
+    return Region(HOST, slot.ctypes.data, slot.nbytes)
 
 
 class SendConnector(ABC):
@@ -69,6 +114,15 @@ class SendConnector(ABC):
     #: slots in flight (the ring's depth); informative
     nslots: int = 1
 
+    @property
+    def capabilities(self) -> Capability:
+        """What this connector can do now (it may change, see the module docstring)."""
+        return Capability.SLOTS
+
+    def slot_region(self, index: int | None = None) -> Region:
+        """Where slot ``index`` (0..nslots-1) lives, or all of the slots when None."""
+        raise NotImplementedError(f"{type(self).__name__} does not say where its slots live")
+
     def slot_index(self) -> int:
         """Which fixed slot ``buffer()`` returns now (0..nslots-1), or -1 when slots are not fixed
         memory (then callers must not keep views of a slot between steps)."""
@@ -83,15 +137,19 @@ class SendConnector(ABC):
         return False
 
     def destination(self) -> list[tuple[int, int, int]] | None:
-        """The receiver's answer for the next slot (see :mod:`.slots`): the (logical offset, address,
-        length) regions its bytes go to, [] when it declined (or writes are refused), None while
-        it has not answered."""
+        """The receiver's answer for the next slot (see :meth:`RecvConnector.offer_destination`):
+        the (logical offset, address, length) regions its bytes go to, [] when it declined (or
+        writes are refused), None while it has not answered."""
         return None
 
     def write_remote(self, pieces: list[tuple[int, int, int]]) -> bool:
         """Copy (local address, receiver's address, length) pieces into the receiver's memory; False
         when the kernel refuses this connector's writes (from then on ``destination()`` gives [])."""
         return False
+
+    def put_finished(self, seq: int, ok: bool) -> None:
+        """Tell the receiver the bytes promised for slot ``seq`` are written (``ok``) or never will be."""
+        raise NotImplementedError(f"{type(self).__name__} does not write into its receiver")
 
     def close(self) -> None:
         """Release local resources (idempotent)."""
@@ -119,6 +177,17 @@ class RecvConnector(ABC):
     remote_read: bool = False
     #: 0 while no descriptor can arrive, else the sender's smallest descriptor step (a hint)
     remote_min_bytes: int = 0
+    #: slots in flight (the ring's depth); informative
+    nslots: int = 1
+
+    @property
+    def capabilities(self) -> Capability:
+        """What this connector can do now (it may change, see the module docstring)."""
+        return Capability.SLOTS
+
+    def slot_region(self, index: int | None = None) -> Region:
+        """Where slot ``index`` (0..nslots-1) lives, or all of the slots when None."""
+        raise NotImplementedError(f"{type(self).__name__} does not say where its slots live")
 
     def slot_index(self, nbytes: int) -> int:
         """Which fixed slot ``buffer()`` returns now, when it holds exactly ``nbytes`` plain bytes
@@ -130,7 +199,8 @@ class RecvConnector(ABC):
         return None
 
     def offer_destination(self, regions: list[tuple[int, int, int]]) -> bool:
-        """Offer where the next slot's bytes go in this process (see :mod:`.slots`); False: not offered."""
+        """Offer (logical offset, address, length) regions of this process as where the next slot's
+        bytes go, or decline with ``[]``; False: not offered (declined, or the transport cannot)."""
         return False
 
     def read_remote(self, targets: list[tuple[int, int, int]]) -> None:
@@ -139,6 +209,10 @@ class RecvConnector(ABC):
         ``targets`` ascend in offset; bytes outside the descriptor's regions are left as they are.
         """
         raise NotImplementedError(f"{type(self).__name__} does not read descriptors")
+
+    def put_state(self, seq: int) -> bool | None:
+        """Whether the sender wrote what it promised for slot ``seq``: True, False (it could not), None (not yet)."""
+        return None
 
     def close(self) -> None:
         """Release local resources (idempotent)."""

@@ -11,6 +11,9 @@ values unique to itself (writer id in the low bits, its own counter above), so a
 ring after the waiter read the value leaves a different value behind. A writer wakes
 the futex only when the waiter has said it sleeps; the waiter's sleeps are bounded
 (a few ms) so an unlucky interleaving costs latency, never a hang.
+
+:class:`PeerDoorbells` keeps one transport's handles on the doorbells of its peers (shm and
+local ring them when they post or release a slot).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import mmap
 import os
 import platform
 import time
+from typing import Sequence
+
+from ..errors import TransportError
 
 _WRITER_BITS = 10
 #: writer id reserved for a transport's progress thread (peers ring with their rank + 1)
@@ -142,3 +148,32 @@ def attach_shared(path: str, writer: int) -> Doorbell:
     finally:
         os.close(fd)
     return Doorbell(mem, writer=writer)
+
+
+class PeerDoorbells:
+    """Handles on the doorbells of a communicator's peers on this host, opened once each.
+
+    ``paths[peer]`` names ``peer``'s doorbell (its PeerInfo); this rank rings with writer id
+    ``rank + 1`` (folded below :data:`PROGRESS_WRITER`); ``what`` names the transport in errors.
+    """
+
+    def __init__(self, paths: Sequence[str], rank: int, what: str):
+        self._paths, self._what = paths, what
+        self._writer = rank % (PROGRESS_WRITER - 1) + 1
+        self._bells: dict[int, Doorbell] = {}
+
+    def get(self, peer: int) -> Doorbell:
+        """A handle on ``peer``'s doorbell (TransportError when it cannot be opened)."""
+        bell = self._bells.get(peer)
+        if bell is None:
+            path = self._paths[peer]
+            try:
+                bell = attach_shared(path, writer=self._writer)
+            except OSError as exc:
+                raise TransportError(f"{self._what}: cannot open rank {peer}'s doorbell {path}: {exc}") from exc
+            self._bells[peer] = bell
+        return bell
+
+    def clear(self) -> None:
+        """Forget every handle (their mappings go with the last reference)."""
+        self._bells.clear()

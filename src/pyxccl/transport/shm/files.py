@@ -73,6 +73,11 @@ def pid_alive(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
+def ring_path(comm_tag: str, sender: int, receiver: int, channel: int) -> str:
+    """The file of the slot ring from ``sender`` to ``receiver`` on ``channel`` (this process's: the receiver's)."""
+    return os.path.join(SHM_DIR, f"pyxccl-{comm_tag}-{sender}to{receiver}-c{channel}{owner_suffix()}")
+
+
 def doorbell_path(comm_tag: str, rank: int) -> str:
     """The file of ``rank``'s doorbell in communicator ``comm_tag`` (this process's)."""
     return f"{SHM_DIR}/pyxccl-{comm_tag}-bell{rank}{owner_suffix()}"

@@ -20,16 +20,14 @@ import selectors
 import socket
 import threading
 from collections import deque
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Protocol, Union
 
 import numpy as np
 
 from ...errors import InvalidArgument
-from ..base import RecvConnector, SendConnector
+from ...memory.region import Region
+from ..base import RecvConnector, SendConnector, slots_region
 from .wire import FRAME, chunk_range, frames_per_slot
-
-if TYPE_CHECKING:
-    from .progress import Progress
 
 _CREDIT = b"\x01"
 DIRECT_BYTES = 32 * 1024
@@ -41,18 +39,25 @@ def _slots(slot_bytes: int, nslots: int) -> list[np.ndarray]:
     return [data[i * slot_bytes:(i + 1) * slot_bytes] for i in range(nslots)]
 
 
-class _Base:
-    """What both connector kinds share: identity, failure state, streams."""
+class ProgressQueue(Protocol):
+    """What a connector needs of the transport's progress thread (:class:`.progress.Progress`): its queue."""
 
-    def __init__(self, peer: int, channel: int, slot_bytes: int, nslots: int, progress: "Progress", who: str):
+    def submit(self, cmd: tuple[Any, ...]) -> None:
+        """Queue ``cmd`` for the thread (never blocks)."""
+
+
+class _Base:
+    """What both connector kinds share: identity, failure state, lanes."""
+
+    def __init__(self, peer: int, channel: int, slot_bytes: int, nslots: int, progress: ProgressQueue, who: str):
         self.peer, self.channel = peer, channel
         self.slot_bytes, self.nslots = slot_bytes, nslots
         self.progress = progress
         self.who = who
         """e.g. ``rank 3 on host-b, channel 1, recv`` for messages"""
         self.failure: Exception | None = None
-        self.streams: list["Stream | None"] = []
-        self.nstreams = 0
+        self.lanes: list["Lane | None"] = []
+        self.nlanes = 0
         self.lock = threading.Lock()
         """held around socket sends from the executor and socket closes from the progress thread"""
         self.closed = False
@@ -69,12 +74,12 @@ class _Base:
 
 
 class SocketSendConnector(_Base, SendConnector):
-    """Sending end: staging slots written to the TCP stream(s) by the progress thread."""
+    """Sending end: staging slots written to the TCP lane(s) by the progress thread."""
 
-    def __init__(self, peer: int, channel: int, slot_bytes: int, nslots: int, progress: "Progress", who: str,
-                 nstreams: int):
+    def __init__(self, peer: int, channel: int, slot_bytes: int, nslots: int, progress: ProgressQueue, who: str,
+                 nlanes: int):
         super().__init__(peer, channel, slot_bytes, nslots, progress, who)
-        self.nstreams = nstreams
+        self.nlanes = nlanes
         self.staging = _slots(slot_bytes, nslots)
         self.sizes = [0] * nslots
         self.busy = [False] * nslots
@@ -99,7 +104,7 @@ class SocketSendConnector(_Base, SendConnector):
         i = seq % self.nslots
         self.sizes[i] = nbytes
         self.posted = seq + 1  # before any byte leaves: the credit may come back at once
-        if nbytes <= DIRECT_BYTES and self.streams and not any(self.busy):
+        if nbytes <= DIRECT_BYTES and self.lanes and not any(self.busy):
             sent = self._send_direct(seq, nbytes)
             if sent == FRAME.size + nbytes:
                 return
@@ -115,17 +120,20 @@ class SocketSendConnector(_Base, SendConnector):
         Only when no earlier slot is still queued in the progress thread, so that nothing
         else writes this socket; saves the hand-off to the progress thread for small slots.
         """
-        stream = self.streams[0]
+        lane = self.lanes[0]
         header = FRAME.pack(seq, nbytes)
         with self.lock:
-            if stream is None or stream.closed:
+            if lane is None or lane.closed:
                 return 0
             try:
                 if nbytes:
-                    return stream.sock.sendmsg([header, self.staging[seq % self.nslots].data[:nbytes]])
-                return stream.sock.send(header)
+                    return lane.sock.sendmsg([header, self.staging[seq % self.nslots].data[:nbytes]])
+                return lane.sock.send(header)
             except OSError:  # full, or lost (the progress thread sees the loss and fails the connector)
                 return 0
+
+    def slot_region(self, index: int | None = None) -> Region:
+        return slots_region(self.staging, index)
 
     def in_flight(self) -> int:
         """Slots posted and not yet credited back by the receiver."""
@@ -134,14 +142,14 @@ class SocketSendConnector(_Base, SendConnector):
     # progress thread side
 
     def frames(self, seq: int, resumed: bool) -> list[tuple[int, memoryview]]:
-        """(stream, bytes) of each frame of slot ``seq`` (only stream 0's when ``resumed`` after
+        """(lane, bytes) of each frame of slot ``seq`` (only lane 0's when ``resumed`` after
         a partial direct send); records how many are pending."""
         i = seq % self.nslots
         nbytes = self.sizes[i]
         view = self.staging[i].data
         out = []
-        for j in range(1 if resumed else self.nstreams):
-            lo, hi = chunk_range(nbytes, self.nstreams, j)
+        for j in range(1 if resumed else self.nlanes):
+            lo, hi = chunk_range(nbytes, self.nlanes, j)
             if j == 0 or hi > lo:
                 out.append((j, view[lo:hi]))
         self.pending[i] = len(out)
@@ -167,7 +175,7 @@ class SocketSendConnector(_Base, SendConnector):
 class SocketRecvConnector(_Base, RecvConnector):
     """Receiving end: local slots filled by the progress thread straight from the socket(s)."""
 
-    def __init__(self, peer: int, channel: int, slot_bytes: int, nslots: int, progress: "Progress", who: str):
+    def __init__(self, peer: int, channel: int, slot_bytes: int, nslots: int, progress: ProgressQueue, who: str):
         super().__init__(peer, channel, slot_bytes, nslots, progress, who)
         self.slots = _slots(slot_bytes, nslots)
         self.views = [s.data for s in self.slots]
@@ -178,7 +186,7 @@ class SocketRecvConnector(_Base, RecvConnector):
         self.tail = 0
         self.owed = 0
         self.paid = 0
-        self.bound = 0  # streams attached (progress thread only)
+        self.bound = 0  # lanes attached (progress thread only)
 
     def ready(self) -> bool:
         tail = self.tail
@@ -201,14 +209,14 @@ class SocketRecvConnector(_Base, RecvConnector):
         self.tail += 1
         if self.failure is not None:
             return
-        stream = self.streams[0] if self.streams else None
-        if stream is None:
+        lane = self.lanes[0] if self.lanes else None
+        if lane is None:
             return
         with self.lock:
-            if stream.closed:
+            if lane.closed:
                 return
             try:
-                if self.owed == self.paid and stream.sock.send(_CREDIT) == 1:
+                if self.owed == self.paid and lane.sock.send(_CREDIT) == 1:
                     return
             except BlockingIOError:
                 pass
@@ -217,10 +225,13 @@ class SocketRecvConnector(_Base, RecvConnector):
         self.owed += 1
         self.progress.submit(("credit", self))
 
+    def slot_region(self, index: int | None = None) -> Region:
+        return slots_region(self.slots, index)
+
     # progress thread side
 
-    def begin_frame(self, stream: int, seq: int, nbytes: int) -> memoryview:
-        """Where the frame (``seq``, ``nbytes``) arriving on ``stream`` goes; ValueError when it may not."""
+    def begin_frame(self, lane: int, seq: int, nbytes: int) -> memoryview:
+        """Where the frame (``seq``, ``nbytes``) arriving on ``lane`` goes; ValueError when it may not."""
         if nbytes > self.slot_bytes:
             raise ValueError(f"frame of {nbytes} bytes for slots of {self.slot_bytes}")
         tail = self.tail
@@ -230,12 +241,12 @@ class SocketRecvConnector(_Base, RecvConnector):
         if self.seq_of[i] != seq:
             self.seq_of[i] = seq
             self.size[i] = nbytes
-            self.remaining[i] = frames_per_slot(nbytes, self.nstreams)
+            self.remaining[i] = frames_per_slot(nbytes, self.nlanes)
         elif self.size[i] != nbytes:
-            raise ValueError(f"streams disagree on the length of slot {seq}")
-        lo, hi = chunk_range(nbytes, self.nstreams, stream)
-        if stream and hi <= lo:
-            raise ValueError(f"stream {stream} sent an empty chunk of slot {seq}")
+            raise ValueError(f"lanes disagree on the length of slot {seq}")
+        lo, hi = chunk_range(nbytes, self.nlanes, lane)
+        if lane and hi <= lo:
+            raise ValueError(f"lane {lane} sent an empty chunk of slot {seq}")
         return self.views[i][lo:hi]
 
     def frame_done(self, seq: int) -> bool:
@@ -248,21 +259,22 @@ class SocketRecvConnector(_Base, RecvConnector):
         return False
 
 
-def mismatch(conn: "Conn", slot_bytes: int, nslots: int, nstreams: int) -> str | None:
+def mismatch(conn: "Conn", slot_bytes: int, nslots: int, nlanes: int) -> str | None:
     """Why a hello's parameters cannot work with ``conn`` (None when they can)."""
     if slot_bytes != conn.slot_bytes or nslots != conn.nslots:
         return (f"{conn.who}: the peer uses slots of {slot_bytes} bytes x {nslots}, this rank "
                 f"{conn.slot_bytes} x {conn.nslots}; set PYXCCL_SLOT_BYTES and PYXCCL_NSLOTS alike on every rank")
-    if conn.nstreams and nstreams != conn.nstreams:
-        return f"{conn.who}: the peer's streams disagree on their number ({nstreams} vs {conn.nstreams})"
+    if conn.nlanes and nlanes != conn.nlanes:
+        return f"{conn.who}: the peer's lanes disagree on their number ({nlanes} vs {conn.nlanes})"
     return None
 
 
 Conn = Union[SocketSendConnector, SocketRecvConnector]
 
 
-class Stream:
-    """One TCP connection of a connector, with its read or write position."""
+class Lane:
+    """One TCP lane of a connection: one of a connector's TCP connections (slots larger than
+    :data:`~.wire.MIN_CHUNK` are split across them), with its read or write position."""
 
     def __init__(self, sock: socket.socket, conn: Conn, index: int):
         self.sock, self.conn, self.index = sock, conn, index
@@ -287,4 +299,4 @@ def drain(sock: socket.socket) -> None:
         pass
 
 
-__all__ = ["Conn", "SocketRecvConnector", "SocketSendConnector", "Stream", "drain", "mismatch"]
+__all__ = ["Conn", "Lane", "ProgressQueue", "SocketRecvConnector", "SocketSendConnector", "drain", "mismatch"]

@@ -2,7 +2,7 @@
 
 One thread per :class:`~pyxccl.transport.socket.SocketTransport` multiplexes the
 listening socket, connections waiting for their hello, and every connector's TCP
-streams with :mod:`selectors`. Other threads hand it work through :meth:`Progress.submit`
+lanes with :mod:`selectors`. Other threads hand it work through :meth:`Progress.submit`
 (a deque plus a wake-up byte on a socketpair, sent only when the thread may be asleep).
 Whatever may make a connector ready (a slot received, a staging slot written, credits
 returned, a connection lost) rings the owning executor's doorbell.
@@ -21,7 +21,7 @@ from ... import log
 from ...bootstrap import net
 from ...errors import PeerLostError, TransportError
 from ..doorbell import Doorbell
-from .connectors import Conn, SocketRecvConnector, SocketSendConnector, Stream, drain, mismatch
+from .connectors import Conn, Lane, SocketRecvConnector, SocketSendConnector, drain, mismatch
 from .wire import FRAME, HELLO_BYTES, MAGIC, parse_hello, tune
 
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -46,7 +46,7 @@ class Progress:
         self.rank, self.bell, self.secret = rank, bell, secret
         self.bufbytes, self.hello_timeout = bufbytes, hello_timeout
         self.tokens: dict[bytes, SocketRecvConnector] = {}
-        """receive connectors waiting for their streams, by token (filled by setup_recv)"""
+        """receive connectors waiting for their lanes, by token (filled by setup_recv)"""
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -123,7 +123,7 @@ class Progress:
             except BlockingIOError:
                 pass
             self._woken = False  # after draining: commands queued from here on send a new byte
-        elif isinstance(data, Stream):
+        elif isinstance(data, Lane):
             if data.closed:
                 return
             conn = data.conn
@@ -240,55 +240,55 @@ class Progress:
         conn = self.tokens.get(hello.token)
         if conn is None:
             return self._drop(pending, "unknown token")
-        why = mismatch(conn, hello.slot_bytes, hello.nslots, hello.nstreams)
+        why = mismatch(conn, hello.slot_bytes, hello.nslots, hello.nlanes)
         if why is not None:
             self._drop(pending, why)
             return self._fail(conn, TransportError(f"socket: {why}"))
-        if not conn.nstreams:
-            conn.nstreams = hello.nstreams
-            conn.streams = [None] * hello.nstreams
-        if conn.streams[hello.stream] is not None:
-            return self._drop(pending, f"stream {hello.stream} of {conn.who} is already connected")
+        if not conn.nlanes:
+            conn.nlanes = hello.nlanes
+            conn.lanes = [None] * hello.nlanes
+        if conn.lanes[hello.lane] is not None:
+            return self._drop(pending, f"lane {hello.lane} of {conn.who} is already connected")
         self._pending.pop(pending.sock)
         self._sel.unregister(pending.sock)
-        stream = Stream(pending.sock, conn, hello.stream)
-        conn.streams[hello.stream] = stream
+        lane = Lane(pending.sock, conn, hello.lane)
+        conn.lanes[hello.lane] = lane
         conn.bound += 1
-        if conn.bound == conn.nstreams:
+        if conn.bound == conn.nlanes:
             self.tokens.pop(hello.token, None)
         self._conns.add(conn)
-        self._sel.register(stream.sock, _READ, stream)
+        self._sel.register(lane.sock, _READ, lane)
 
     def _attach_sender(self, conn: SocketSendConnector, socks: list[socket.socket]) -> None:
-        conn.streams = [Stream(sock, conn, j) for j, sock in enumerate(socks)]
+        conn.lanes = [Lane(sock, conn, j) for j, sock in enumerate(socks)]
         self._conns.add(conn)
-        for stream in conn.streams:
-            assert stream is not None
-            self._sel.register(stream.sock, _READ, stream)
+        for lane in conn.lanes:
+            assert lane is not None
+            self._sel.register(lane.sock, _READ, lane)
 
     # data
 
-    def _set_write(self, stream: Stream, want: bool) -> None:
+    def _set_write(self, lane: Lane, want: bool) -> None:
         events = _READ | _WRITE if want else _READ
-        if stream.events != events and not stream.closed:
-            stream.events = events
-            self._sel.modify(stream.sock, events, stream)
+        if lane.events != events and not lane.closed:
+            lane.events = events
+            self._sel.modify(lane.sock, events, lane)
 
     def _queue_slot(self, conn: SocketSendConnector, seq: int, done: int) -> None:
         """Queue slot ``seq``'s frames (``done`` bytes of it already written by the executor)."""
         header = FRAME.pack(seq, conn.sizes[seq % conn.nslots])
         touched = []
         for j, body in conn.frames(seq, done > 0):
-            stream = conn.streams[j]
-            assert stream is not None
-            stream.queue.append([seq, header, body, done])
-            touched.append(stream)
-        for stream in touched:
-            if not stream.closed and stream.events == _READ:  # else already waiting to write
-                self._write_frames(stream, conn)
+            lane = conn.lanes[j]
+            assert lane is not None
+            lane.queue.append([seq, header, body, done])
+            touched.append(lane)
+        for lane in touched:
+            if not lane.closed and lane.events == _READ:  # else already waiting to write
+                self._write_frames(lane, conn)
 
-    def _write_frames(self, stream: Stream, conn: SocketSendConnector) -> None:
-        queue, sock = stream.queue, stream.sock
+    def _write_frames(self, lane: Lane, conn: SocketSendConnector) -> None:
+        queue, sock = lane.queue, lane.sock
         freed = False
         while queue:
             job = queue[0]
@@ -308,50 +308,50 @@ class Progress:
                 continue
             queue.popleft()
             freed = conn.frame_sent(seq) or freed
-        self._set_write(stream, bool(queue))
+        self._set_write(lane, bool(queue))
         if freed:
             self.bell.ring()
 
-    def _read_credits(self, stream: Stream, conn: SocketSendConnector) -> None:
+    def _read_credits(self, lane: Lane, conn: SocketSendConnector) -> None:
         try:
-            data = stream.sock.recv(4096)
+            data = lane.sock.recv(4096)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             return self._lost(conn, exc)
         if not data:
             return self._lost(conn, None)
-        if stream.index:
-            raise ValueError(f"unexpected bytes from the receiver on stream {stream.index}")
+        if lane.index:
+            raise ValueError(f"unexpected bytes from the receiver on lane {lane.index}")
         conn.add_credits(sum(data))
         self.bell.ring()
 
     def _write_credits(self, conn: SocketRecvConnector) -> None:
-        stream = conn.streams[0]
-        if stream is None or stream.closed:
+        lane = conn.lanes[0]
+        if lane is None or lane.closed:
             return
         while conn.paid < conn.owed:
             k = min(255, conn.owed - conn.paid)
             try:
-                if stream.sock.send(bytes((k,))) == 1:
+                if lane.sock.send(bytes((k,))) == 1:
                     conn.paid += k
             except (BlockingIOError, InterruptedError):
-                return self._set_write(stream, True)
+                return self._set_write(lane, True)
             except OSError as exc:
                 return self._lost(conn, exc)
-        self._set_write(stream, False)
+        self._set_write(lane, False)
 
-    def _read_frames(self, stream: Stream, conn: SocketRecvConnector) -> None:
-        sock = stream.sock
+    def _read_frames(self, lane: Lane, conn: SocketRecvConnector) -> None:
+        sock = lane.sock
         ready = False
         try:
             while True:
-                view = stream.view
+                view = lane.view
                 try:
                     if view is None:
-                        n = sock.recv_into(stream.hdr_view[stream.hdr_got:])
+                        n = sock.recv_into(lane.hdr_view[lane.hdr_got:])
                     else:
-                        n = sock.recv_into(view[stream.got:])
+                        n = sock.recv_into(view[lane.got:])
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError as exc:
@@ -359,21 +359,21 @@ class Progress:
                 if n == 0:
                     return self._lost(conn, None)
                 if view is None:
-                    stream.hdr_got += n
-                    if stream.hdr_got < _HDR:
+                    lane.hdr_got += n
+                    if lane.hdr_got < _HDR:
                         continue
-                    stream.hdr_got = 0
-                    seq, nbytes = FRAME.unpack(stream.hdr)
-                    chunk = conn.begin_frame(stream.index, seq, nbytes)
+                    lane.hdr_got = 0
+                    seq, nbytes = FRAME.unpack(lane.hdr)
+                    chunk = conn.begin_frame(lane.index, seq, nbytes)
                     if len(chunk):
-                        stream.view, stream.got, stream.seq = chunk, 0, seq
+                        lane.view, lane.got, lane.seq = chunk, 0, seq
                     elif conn.frame_done(seq):
                         ready = True
                 else:
-                    stream.got += n
-                    if stream.got == len(view):
-                        stream.view = None
-                        if conn.frame_done(stream.seq):
+                    lane.got += n
+                    if lane.got == len(view):
+                        lane.view = None
+                        if conn.frame_done(lane.seq):
                             ready = True
         finally:
             if ready:
@@ -391,18 +391,18 @@ class Progress:
         """Mark ``conn`` failed (first reason wins), close its sockets, ring the doorbell."""
         if conn.failure is None:
             conn.failure = err
-        for stream in conn.streams:
-            if stream is None or stream.closed:
+        for lane in conn.lanes:
+            if lane is None or lane.closed:
                 continue
             try:
-                self._sel.unregister(stream.sock)
+                self._sel.unregister(lane.sock)
             except (KeyError, ValueError, RuntimeError):
                 pass
-            stream.queue.clear()
-            drain(stream.sock)  # so that our close is a FIN, not a reset that may discard data
+            lane.queue.clear()
+            drain(lane.sock)  # so that our close is a FIN, not a reset that may discard data
             with conn.lock:  # the executor's credit send never meets a closed (or reused) descriptor
-                stream.closed = True
-                stream.sock.close()
+                lane.closed = True
+                lane.sock.close()
         self._conns.discard(conn)
         for token, waiting in list(self.tokens.items()):
             if waiting is conn:

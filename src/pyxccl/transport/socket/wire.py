@@ -8,20 +8,20 @@ Challenge (the listener's first bytes on every accepted connection, nothing read
 it): ``"PXCH" | nonce 16 bytes``, a fresh random nonce per connection
 (:func:`pyxccl.bootstrap.net.new_challenge`).
 
-Hello (first bytes the sender writes on each of a connector's TCP streams, answering it)::
+Hello (first bytes the sender writes on each of a connector's TCP lanes, answering it)::
 
-    magic "PXSK" | version u8 | stream u8 | nstreams u8 | 0 u8 |
+    magic "PXSK" | version u8 | lane u8 | nlanes u8 | 0 u8 |
     slot_bytes u32 | nslots u32 | token 16 bytes |
     HMAC-SHA256(secret, "pyxccl-socket" NUL nonce + all before) 32 bytes
 
 The HMAC binds the hello to this connection's challenge: a hello recorded from another
 connection fails. Nothing of it but the magic is looked at before the HMAC checks out.
 
-Data (sender -> receiver): per slot and stream, a header ``seq u64 | nbytes u32`` (the
-slot's sequence number and total length) then that stream's chunk of the slot (see
-:func:`chunk_range`). Stream 0 carries a header for every slot, even an empty one;
-stream ``j > 0`` only when its chunk is not empty. Credits (receiver -> sender, on
-stream 0 only): single bytes, each the number (1..255) of slots released; every byte
+Data (sender -> receiver): per slot and lane, a header ``seq u64 | nbytes u32`` (the
+slot's sequence number and total length) then that lane's chunk of the slot (see
+:func:`chunk_range`). Lane 0 carries a header for every slot, even an empty one;
+lane ``j > 0`` only when its chunk is not empty. Credits (receiver -> sender, on
+lane 0 only): single bytes, each the number (1..255) of slots released; every byte
 stands alone, so two threads may write credits to one socket without framing trouble.
 """
 
@@ -44,10 +44,10 @@ _HELLO = struct.Struct("!4sBBBxII16s")
 MAC_BYTES = 32
 HELLO_BYTES = _HELLO.size + MAC_BYTES
 FRAME = struct.Struct("!QI")
-"""per-stream frame header: slot sequence number, slot length"""
+"""per-lane frame header: slot sequence number, slot length"""
 
 MIN_CHUNK = 64 * 1024
-"""a slot is split across streams only in chunks of at least this many bytes"""
+"""a slot is split across lanes only in chunks of at least this many bytes"""
 _ALIGN = 4096
 
 
@@ -80,20 +80,20 @@ def _mac(secret: bytes, nonce: bytes, body: bytes) -> bytes:
     return hmac.new(secret, LABEL + b"\0" + nonce + body, hashlib.sha256).digest()
 
 
-def make_hello(token: bytes, stream: int, nstreams: int, slot_bytes: int, nslots: int, secret: bytes,
+def make_hello(token: bytes, lane: int, nlanes: int, slot_bytes: int, nslots: int, secret: bytes,
                nonce: bytes) -> bytes:
-    """The hello a sender writes on stream ``stream`` of ``nstreams``, answering challenge ``nonce``."""
-    body = _HELLO.pack(MAGIC, VERSION, stream, nstreams, slot_bytes, nslots, token)
+    """The hello a sender writes on lane ``lane`` of ``nlanes``, answering challenge ``nonce``."""
+    body = _HELLO.pack(MAGIC, VERSION, lane, nlanes, slot_bytes, nslots, token)
     return body + _mac(secret, nonce, body)
 
 
 class Hello:
     """A parsed, authenticated hello."""
 
-    __slots__ = ("stream", "nstreams", "slot_bytes", "nslots", "token")
+    __slots__ = ("lane", "nlanes", "slot_bytes", "nslots", "token")
 
-    def __init__(self, stream: int, nstreams: int, slot_bytes: int, nslots: int, token: bytes):
-        self.stream, self.nstreams, self.token = stream, nstreams, token
+    def __init__(self, lane: int, nlanes: int, slot_bytes: int, nslots: int, token: bytes):
+        self.lane, self.nlanes, self.token = lane, nlanes, token
         self.slot_bytes, self.nslots = slot_bytes, nslots
 
 
@@ -108,36 +108,36 @@ def parse_hello(data: bytes, secret: bytes, nonce: bytes) -> Hello:
     if not hmac.compare_digest(mac, _mac(secret, nonce, body)):
         raise ValueError("hello fails authentication (wrong secret, or not an answer to this "
                          "connection's challenge)")
-    _, version, stream, nstreams, slot_bytes, nslots, token = _HELLO.unpack(body)
+    _, version, lane, nlanes, slot_bytes, nslots, token = _HELLO.unpack(body)
     if version != VERSION:
         raise ValueError(f"hello of protocol version {version}, expected {VERSION}")
-    if not 0 <= stream < nstreams:
-        raise ValueError(f"hello names stream {stream} of {nstreams}")
-    return Hello(stream, nstreams, slot_bytes, nslots, token)
+    if not 0 <= lane < nlanes:
+        raise ValueError(f"hello names lane {lane} of {nlanes}")
+    return Hello(lane, nlanes, slot_bytes, nslots, token)
 
 
-def chunk_range(nbytes: int, nstreams: int, stream: int) -> tuple[int, int]:
-    """The byte range [lo, hi) of a slot of ``nbytes`` that stream ``stream`` carries."""
-    if nstreams <= 1 or nbytes <= MIN_CHUNK:
-        return (0, nbytes) if stream == 0 else (nbytes, nbytes)
-    k = min(nstreams, -(-nbytes // MIN_CHUNK))
+def chunk_range(nbytes: int, nlanes: int, lane: int) -> tuple[int, int]:
+    """The byte range [lo, hi) of a slot of ``nbytes`` that lane ``lane`` carries."""
+    if nlanes <= 1 or nbytes <= MIN_CHUNK:
+        return (0, nbytes) if lane == 0 else (nbytes, nbytes)
+    k = min(nlanes, -(-nbytes // MIN_CHUNK))
     size = -(-nbytes // k)
     size = -(-size // _ALIGN) * _ALIGN
-    lo = min(nbytes, stream * size)
+    lo = min(nbytes, lane * size)
     return lo, min(nbytes, lo + size)
 
 
-def carries(nbytes: int, nstreams: int, stream: int) -> bool:
-    """Whether stream ``stream`` sends a frame for a slot of ``nbytes`` (stream 0 always does)."""
-    if stream == 0:
+def carries(nbytes: int, nlanes: int, lane: int) -> bool:
+    """Whether lane ``lane`` sends a frame for a slot of ``nbytes`` (lane 0 always does)."""
+    if lane == 0:
         return True
-    lo, hi = chunk_range(nbytes, nstreams, stream)
+    lo, hi = chunk_range(nbytes, nlanes, lane)
     return hi > lo
 
 
-def frames_per_slot(nbytes: int, nstreams: int) -> int:
-    """How many frames (over all streams) make up one slot of ``nbytes``."""
-    return sum(1 for j in range(nstreams) if carries(nbytes, nstreams, j))
+def frames_per_slot(nbytes: int, nlanes: int) -> int:
+    """How many frames (over all lanes) make up one slot of ``nbytes``."""
+    return sum(1 for j in range(nlanes) if carries(nbytes, nlanes, j))
 
 
 def _sysctl(path: str) -> int:
