@@ -16,7 +16,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..bootstrap import net
-from ..transport.socket import wire as sockwire
+from ..transport import tune_socket
 from . import wire
 from .link import Link
 
@@ -32,7 +32,7 @@ def _tune_lane(sock: socket.socket, lane: int, send_timeout: float) -> None:
     sock.settimeout(None)
     net.tune(sock)
     if lane == 1:
-        sockwire.tune(sock, BULK_SOCKBUF)
+        tune_socket(sock, BULK_SOCKBUF)
     wire.set_send_timeout(sock, send_timeout)
 
 

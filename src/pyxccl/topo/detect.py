@@ -68,7 +68,7 @@ class Detection:
 def host_hash(cfg: config.Config | None = None) -> str:
     """This host's id as NCCL-style hex: hash of PYXCCL_HOSTID, else of hostname, boot id and network namespace.
 
-    Ranks with equal ids share a host (and /dev/shm); the communicator compares them to pick
+    Ranks with equal ids share a host (and its shared memory); the communicator compares them to pick
     transports and group ranks into hosts. Two network namespaces are two hosts.
     """
     cfg = cfg or config.get()

@@ -16,6 +16,7 @@ from __future__ import annotations
 from .base import Capability, PeerInfo, RecvConnector, SendConnector, Transport, TransportContext
 from .doorbell import Doorbell, attach_shared, create_shared
 from .shm.files import pid_alive, pid_namespace
+from .socket.wire import tune as tune_socket
 
 
 def choose(me: PeerInfo, peer: PeerInfo, forced: str = "auto") -> str:
@@ -77,4 +78,5 @@ def create(name: str, ctx: TransportContext) -> Transport:
 
 
 __all__ = ["Capability", "Doorbell", "PeerInfo", "RecvConnector", "SendConnector", "Transport", "TransportContext",
-           "attach_doorbell", "choose", "close_doorbell", "create", "open_doorbell", "pid_alive", "pid_namespace", "sweep_stale"]
+           "attach_doorbell", "choose", "close_doorbell", "create", "open_doorbell", "pid_alive", "pid_namespace",
+           "sweep_stale", "tune_socket"]

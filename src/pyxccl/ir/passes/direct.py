@@ -274,7 +274,7 @@ def _plan_copy_once(program: Program, rank: int, mode: str | None, memo: dict) -
 
 def early_offers(program: Program, rank: int, mode: str | None, memo: dict | None = None) -> list[tuple[bool, ...]]:
     """Per thread block of ``rank``, per step: does the receiver offer this step's destination at
-    the start of the call (:meth:`pyxccl.transport.slots.RingRecvConnector.offer_destination`)?
+    the start of the call (:meth:`pyxccl.transport.base.RecvConnector.offer_destination`)?
 
     The first receiving step of a thread block, when it is a plain receive and its sender's step
     may send every slice at once in a call aliased either way (:func:`span_plan`): that sender

@@ -41,7 +41,7 @@ exchanges (``docs/performance.md``). A try, and a path's first measurement, is
 :data:`TRY_CALLS` calls in a row of which only the last counts: the first call of a path after
 calls of another runs cold (its slots and their cache lines idle: a 2-rank all-gather of 1 MiB
 through the slots took 71 µs on the first call after single copy, 66-68 on the next), and
-before the rings' pages were mapped up front (:func:`pyxccl.transport.slots.map_ring`) the
+before the rings' pages were mapped up front (:func:`pyxccl.transport.ring.map_ring`) the
 first use of each slot took 500-750 µs in page faults: one-call tries saw that, not the
 path's own speed. The first two calls of a kind go by single copy, the next two through the
 slots, then mixed and by puts (where those are candidates).

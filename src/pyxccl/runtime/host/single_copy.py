@@ -13,7 +13,7 @@ where its bytes lie instead of copying them into a slot, and the peer reads them
   into a private buffer and copies each slice at its turn;
 * the same, split (``SPAN_SPLIT``): a root that only sends writes the first part itself with
   ``process_vm_writev`` into the destination the receiver offered (see
-  :mod:`pyxccl.transport.slots`), while the receiver reads the rest;
+  :mod:`pyxccl.transport.shm.connectors`), while the receiver reads the rest;
 * the same, all written by the sender (the put path, :data:`pyxccl.runtime.host.path_choice.PUT`): a rank that
   also receives writes each slice into the offered destination at the step's turn in that
   slice (:class:`SlicePut`), right after its earlier steps of the slice (a local copy of the same
