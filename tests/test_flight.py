@@ -150,7 +150,7 @@ def job_check(comm) -> list[str]:
     f: list[str] = []
     c = _checked_comm(comm)
     try:
-        if c._check_call is None:
+        if not c.context.config.check:
             return ["PYXCCL_CHECK=1 did not turn the check on"]
         x = np.full(100, me + 1, np.float32)
         c.all_reduce(x)

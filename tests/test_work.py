@@ -1,4 +1,4 @@
-"""Work's completion callbacks and the Stream that runs a communicator's calls (no communicator needed)."""
+"""Work's completion callbacks and the CallQueue that runs a communicator's calls (no communicator needed)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import time
 import pytest
 
 from pyxccl.errors import Aborted, CollectiveTimeout
-from pyxccl.comm.call_queue import BatchWork, Stream, Work
+from pyxccl.comm.call_queue import BatchWork, CallQueue, Work
 
 
 @pytest.fixture
-def stream():
-    s = Stream("test-stream")
+def queue():
+    s = CallQueue("test-queue")
     yield s
     s.close()
 
@@ -55,7 +55,7 @@ def test_callback_on_a_finished_work_runs_at_once_on_this_thread():
     assert seen == [(threading.get_ident(), ValueError)]
 
 
-def test_failing_callback_is_logged_and_the_stream_goes_on(stream, warnings_seen):
+def test_failing_callback_is_logged_and_the_queue_goes_on(queue, warnings_seen):
     def bad(_w):
         raise RuntimeError("callback broke")
 
@@ -63,23 +63,23 @@ def test_failing_callback_is_logged_and_the_stream_goes_on(stream, warnings_seen
     w1 = Work("first")
     w1.add_done_callback(bad)
     w1.add_done_callback(lambda x: seen.append("after the bad one"))
-    stream.submit(lambda: 1, w1)
-    w2 = stream.submit(lambda: 2, Work("second"))
+    queue.submit(lambda: 1, w1)
+    w2 = queue.submit(lambda: 2, Work("second"))
     assert w2.result(10) == 2
     assert w1.result(10) == 1
     assert seen == ["after the bad one"]
     assert any("callback broke" in r.getMessage() and r.levelno == logging.WARNING for r in warnings_seen)
-    assert stream.run(lambda: 3, "third") == 3
+    assert queue.run(lambda: 3, "third") == 3
 
 
-def test_batch_work_runs_each_sub_works_callbacks(stream):
+def test_batch_work_runs_each_sub_works_callbacks(queue):
     subs = [Work(f"op{i}") for i in range(3)]
     seen: list[tuple[str, object]] = []
     for s in subs:
         s.add_done_callback(lambda x: seen.append((x.what, x.result())))
     batch = BatchWork("batch", subs, ["r0", None, "r2"])
     batch.add_done_callback(lambda x: seen.append((x.what, "batch")))
-    stream.submit(lambda: None, batch)
+    queue.submit(lambda: None, batch)
     subs[1].wait(10)
     deadline = time.monotonic() + 10
     while len(seen) < 4 and time.monotonic() < deadline:
@@ -94,7 +94,7 @@ def test_batch_work_runs_each_sub_works_callbacks(stream):
     assert errs == [OSError, OSError]
 
 
-def test_callbacks_race_with_completion_each_runs_once(stream):
+def test_callbacks_race_with_completion_each_runs_once(queue):
     works = [Work(f"w{i}") for i in range(300)]
     counts = [0] * len(works)
     lock = threading.Lock()
@@ -112,7 +112,7 @@ def test_callbacks_race_with_completion_each_runs_once(stream):
     t = threading.Thread(target=adder)
     t.start()
     for w in works:
-        stream.submit(lambda: None, w)
+        queue.submit(lambda: None, w)
     t.join(30)
     for w in works:
         w.wait(10)
@@ -122,8 +122,8 @@ def test_callbacks_race_with_completion_each_runs_once(stream):
     assert counts == [1] * len(works)
 
 
-def test_callback_runs_after_the_stream_moved_on(stream):
-    """A callback may make a blocking call of the same stream, and wait for a queued one."""
+def test_callback_runs_after_the_queue_moved_on(queue):
+    """A callback may make a blocking call of the same queue, and wait for a queued one."""
     started = threading.Event()
     release = threading.Event()
     order: list[str] = []
@@ -133,16 +133,16 @@ def test_callback_runs_after_the_stream_moved_on(stream):
         release.wait(10)
         order.append("first")
 
-    w1 = stream.submit(slow, Work("first"))
+    w1 = queue.submit(slow, Work("first"))
     inner: list[Work] = []
 
     def cb(_w):
-        order.append(stream.run(lambda: "blocking from the callback", "nested"))
-        inner.append(stream.submit(lambda: order.append("queued by the callback"), Work("queued")))
-        inner[0].wait()  # runs on this thread: the stream is free again
+        order.append(queue.run(lambda: "blocking from the callback", "nested"))
+        inner.append(queue.submit(lambda: order.append("queued by the callback"), Work("queued")))
+        inner[0].wait()  # runs on this thread: the queue is free again
 
     w1.add_done_callback(cb)
-    w2 = stream.submit(lambda: order.append("second"), Work("second"))
+    w2 = queue.submit(lambda: order.append("second"), Work("second"))
     started.wait(10)
     release.set()
     w2.wait(10)
@@ -154,28 +154,28 @@ def test_callback_runs_after_the_stream_moved_on(stream):
     assert "blocking from the callback" in order and "queued by the callback" in order and "second" in order
 
 
-def test_wait_runs_a_queued_call_on_the_waiting_thread(stream):
-    stream.run(lambda: None, "warm")
+def test_wait_runs_a_queued_call_on_the_waiting_thread(queue):
+    queue.run(lambda: None, "warm")
     ran_on = []
     # the worker thread exists only after a submit; queue behind a running call to be sure it is busy
-    w = stream.submit(lambda: ran_on.append(threading.get_ident()), Work("async"))
+    w = queue.submit(lambda: ran_on.append(threading.get_ident()), Work("async"))
     w.wait()
     assert ran_on, "the call did not run"
     # keep the worker busy, queue two calls, let the worker go: wait() on the second helps when idle
     gate = threading.Event()
-    stream.submit(lambda: gate.wait(10), Work("gate"))
-    a = stream.submit(lambda: threading.get_ident(), Work("a"))
-    b = stream.submit(lambda: threading.get_ident(), Work("b"))
+    queue.submit(lambda: gate.wait(10), Work("gate"))
+    a = queue.submit(lambda: threading.get_ident(), Work("a"))
+    b = queue.submit(lambda: threading.get_ident(), Work("b"))
     gate.set()
     b.wait()
     assert a.is_completed() and b.is_completed()
     assert a.result() is not None and b.result() is not None
 
 
-def test_wait_with_a_timeout_does_not_run_the_call_itself(stream):
+def test_wait_with_a_timeout_does_not_run_the_call_itself(queue):
     gate = threading.Event()
-    stream.submit(lambda: gate.wait(10), Work("gate"))
-    w = stream.submit(lambda: None, Work("behind the gate"))
+    queue.submit(lambda: gate.wait(10), Work("gate"))
+    w = queue.submit(lambda: None, Work("behind the gate"))
     with pytest.raises(CollectiveTimeout):
         w.wait(timeout=0.05)
     gate.set()
@@ -184,7 +184,7 @@ def test_wait_with_a_timeout_does_not_run_the_call_itself(stream):
 
 def test_wait_runs_the_queue_itself_when_no_worker_takes_it():
     """wait() (no timeout) on a queued call runs the queue up to it on the waiting thread."""
-    s = Stream("help")
+    s = CallQueue("help")
     s._thread = threading.current_thread()  # pretend a worker exists: none will ever run anything
     try:
         me = threading.get_ident()
@@ -205,16 +205,16 @@ def test_wait_runs_the_queue_itself_when_no_worker_takes_it():
         s.close()
 
 
-def test_nested_call_inside_a_queued_call_runs_inline(stream):
+def test_nested_call_inside_a_queued_call_runs_inline(queue):
     def outer():
-        return stream.run(lambda: "inner", "nested") + " in outer"
+        return queue.run(lambda: "inner", "nested") + " in outer"
 
-    assert stream.submit(outer, Work("outer")).result(10) == "inner in outer"
-    assert stream.run(outer, "outer blocking") == "inner in outer"
+    assert queue.submit(outer, Work("outer")).result(10) == "inner in outer"
+    assert queue.run(outer, "outer blocking") == "inner in outer"
 
 
-def test_closed_stream_fails_new_and_queued_calls_with_callbacks():
-    s = Stream("closing")
+def test_closed_queue_fails_new_and_queued_calls_with_callbacks():
+    s = CallQueue("closing")
     gate = threading.Event()
     s.submit(lambda: gate.wait(10), Work("gate"))
     queued = Work("queued")
@@ -249,7 +249,7 @@ def test_no_callback_no_lock():
     saved = W._CALLBACKS
     W._CALLBACKS = Forbidden()
     try:
-        s = Stream("nolock")
+        s = CallQueue("nolock")
         assert s.submit(lambda: 5, Work("x")).result(10) == 5
         assert s.run(lambda: 6, "y") == 6
         s.submit(lambda: None, BatchWork("batch", [Work("a"), Work("b")], [None, None])).wait(10)

@@ -1,15 +1,16 @@
-"""``Work``: the handle of an asynchronous call, and the communicator's ordered stream.
+"""``Work``: the handle of an asynchronous call, and the communicator's :class:`CallQueue`.
 
-Calls on one communicator complete in issue order: they run on its :class:`Stream`,
+A communicator's collectives (and the other calls that must run in issue order) go
+through its call queue, an ordered queue of calls (not a CUDA stream): each runs
 either inline on the caller's thread (a blocking call when nothing is queued: no
-thread hand-off, which costs tens of µs on these VMs) or on the stream's worker
+thread hand-off, which costs tens of µs on these VMs) or on the queue's worker
 thread (``async_op=True``, or a blocking call behind queued work). ``Work.wait()`` on a
-call still queued behind an idle stream runs the queue up to it on the waiting thread
+call still queued behind an idle queue runs the queue up to it on the waiting thread
 (``async_op=True`` then ``wait()`` costs no thread hand-off either), and a call made
-inside a call that the stream is running (on the same thread) runs inline, nested.
+inside a call that the queue is running (on the same thread) runs inline, nested.
 
 ``Work.add_done_callback(fn)`` runs ``fn(work)`` once the call finished, on the thread
-that finished it, after the stream has moved on: a callback may issue (and wait for)
+that finished it, after the queue has moved on: a callback may issue (and wait for)
 further calls of the same communicator.
 """
 
@@ -33,7 +34,7 @@ class Work:
     ``add_done_callback(fn)``."""
 
     _callbacks: list[Callable[[Work], Any]] | None = None  # made by the first add_done_callback
-    _stream: Stream | None = None  # set while queued: wait() may run the queue up to this call itself
+    _queue: CallQueue | None = None  # set while queued: wait() may run the queue up to this call itself
     _via: Work | None = None  # the queued Work that runs this one (a BatchWork's), if not itself
     _event: threading.Event | None = None  # made by the first wait that has to sleep
 
@@ -68,7 +69,7 @@ class Work:
             for fn in cbs:
                 try:
                     fn(self)
-                except BaseException as exc:  # noqa: BLE001 - a callback must not break the stream
+                except BaseException as exc:  # noqa: BLE001 - a callback must not break the queue
                     log.warn("a completion callback of %s (%r) raised %s: %s", self.what, fn,
                              type(exc).__name__, exc)
 
@@ -76,7 +77,7 @@ class Work:
         """Call ``fn(work)`` once, when the call has finished (successfully or not).
 
         At once, on this thread, if it already has; otherwise on the thread that finishes it
-        (the stream's worker thread, or a thread that ran the call itself), after the stream has
+        (the queue's worker thread, or a thread that ran the call itself), after the queue has
         moved on, so that ``fn`` may issue further calls of the communicator and wait for them.
         The callbacks added before the call finished run in the order they were added. An
         exception ``fn`` raises is logged (``PYXCCL_DEBUG=WARN``) and otherwise ignored.
@@ -91,16 +92,16 @@ class Work:
         if self._done:
             self._run_callbacks()
 
-    def _enqueued(self, stream: Stream) -> None:
-        self._stream = stream
+    def _enqueued(self, queue: CallQueue) -> None:
+        self._queue = queue
 
     def _await(self, timeout: float | None) -> bool:
         """Wait for completion without raising the call's error; False when ``timeout`` s passed."""
         if self._done:
             return True
-        stream = self._stream
-        if stream is not None and timeout is None:
-            stream.help(self._via or self)
+        queue = self._queue
+        if queue is not None and timeout is None:
+            queue.help(self._via or self)
             if self._done:
                 return True
         with _EVENTS:
@@ -121,7 +122,7 @@ class Work:
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for completion; re-raise the call's error. CollectiveTimeout if ``timeout`` s pass first.
 
-        Without a timeout, a call still queued behind an idle stream runs on this thread.
+        Without a timeout, a call still queued behind an idle queue runs on this thread.
         """
         if not self._await(timeout):
             raise CollectiveTimeout(f"Work.wait: {self.what} did not complete within {timeout} s")
@@ -156,18 +157,18 @@ class BatchWork(Work):
             work._run_callbacks()
         super()._run_callbacks()
 
-    def _enqueued(self, stream: Stream) -> None:
-        self._stream = stream
+    def _enqueued(self, queue: CallQueue) -> None:
+        self._queue = queue
         for work in self._works:
-            work._stream, work._via = stream, self
+            work._queue, work._via = queue, self
 
 
-class Stream:
-    """An ordered queue of calls for one communicator, with a lazily started worker thread.
+class CallQueue:
+    """A communicator's ordered queue of calls, with a lazily started worker thread.
 
     One call runs at a time: on the worker thread, inline on a blocking caller's thread, or on a
     thread waiting for a queued call (:meth:`help`). A call's Work is marked finished before the
-    stream moves on, and its callbacks run after that.
+    queue moves on, and its callbacks run after that.
     """
 
     def __init__(self, name: str):
@@ -210,9 +211,9 @@ class Stream:
         return work
 
     def run(self, fn: Callable[[], Any], what: str) -> Any:
-        """Run ``fn`` after everything queued, blocking; inline when the stream is idle.
+        """Run ``fn`` after everything queued, blocking; inline when the queue is idle.
 
-        Inline, nested, too, when this thread is running a call of the stream (a call made by
+        Inline, nested, too, when this thread is running a call of the queue (a call made by
         a queued function).
         """
         me = threading.get_ident()
@@ -240,7 +241,7 @@ class Stream:
                 self._cv.notify_all()
 
     def _execute(self, fn: Callable[[], Any], work: Work) -> None:
-        """Run one call (the stream is held), mark its Work finished, release, run its callbacks."""
+        """Run one call (the queue is held), mark its Work finished, release, run its callbacks."""
         try:
             try:
                 result, exc = fn(), None
@@ -252,7 +253,7 @@ class Stream:
         work._run_callbacks()
 
     def _take(self, until: Work | None = None) -> tuple[Callable[[], Any], Work] | None:
-        """The next queued call, the stream now held; None when busy (or ``until`` no longer queued)."""
+        """The next queued call, the queue now held; None when busy (or ``until`` no longer queued)."""
         with self._cv:
             if self._running or not self._queue:
                 return None
@@ -265,7 +266,7 @@ class Stream:
             return item
 
     def help(self, work: Work) -> None:
-        """Run the queue up to ``work`` on this thread while the stream is idle (else return)."""
+        """Run the queue up to ``work`` on this thread while the queue is idle (else return)."""
         while not work._done:
             item = self._take(work)
             if item is None:

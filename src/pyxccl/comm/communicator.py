@@ -1,10 +1,14 @@
-"""The Communicator: NCCL's communicator life and every collective's entry point.
+"""The Communicator: NCCL's communicator life and every call's entry point.
 
-Life (NCCL's order): unique id -> bootstrap ring -> peer info allgather (host
-identity, pid, doorbell) -> a transport per peer (local, shm, socket) -> connectors
-made lazily, the first time a program needs them -> each call: check arguments ->
-pick the algorithm -> cached IR program -> the executor, on the communicator's
-ordered stream -> ``destroy()`` / ``abort()``.
+Life (NCCL's order): unique id -> bootstrap ring -> peer info allgather (host identity,
+pid, doorbell: :mod:`pyxccl.comm.connections`) -> a transport per peer (local, shm,
+socket) -> connectors made lazily, the first time a call needs them -> each call: check
+and lay out the arguments (:mod:`pyxccl.comm.checks`) -> the program
+(:mod:`pyxccl.comm.programs`) -> the runtime, on the communicator's ordered call queue
+(:mod:`pyxccl.comm.engine`) -> ``destroy()`` / ``abort()``.
+
+Each public method only checks its arguments and hands over; the parts around the
+communicator see it through its read-only :attr:`Communicator.context`.
 """
 
 from __future__ import annotations
@@ -12,42 +16,30 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
-import os
-import socket
-import threading
 import time
 import weakref
-from typing import AbstractSet, Any
+from typing import Any
 
 import numpy as np
 
-from .. import algorithms, config, log, topo, tuner
-from . import checks as calls
-from ..runtime.host import executor
-from . import group as _group
-from ..reliability import mismatch as _check
-from ..reliability import flight
-from ..runtime.host import path_choice as paths
+from .. import config, log, topo
 from ..bootstrap import Bootstrap, UniqueId
-from .checks import Call
-from .collectives import Collectives
-from .membership import Membership
-from ..runtime.host.p2p import P2PRunner
 from ..dtypes import DTYPES, MAX
-from ..runtime.kernels import kernels, postdivide, prescale
-from ..errors import (Aborted, CollectiveTimeout, InvalidArgument, PeerLostError, PyxcclError,
-                     TransportError)
+from ..errors import Aborted, InvalidArgument, PyxcclError
+from ..ir.program import Program
+from ..reliability import flight
 from ..reliability.health import Health
-from ..ir.program import COLLECTIVES, Buf, Program
-from ..ir.relabel import relabel
-from ..ir.verify import verify
-from ..transport import (PeerInfo, TransportContext, choose, close_doorbell, create, open_doorbell, pid_namespace,
-                         sweep_stale)
-from .repeat import Repeat, Repeats
-from .call_queue import BatchWork, Stream, Work
-
-_TAG_CONNECT = 1 << 20  # bootstrap tags for connector set-up: + channel
-_P2P_CHANNEL = 1 << 10  # p2p traffic uses its own channels, after any collective's
+from ..transport import TransportContext, close_doorbell, open_doorbell, sweep_stale
+from . import checks
+from . import membership
+from . import repeat as repeats
+from .call_queue import CallQueue
+from .checks import Call
+from .connections import Connections, meet_peers
+from .context import CommContext
+from .engine import Engine
+from .liveness import Liveness
+from .programs import Programs
 
 
 def _as_uid(uid: Any) -> UniqueId:
@@ -60,7 +52,7 @@ def _as_uid(uid: Any) -> UniqueId:
     raise InvalidArgument(f"uid: expected a pyxccl UniqueId (or its bytes/string), got {type(uid).__name__}")
 
 
-class Communicator(Collectives, Membership):
+class Communicator:
     """A group of ``nranks`` ranks; this object is rank ``rank`` of it.
 
     Every collective (and send/recv) takes ``async_op=False``; with True it returns a
@@ -75,78 +67,67 @@ class Communicator(Collectives, Membership):
     def __init__(self, nranks: int, uid: Any, rank: int, *, timeout: float | None = None):
         if isinstance(nranks, bool) or not isinstance(nranks, int) or nranks < 1:
             raise InvalidArgument(f"nranks={nranks!r} must be a positive int")
-        calls.check_rank(rank, nranks, "rank")
+        checks.check_rank(rank, nranks, "rank")
         uid = _as_uid(uid)
         self._secret = uid.secret
         cfg = config.get()
-        self._cfg = cfg
         self._timeout = float(timeout) if timeout is not None else cfg.timeout
-        self._call_timeout: float | None = None  # the running call's own timeout, if it has one
         self._rank, self._size = rank, nranks
-        self._aborted = False
-        self._closed = False
-        self._lock = threading.Lock()
         self._tag = hashlib.sha256(uid.to_bytes()).hexdigest()[:16]
         self._splits = 0
         self._shrinks = 0
-        self._health: Health | None = None
+        self._live = Liveness(rank)
         self._bootstrap = Bootstrap(uid, rank, nranks, timeout=self._timeout)
         try:
-            self._setup(uid)
+            self._setup(uid, cfg)
         except BaseException:
             self._bootstrap.close()
-            if self._health is not None:
-                self._health.stop()
+            if self._live.health is not None:
+                self._live.health.stop()
             raise
         _LIVE.add(self)
 
-    def _setup(self, uid: UniqueId) -> None:
-        cfg = self._cfg
-        self._doorbell, bell_path = open_doorbell(self._tag, self._rank, cfg.spin_us)
-        self._bell_path = bell_path
-        system = topo.local_system(cfg, dump=self._rank == 0, rank=self._rank)
-        me = {"rank": self._rank, "host": topo.host_hash(cfg), "pid": os.getpid(), "doorbell": bell_path,
-              "hostname": socket.gethostname(), "slot_bytes": cfg.slot_bytes, "nslots": cfg.nslots,
-              "topo": topo.summarize(system), "pidns": pid_namespace()}
-        infos = [json.loads(b) for b in self._bootstrap.allgather(json.dumps(me).encode())]
-        self._topo = system
-        self._layout = topo.host_layout([i["host"] for i in infos])
-        self._hosts = tuple(tuple(h) for h in self._layout.hosts)
-        # the slot geometry must agree on every rank: rank 0's settings win
-        self._slot_bytes, self._nslots = int(infos[0]["slot_bytes"]), int(infos[0]["nslots"])
-        self._peers = [PeerInfo(i["rank"], i["host"], i["pid"], i["doorbell"], i["hostname"]) for i in infos]
-        mine = self._peers[self._rank]
-        self._kind = [choose(mine, p, cfg.transport) if p.rank != self._rank else "self" for p in self._peers]
-        watch = {p.rank: p.pid for p, i in zip(self._peers, infos)  # same host and pid namespace: pidfds
-                 if p.rank != self._rank and p.host == mine.host and i.get("pidns") == infos[self._rank]["pidns"]}
-        self._loss_bell = self._doorbell.handle(0)
-        self._health = Health(self._rank, self._peers, watch, self._on_loss, self._bootstrap.notify_lost)
-        self._bootstrap.on_lost = lambda peer, why, seen_by: self._health.report(  # type: ignore[union-attr]
-            peer, why, seen_by=seen_by, notify=seen_by == self._rank)
-        address = self._bootstrap.peer_addresses()[self._rank][0]
-        self._ctx = TransportContext(self._rank, self._size, self._tag, self._peers, self._doorbell,
-                                     self._slot_bytes, self._nslots, self._timeout, address, uid.secret, cfg)
-        self._transports: dict[str, Any] = {}
-        self._conns: dict[executor.ConnKey, Any] = {}
-        self._stream = Stream(f"pyxccl-comm{self._tag[:6]}-r{self._rank}")
-        self._seq = 0
-        self._verified: dict[int, Program] = {}
-        self._programs: dict[tuple, Program] = {}  # (collective, algorithm, nbytes, root) -> program
-        self._repeats = Repeats()  # small blocking calls that repeat: no planning the second time
-        self._coll_seq = 0  # collectives issued: the flight recorder's and PYXCCL_CHECK's sequence numbers
-        self._flight = flight.FlightRecorder(cfg.trace_size) if cfg.trace_size else None
-        self._check_call = _check.verify if cfg.check else None
-        self._paths = paths.for_host(cfg.cma, self._rank, self._kind, self._doorbell, [p.doorbell for p in self._peers])
-        flight.register(self)  # for SIGUSR1 dumps (PYXCCL_TRACE_DIR)
-        if self._rank == 0:
+    def _setup(self, uid: UniqueId, cfg: config.Config) -> None:
+        rank, size, boot = self._rank, self._size, self._bootstrap
+        self._doorbell, self._bell_path = open_doorbell(self._tag, rank, cfg.spin_us)
+        peers = meet_peers(boot, rank, cfg, self._bell_path)
+        self._kinds = peers.kinds
+        self._layout = peers.layout
+        infos = peers.infos
+        loss_bell = self._doorbell.handle(0)
+
+        def on_loss(peer: int, why: str) -> None:  # any thread: fail bootstrap waits, wake the executor
+            boot.mark_lost(peer, why)
+            loss_bell.ring()
+
+        health = self._live.health = Health(rank, infos, peers.watch, on_loss, boot.notify_lost)
+        boot.on_lost = lambda peer, why, seen_by: health.report(peer, why, seen_by=seen_by, notify=seen_by == rank)
+        address = boot.peer_addresses()[rank][0]
+        tctx = TransportContext(rank, size, self._tag, infos, self._doorbell, peers.slot_bytes, peers.nslots,
+                                self._timeout, address, uid.secret, cfg)
+        self._connections = Connections(rank, peers.kinds, tctx, boot, self._live, self._timeout)
+        self._conns, self._transports = self._connections.conns, self._connections.transports  # (tests look)
+        self._queue = CallQueue(f"pyxccl-comm{self._tag[:6]}-r{rank}")
+        recorder = flight.FlightRecorder(cfg.trace_size) if cfg.trace_size else None
+        self._context = CommContext(rank=rank, size=size, tag=self._tag, config=cfg, timeout=self._timeout,
+                                    hosts=peers.hosts, bootstrap=boot, call_queue=self._queue, flight=recorder,
+                                    liveness=self._live,
+                                    launch_p2p=lambda ops, works: engine.launch_p2p(ops, works))
+        programs = Programs(size, peers.hosts, self._layout.ring, peers.nslots, cfg)
+        engine = self._engine = Engine(self._context, self._live, self._connections, programs, self._doorbell,
+                                       [p.doorbell for p in infos], peers.kinds, peers.slot_bytes)
+        self._repeats, self._paths = engine.repeats, engine.paths  # (tests look)
+        flight.register(self._context)  # for SIGUSR1 dumps (PYXCCL_TRACE_DIR)
+        if rank == 0:
             log.info("init: %d ranks on %d host(s) %s, slot %d B x %d, channels %d, timeout %.0f s",
-                     self._size, self._layout.nhosts, self._layout.hosts, self._slot_bytes, self._nslots,
+                     size, self._layout.nhosts, self._layout.hosts, peers.slot_bytes, peers.nslots,
                      cfg.nchannels, self._timeout, rank=0)
-            if cfg.graph_dump_file and system.gpus:
-                topo.dump_graphs(topo.search(system, inter_host=self._layout.nhosts > 1), system, cfg.graph_dump_file)
-        log.info("init: host %d (%s) pid %d; transports per peer: %s", self._layout.host_of[self._rank],
-                 mine.hostname, mine.pid, " ".join(f"{p}:{k}" for p, k in enumerate(self._kind) if k != "self"),
-                 rank=self._rank)
+            if cfg.graph_dump_file and peers.system.gpus:
+                topo.dump_graphs(topo.search(peers.system, inter_host=self._layout.nhosts > 1), peers.system,
+                                 cfg.graph_dump_file)
+        log.info("init: host %d (%s) pid %d; transports per peer: %s", self._layout.host_of[rank],
+                 infos[rank].hostname, infos[rank].pid,
+                 " ".join(f"{p}:{k}" for p, k in enumerate(peers.kinds) if k != "self"), rank=rank)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -164,9 +145,15 @@ class Communicator(Collectives, Membership):
         """The ranks of each host (hosts in order of their lowest rank), from the host identities."""
         return [list(h) for h in self._layout.hosts]
 
+    @property
+    def context(self) -> CommContext:
+        """The read-only view of this communicator that ``group()``, the flight recorder, the mismatch
+        check and the torch backend use (:class:`~pyxccl.comm.context.CommContext`)."""
+        return self._context
+
     def transport_of(self, peer: int) -> str:
         """The transport used towards ``peer`` ("local", "shm", "socket"; "self" for this rank)."""
-        return self._kind[calls.check_rank(peer, self._size, "peer")]
+        return self._kinds[checks.check_rank(peer, self._size, "peer")]
 
     def pending_ops(self) -> list[dict[str, Any]]:
         """The flight recorder's records of this communicator's last operations, oldest first.
@@ -182,355 +169,207 @@ class Communicator(Collectives, Membership):
         ``call_site`` ("file:line in function", the first frame outside pyxccl).
         Empty when ``PYXCCL_TRACE_SIZE=0``. See :mod:`pyxccl.reliability.flight`.
         """
-        return self._flight.records() if self._flight is not None else []
+        rec = self._context.flight
+        return rec.records() if rec is not None else []
 
     def __repr__(self) -> str:
         return f"<pyxccl.Communicator rank {self._rank}/{self._size}>"
 
-    # ------------------------------------------------------------------ connections
-    def _transport(self, peer: int):
-        kind = self._kind[peer]
-        t = self._transports.get(kind)
-        if t is None:
-            t = self._transports[kind] = create(kind, self._ctx)
-        return t
+    # ------------------------------------------------------------------ collectives
+    # Each method lays out its arguments (checks.plan_*: InvalidArgument on the rank that made
+    # the mistake) and hands the call to the engine, which checks that the communicator is
+    # open; the eight fixed-size ones first look for a remembered repeat (comm/repeat.py).
+    # The flight recorder finds the call site a fixed number of frames up: keep these methods
+    # calling the engine (or _repeat) directly.
 
-    def _on_loss(self, peer: int, why: str) -> None:
-        """A peer was found lost (any thread): fail bootstrap waits on it and wake the executor."""
-        self._bootstrap.mark_lost(peer, why)
-        self._loss_bell.ring()
-
-    def _lost(self, exc: PeerLostError, what: str) -> PeerLostError:
-        """The error a call fails with after a transport or the bootstrap saw a peer go (others are told)."""
-        if exc.rank is not None:
-            self._health.report(exc.rank, str(exc))  # type: ignore[union-attr]
-        return self._health.error(what) or exc  # type: ignore[union-attr]
-
-    def _connect(self, needed: AbstractSet[executor.ConnKey], what: str = "connecting") -> dict[executor.ConnKey, Any]:
-        """The connectors ``needed`` (made the first time they are needed)."""
-        conns = self._conns
-        if all(k in conns for k in needed):
-            return conns
-        try:
-            return self._connect_missing(needed)
-        except PeerLostError as exc:
-            raise self._lost(exc, what) from exc
-        except (TransportError, CollectiveTimeout) as exc:  # e.g. a peer's listener went away with the peer
-            err = self._health.wait_error(what)  # type: ignore[union-attr]
-            if err is not None:
-                raise err from exc
-            if isinstance(exc, CollectiveTimeout):  # name the call, not only the message it waited for
-                raise CollectiveTimeout(f"rank {self._rank}: {what} timed out before its first step, while "
-                                        f"connecting: {exc}") from None
-            raise
-
-    def _connect_missing(self, needed: AbstractSet[executor.ConnKey]) -> dict[executor.ConnKey, Any]:
-        conns = self._conns
-        missing = sorted(k for k in needed if k not in conns)
-        for peer, ch, direction in missing:
-            if direction == "recv":
-                conn, info = self._transport(peer).setup_recv(peer, ch)
-                self._conns[(peer, ch, "recv")] = conn
-                self._bootstrap.send(peer, _TAG_CONNECT + ch, info)
-        for peer, ch, direction in missing:
-            if direction == "send":
-                try:
-                    info = self._bootstrap.recv(peer, _TAG_CONNECT + ch, timeout=self._call_timeout or self._timeout,
-                                                any_loss=True)
-                except CollectiveTimeout:
-                    raise CollectiveTimeout(f"channel {ch}: waited for rank {peer}'s connect info (has rank "
-                                            f"{peer} issued this call?)") from None
-                self._conns[(peer, ch, "send")] = self._transport(peer).connect_send(peer, ch, info)
-        return self._conns
-
-    # ------------------------------------------------------------------ running
-    def _check_open(self) -> None:
-        """Fail a new call now: the communicator was aborted, destroyed, or lost a rank."""
-        if self._aborted:
-            raise Aborted(f"rank {self._rank}: the communicator was aborted")
-        if self._closed:
-            raise InvalidArgument("the communicator was destroyed; create a new one")
-        if self._health.lost:  # type: ignore[union-attr]
-            self._health.check("the communicator lost a rank; comm.shrink(exclude=[lost ranks]) builds "  # type: ignore[union-attr]
-                               "one from the survivors")
-
-    def _check_running(self, what: str) -> None:
-        """Raised inside a running call's waits: Aborted after abort(), PeerLostError after a loss."""
-        if self._aborted:
-            raise Aborted(f"rank {self._rank}: {what} aborted")
-        if self._health.lost:  # type: ignore[union-attr]
-            self._health.check(what)  # type: ignore[union-attr]
-
-    def _submit(self, fn, what: str, async_op: bool, kind: str = "call", payload: Any = None) -> Any:
-        if _group.active():
-            return _group.record(self, kind, payload if payload is not None else fn, Work(what), not async_op)
-        if async_op:
-            return self._stream.submit(fn, Work(what))
-        return self._stream.run(fn, what)
-
-    def _drive(self, runners: list, what: str) -> None:
-        """Run ``runners`` to completion (CollectiveTimeout, Aborted, PeerLostError)."""
-        try:
-            executor.drive(runners, self._doorbell, time.monotonic() + (self._call_timeout or self._timeout), what, self._rank,
-                           lambda: self._check_running(what))
-        except PeerLostError as exc:
-            raise self._lost(exc, what) from exc
-        except TransportError as exc:  # e.g. reading a peer's memory failed: because the peer died?
-            if self._aborted:  # abort() closed what this call was using
-                raise Aborted(f"rank {self._rank}: {what} aborted ({exc})") from exc
-            err = self._health.wait_error(what)  # type: ignore[union-attr]
-            if err is None:
-                raise
-            raise err from exc
-        except Exception as exc:
-            if self._aborted and not isinstance(exc, Aborted):  # abort() closed what this call was using
-                raise Aborted(f"rank {self._rank}: {what} aborted ({exc})") from exc
-            raise
-
-    def _collective(self, call: Call, algorithm: "str | Program | None", async_op: bool,
-                    timeout: float | None = None, repeat: "tuple | None" = None) -> Any:
-        """Check, plan and submit ``call``; ``repeat``: (key, input, output) to remember it by
-        (:mod:`pyxccl.comm.repeat`; a blocking call with the communicator's algorithm choice)."""
-        self._check_open()
-        timeout = calls.check_timeout(timeout)
-        program = kern = None  # count 0: nothing moves; still ordered after earlier calls
-        if call.count != 0 or call.agree_count:
-            kern = kernels(call.op, call.dtype)  # checks the device before anything moves
-            program = self._program(call, algorithm)
-            if not (program.inplace if call.inplace else program.outofplace):
-                raise InvalidArgument(f"algorithm={program.name!r} does not support "
-                                      f"{'in' if call.inplace else 'out-of'}-place calls")
-        seq = self._coll_seq = self._coll_seq + 1
-        rec = None if self._flight is None else self._flight.collective(  # call site: 3 frames up
-            seq, call, None if program is None else program.name, 3)
-        check = self._check_call
-        if repeat is not None and repeat[0] is not None and check is None and not _group.active():
-            self._repeats.remember(repeat[0], repeat[1], repeat[2], call, program, kern)
-
-        def run() -> Any:
-            if rec is not None:
-                rec.start()
-            try:
-                if check is not None:  # PYXCCL_CHECK: the ranks compare fingerprints first
-                    check(self, seq, call)
-                if program is not None:
-                    if call.agree_count:  # v-collectives where ranks know only their own counts
-                        call.count = self._agree_max(call.count)
-                    self._execute(call, program, kern)
-            except BaseException as exc:
-                flight.failed(self, rec, exc)
-                raise
-            if rec is not None:
-                rec.done()
-            return call.result
-
-        return self._submit(run if timeout is None else self._timed(run, timeout), call.describe(), async_op)
-
-    def _repeat(self, rep: Repeat) -> Any:
+    def _repeat(self, rep: repeats.Repeat) -> Any:
         """Run a remembered call again (same arrays, op, root): no checks or planning to redo."""
-        self._check_open()
-        seq = self._coll_seq = self._coll_seq + 1
-        rec = None if self._flight is None else self._flight.collective(seq, rep.call, rep.program.name, 3)
-        return self._stream.run(lambda: self._run_repeat(rep, rec), rep.what)
+        self._live.check_open()
+        rec = self._engine.record_repeat(rep)
+        return self._queue.run(lambda: self._run_repeat(rep, rec), rep.what)
 
-    def _run_repeat(self, rep: Repeat, rec: Any) -> Any:
-        call = rep.call
-        if rec is not None:
-            rec.start()
-        try:
-            self._seq += 1
-            label = f"{rep.what} #{self._seq} algorithm {rep.program.name}"
-            if rep.prun is None:  # the first repeat binds the runners, later ones reset them
-                rep.prun = executor.HostCall(rep.program, self._rank, {Buf.INPUT: call.input, Buf.OUTPUT: call.output},
-                                               call.count, rep.kern, self._slot_bytes, label)
-                rep.runners = rep.prun.runners(self._connect(rep.prun.needed(), label))
-            else:
-                rep.prun.label = label
-                rep.prun.reset(rep.runners)
-            self._drive_run(rep.prun, rep.runners, call, label)
-        except BaseException as exc:
-            flight.failed(self, rec, exc)
-            raise
-        if rec is not None:
-            rec.done()
-        return call.result
+    def _run_repeat(self, rep: repeats.Repeat, rec: Any) -> Any:
+        return self._engine.run_repeat(rep, rec)
 
-    def _timed(self, fn, timeout: float):
-        """``fn`` running with its own ``timeout`` (seconds) for every wait, instead of the communicator's."""
-        def run() -> Any:
-            self._call_timeout = timeout  # calls run one at a time on the stream
-            try:
-                return fn()
-            finally:
-                self._call_timeout = None
-        return run
+    def all_reduce(self, input: Any, output: Any = None, op: Any = "sum", *, algorithm: "str | Program | None" = None,
+                   async_op: bool = False, timeout: float | None = None) -> Any:
+        """Reduce ``input`` over all ranks into ``output`` on every rank (in place when output is None)."""
+        key, rep = repeats.lookup(self._repeats, "allreduce", input, output, op, None, algorithm, async_op, timeout)
+        if rep is not None:
+            return self._repeat(rep)
+        return self._engine.collective(checks.plan_elementwise("allreduce", self._rank, self._size, input, output, op),
+                                       algorithm, async_op, timeout, (key, input, output))
 
-    def _execute(self, call: Call, program: Program, kern) -> None:
-        """Run ``call`` with ``program`` on this thread (inside the stream)."""
-        self._seq += 1
-        if call.count == 0:
-            return
-        inp = prescale(call.input, call.op) if call.op.name == "premul_sum" else call.input
-        arrays = {Buf.INPUT: inp, Buf.OUTPUT: call.output}
-        label = f"{call.describe()} #{self._seq} algorithm {program.name}"
-        prun = executor.HostCall(program, self._rank, arrays, call.count, kern, self._slot_bytes, label,
-                                   call.layout)
-        log.trace("%s", label, rank=self._rank)
-        self._drive_run(prun, prun.runners(self._connect(prun.needed(), label)), call, label)
+    def broadcast(self, input: Any, output: Any = None, *, root: int = 0, algorithm: "str | Program | None" = None,
+                  async_op: bool = False, timeout: float | None = None) -> Any:
+        """Copy the root's ``input`` into ``output`` on every rank (in place when output is None)."""
+        key, rep = repeats.lookup(self._repeats, "broadcast", input, output, None, root, algorithm, async_op, timeout)
+        if rep is not None:
+            return self._repeat(rep)
+        return self._engine.collective(
+            checks.plan_elementwise("broadcast", self._rank, self._size, input, output, None, root),
+            algorithm, async_op, timeout, (key, input, output))
 
-    def _drive_run(self, prun: executor.HostCall, runners: list, call: Call, label: str) -> None:
-        """Run ``runners`` of ``prun`` for ``call`` (by single copy, through the slots or mixed,
-        whichever measures faster, where a step may send by descriptor: :mod:`pyxccl.runtime.host.path_choice`), then average."""
-        if prun.sends_direct and self._paths is not None:
-            self._paths.drive(prun, call.count * call.dtype.itemsize, lambda: self._drive(runners, label))
-        else:
-            self._drive(runners, label)
-        if call.op.name == "avg":
-            for arr in call.reduced:
-                postdivide(arr, self._size)
+    def reduce(self, input: Any, output: Any = None, op: Any = "sum", *, root: int = 0,
+               algorithm: "str | Program | None" = None, async_op: bool = False, timeout: float | None = None) -> Any:
+        """Reduce ``input`` over all ranks into the root's ``output`` (in place when output is None)."""
+        key, rep = repeats.lookup(self._repeats, "reduce", input, output, op, root, algorithm, async_op, timeout)
+        if rep is not None:
+            return self._repeat(rep)
+        return self._engine.collective(
+            checks.plan_elementwise("reduce", self._rank, self._size, input, output, op, root),
+            algorithm, async_op, timeout, (key, input, output))
 
-    def _agree_max(self, value: int) -> int:
-        """The largest ``value`` over all ranks (an allreduce inside the running call)."""
-        buf = np.array([value], dtype=np.int64)
-        call = Call("allreduce", 1, DTYPES["int64"], buf, buf, True, None, MAX)
-        self._execute(call, self._program(call, None), kernels(MAX, call.dtype))
-        return int(buf[0])
+    def all_gather(self, input: Any, output: Any, *, algorithm: "str | Program | None" = None, async_op: bool = False,
+                   timeout: float | None = None) -> Any:
+        """Concatenate every rank's ``input`` (count elements) into ``output`` (size * count) on every rank.
 
-    def _program(self, call: Call, algorithm: "str | Program | None") -> Program:
-        """The IR program for ``call``: a registered algorithm (by name or the default) or the user's own."""
-        root = call.root if call.root is not None else 0
-        if isinstance(algorithm, Program):
-            return self._own_program(call, algorithm, root)
-        nbytes = call.count * call.dtype.itemsize * (self._size if COLLECTIVES[call.collective] else 1)
-        key = (call.collective, algorithm, nbytes, root)
-        program = self._programs.get(key)
-        if program is not None:
-            return program
-        hosts = self._hosts
-        if not algorithm:
-            algorithm = tuner.select(call.collective, self._size, nbytes, hosts, self._cfg.algo)
-        algo = algorithms.get(call.collective, algorithm)
-        why = algo.unsupported(self._size, hosts)
-        if why is not None:
-            raise InvalidArgument(f"algorithm={algo.name!r}: {why}")
-        if self._nslots < algo.min_slots:
-            raise InvalidArgument(f"algorithm={algo.name!r} needs {algo.min_slots} slots per connection; "
-                                  f"PYXCCL_NSLOTS is {self._nslots}")
-        order = self._layout.ring
-        if algo.host_aware or order == list(range(self._size)):
-            program = algorithms.program(call.collective, algo.name, self._size, self._cfg.nchannels, root, hosts)
-        else:  # a flat algorithm on interleaved hosts: build it for ring positions, then relabel
-            pos = order.index(root)
-            flat = algorithms.program(call.collective, algo.name, self._size, self._cfg.nchannels, pos, hosts)
-            program = relabel(flat, order) or algorithms.program(
-                call.collective, algo.name, self._size, self._cfg.nchannels, root, hosts)
-            if program is not flat and program.name.endswith("_relabeled"):
-                for inplace in (True, False):
-                    if program.inplace if inplace else program.outofplace:
-                        verify(program, inplace=inplace, nslots=self._nslots)
-        if len(self._programs) > 1024:
-            self._programs.clear()
-        self._programs[key] = program
-        return program
+        In place: pass ``input=None`` (or output's block of this rank) with the data in that block.
+        """
+        key, rep = repeats.lookup(self._repeats, "allgather", input, output, None, None, algorithm, async_op, timeout)
+        if rep is not None:
+            return self._repeat(rep)
+        return self._engine.collective(checks.plan_gatherlike("allgather", self._rank, self._size, input, output),
+                                       algorithm, async_op, timeout, (key, input, output))
 
-    def _own_program(self, call: Call, program: Program, root: int) -> Program:
-        """Check a user's program (e.g. loaded from MSCCL XML) against the call; verify it once."""
-        if program.collective != call.collective or program.nranks != self._size:
-            raise InvalidArgument(f"algorithm: program {program.name!r} implements {program.collective} for "
-                                  f"{program.nranks} ranks; this call is {call.collective} on {self._size}")
-        if call.root is not None and (program.root or 0) != root:
-            raise InvalidArgument(f"root={root}: program {program.name!r} was built for root {program.root or 0}")
-        if id(program) not in self._verified:
-            for inplace in (True, False):
-                if program.inplace if inplace else program.outofplace:
-                    verify(program, inplace=inplace, nslots=self._nslots)
-            self._verified[id(program)] = program
-        return program
+    def reduce_scatter(self, input: Any, output: Any = None, op: Any = "sum", *,
+                       algorithm: "str | Program | None" = None, async_op: bool = False,
+                       timeout: float | None = None) -> Any:
+        """Reduce ``input`` (size * count) over ranks; rank r gets block r in ``output`` (count).
+
+        In place (output None): the result is the rank's block of ``input``, which is returned.
+        """
+        key, rep = repeats.lookup(self._repeats, "reducescatter", input, output, op, None, algorithm, async_op,
+                                  timeout)
+        if rep is not None:
+            return self._repeat(rep)
+        return self._engine.collective(
+            checks.plan_scatterlike("reducescatter", self._rank, self._size, input, output, op),
+            algorithm, async_op, timeout, (key, input, output))
+
+    def all_to_all(self, input: Any, output: Any = None, *, algorithm: "str | Program | None" = None,
+                   async_op: bool = False, timeout: float | None = None) -> Any:
+        """Block q of ``input`` goes to rank q, into block r (this rank) of its ``output``."""
+        key, rep = repeats.lookup(self._repeats, "alltoall", input, output, None, None, algorithm, async_op, timeout)
+        if rep is not None:
+            return self._repeat(rep)
+        return self._engine.collective(checks.plan_alltoall(self._rank, self._size, input, output), algorithm,
+                                       async_op, timeout, (key, input, output))
+
+    def gather(self, input: Any, output: Any = None, *, root: int = 0, algorithm: "str | Program | None" = None,
+               async_op: bool = False, timeout: float | None = None) -> Any:
+        """Concatenate every rank's ``input`` into the root's ``output`` (size * count)."""
+        key, rep = repeats.lookup(self._repeats, "gather", input, output, None, root, algorithm, async_op, timeout)
+        if rep is not None:
+            return self._repeat(rep)
+        return self._engine.collective(checks.plan_gatherlike("gather", self._rank, self._size, input, output, root),
+                                       algorithm, async_op, timeout, (key, input, output))
+
+    def scatter(self, input: Any, output: Any = None, *, root: int = 0, algorithm: "str | Program | None" = None,
+                async_op: bool = False, timeout: float | None = None) -> Any:
+        """Block r of the root's ``input`` (size * count) goes to rank r's ``output`` (count)."""
+        key, rep = repeats.lookup(self._repeats, "scatter", input, output, None, root, algorithm, async_op, timeout)
+        if rep is not None:
+            return self._repeat(rep)
+        return self._engine.collective(
+            checks.plan_scatterlike("scatter", self._rank, self._size, input, output, None, root),
+            algorithm, async_op, timeout, (key, input, output))
+
+    def all_gatherv(self, input: Any, output: Any, counts: Any, displs: Any = None, *,
+                    algorithm: "str | Program | None" = None, async_op: bool = False,
+                    timeout: float | None = None) -> Any:
+        """Rank q's ``counts[q]`` elements land at ``displs[q]`` (default: packed) of every rank's output.
+
+        In place: ``input=None``, with this rank's data already at its place in ``output``.
+        """
+        return self._engine.collective(checks.plan_allgatherv(self._rank, self._size, input, output, counts, displs),
+                                       algorithm, async_op, timeout)
+
+    def reduce_scatterv(self, input: Any, output: Any = None, counts: Any = (), op: Any = "sum", *,
+                        algorithm: "str | Program | None" = None, async_op: bool = False,
+                        timeout: float | None = None) -> Any:
+        """Reduce ``input`` (``sum(counts)`` elements, packed blocks) over ranks; rank r gets block r."""
+        return self._engine.collective(checks.plan_reducescatterv(self._rank, self._size, input, output, counts, op),
+                                       algorithm, async_op, timeout)
+
+    def all_to_allv(self, input: Any, output: Any, send_counts: Any, recv_counts: Any, send_displs: Any = None,
+                    recv_displs: Any = None, *, algorithm: "str | Program | None" = None,
+                    async_op: bool = False, timeout: float | None = None) -> Any:
+        """MPI_Alltoallv: ``send_counts[q]`` elements at ``send_displs[q]`` go to rank q's ``recv_displs[r]``."""
+        return self._engine.collective(
+            checks.plan_alltoallv(self._rank, self._size, input, output, send_counts, recv_counts, send_displs,
+                                  recv_displs), algorithm, async_op, timeout)
+
+    def gatherv(self, input: Any, output: Any = None, counts: Any = None, displs: Any = None, *, root: int = 0,
+                algorithm: "str | Program | None" = None, async_op: bool = False, timeout: float | None = None) -> Any:
+        """Rank q's input lands at ``displs[q]`` of the root's output; ``counts``/``displs`` matter on the root."""
+        return self._engine.collective(checks.plan_gatherv(self._rank, self._size, input, output, counts, displs, root),
+                                       algorithm, async_op, timeout)
+
+    def scatterv(self, input: Any, output: Any, counts: Any = None, displs: Any = None, *, root: int = 0,
+                 algorithm: "str | Program | None" = None, async_op: bool = False, timeout: float | None = None) -> Any:
+        """``counts[q]`` elements at ``displs[q]`` of the root's input go to rank q's output."""
+        return self._engine.collective(
+            checks.plan_scatterv(self._rank, self._size, input, output, counts, displs, root),
+            algorithm, async_op, timeout)
+
+    def barrier(self, *, async_op: bool = False, timeout: float | None = None) -> Any:
+        """Return once every rank has entered the barrier."""
+        token = np.zeros(1, dtype=np.uint8)
+        call = Call("barrier", 1, DTYPES["uint8"], token, token, True, None, MAX)
+        return self._engine.collective(call, None, async_op, timeout)
 
     # ------------------------------------------------------------------ point to point
     def send(self, buf: Any, peer: int, *, async_op: bool = False, timeout: float | None = None) -> Any:
         """Send ``buf`` to ``peer``; matched in order with ``peer``'s recv from this rank."""
-        self._check_open()
-        b = calls.plan_p2p(buf, peer, self._size, "buf", writable=False)
-        return self._p2p(("send", int(peer), b.array, None), f"send({b.count} x {b.dtype} to {peer})", async_op,
-                         calls.check_timeout(timeout))
+        self._live.check_open()
+        b = checks.plan_p2p(buf, peer, self._size, "buf", writable=False)
+        return self._engine.p2p(("send", int(peer), b.array, None), f"send({b.count} x {b.dtype} to {peer})",
+                                async_op, checks.check_timeout(timeout))
 
     def recv(self, buf: Any, peer: int, *, async_op: bool = False, timeout: float | None = None) -> Any:
         """Receive into ``buf`` from ``peer``; its size must equal the matching send's."""
-        self._check_open()
-        b = calls.plan_p2p(buf, peer, self._size, "buf", writable=True)
-        return self._p2p(("recv", int(peer), b.array, b.obj), f"recv({b.count} x {b.dtype} from {peer})", async_op,
-                         calls.check_timeout(timeout))
+        self._live.check_open()
+        b = checks.plan_p2p(buf, peer, self._size, "buf", writable=True)
+        return self._engine.p2p(("recv", int(peer), b.array, b.obj), f"recv({b.count} x {b.dtype} from {peer})",
+                                async_op, checks.check_timeout(timeout))
 
-    def _p2p(self, op: tuple, what: str, async_op: bool, timeout: float | None = None) -> Any:
-        if self._flight is not None:  # (kind, peer, array, result) + its flight record
-            op = (*op, self._flight.p2p(op[0], op[1], op[2], 3))  # call site: 3 frames up
-        if _group.active():  # a group's calls run together, under the communicator's timeout
-            return _group.record(self, "p2p", op, Work(what), not async_op)
-        work = Work(what)
-        self._launch_p2p([op], [work], inline=not async_op, timeout=timeout)
-        return work if async_op else work.result()
+    # ------------------------------------------------------------------ membership
+    def split(self, color: int | None, key: int = 0) -> "Communicator | None":
+        """A new communicator of the ranks with the same ``color``, ordered by (key, rank).
 
-    def _launch_p2p(self, ops: list[tuple], works: list[Work], inline: bool = False,
-                    timeout: float | None = None) -> None:
-        """Run a batch of send/recv ops concurrently on the stream; each op's Work completes with the batch."""
-        batch = BatchWork(f"p2p batch of {len(ops)}", works, [op[3] if op[0] == "recv" else None for op in ops])
+        Collective over this communicator. ``color=None`` (or negative) takes no part and gets None.
+        """
+        self._live.check_open()
+        ranks = membership.split_members(self._context, color, key)
+        self._splits += 1
+        if ranks is None:
+            return None
+        return self._child(ranks, membership.TAG_SPLIT + self._splits, b"split")
 
-        recs = [op[4] for op in ops if len(op) > 4]
+    def shrink(self, exclude: Any) -> "Communicator":
+        """A new communicator of every rank not in ``exclude``, in the same order; no new unique id needed.
 
-        def run() -> None:
-            self._seq += 1
-            for rec in recs:
-                rec.start()
-            try:
-                self._run_p2p(ops, f"p2p batch #{self._seq} ({len(ops)} ops)")
-            except BaseException as exc:
-                flight.failed(self, recs, exc)
-                raise
-            for rec in recs:
-                rec.done()
+        Collective over the survivors: each rank not excluded calls it with the same ranks.
+        This is how to go on after a :class:`PeerLostError`: ``comm.shrink(exclude=[err.rank])``
+        (lost peers need not be listed twice; list every rank that is gone). The old
+        communicator is left as it is: abort or destroy it afterwards.
+        """
+        survivors, excluded = membership.shrink_members(self._context, exclude)
+        self._shrinks += 1
+        return self._child(survivors, membership.TAG_SHRINK + self._shrinks, json.dumps(excluded).encode())
 
-        if timeout is not None:
-            run = self._timed(run, timeout)
-        if inline:
-            try:
-                self._stream.run(run, batch.what)
-            except BaseException as exc:
-                batch._finish(exc=exc)
-                return
-            batch._finish()
-        else:
-            self._stream.submit(run, batch)
-
-    def _run_p2p(self, ops: list[tuple], what: str) -> None:
-        self_sends = [o for o in ops if o[1] == self._rank and o[0] == "send"]
-        self_recvs = [o for o in ops if o[1] == self._rank and o[0] == "recv"]
-        if len(self_sends) != len(self_recvs):
-            raise InvalidArgument(f"{len(self_sends)} send(s) to self but {len(self_recvs)} recv(s) from self in one batch")
-        for s, r in zip(self_sends, self_recvs):
-            if s[2].nbytes != r[2].nbytes:
-                raise InvalidArgument(f"buf: send to self has {s[2].nbytes} bytes, the recv from self {r[2].nbytes}")
-            r[2].reshape(-1).view(np.uint8)[:] = s[2].reshape(-1).view(np.uint8)
-        lanes: dict[tuple[int, str], list[np.ndarray]] = {}
-        for op in ops:
-            kind, peer, arr = op[0], op[1], op[2]
-            if peer != self._rank:
-                lanes.setdefault((peer, kind), []).append(arr)
-        needed = {(peer, _P2P_CHANNEL, kind) for peer, kind in lanes}
-        conns = self._connect(needed, what)
-        runners = [P2PRunner(conns[(peer, _P2P_CHANNEL, kind)], kind == "send", arrs, self._slot_bytes,
-                                      self._rank, what) for (peer, kind), arrs in lanes.items()]
-        self._drive(runners, what)
+    def _child(self, ranks: list[int], tag: int, agreement: bytes) -> "Communicator":
+        uid = membership.child_uid(self._context, self._secret, ranks, tag, agreement)
+        return type(self)(len(ranks), uid, ranks.index(self._rank), timeout=self._timeout)
 
     # ------------------------------------------------------------------ life
     def abort(self) -> None:
         """Stop now, locally: fail pending work with Aborted and release resources. Idempotent."""
-        with self._lock:
-            if self._aborted:
-                return
-            self._aborted = True
-        self._health.stop()  # type: ignore[union-attr]
-        self._stream.close(Aborted(f"rank {self._rank}: the communicator was aborted"), timeout=1.0)
+        if not self._live.mark_aborted():
+            return
+        self._live.health.stop()  # type: ignore[union-attr]
+        self._queue.close(Aborted(f"rank {self._rank}: the communicator was aborted"), timeout=1.0)
         self._release()
 
     def destroy(self) -> None:
@@ -538,20 +377,19 @@ class Communicator(Collectives, Membership):
 
         On a communicator that lost a peer the teardown is local (there is nobody to agree with).
         """
-        with self._lock:
-            if self._closed or self._aborted:
-                return
-            self._closed = True
+        live = self._live
+        if not live.mark_closed():
+            return
         deadline = time.monotonic() + self._timeout
-        if not self._stream.drain(deadline):
+        if not self._queue.drain(deadline):
             log.warn("destroy: queued work did not finish in time; aborting", rank=self._rank)
-            self._aborted = True
-        self._stream.close()
-        lost = dict(self._health.lost)  # type: ignore[union-attr]
-        self._health.stop()  # type: ignore[union-attr] # from here on, peers leaving is expected
+            live.aborted = True
+        self._queue.close()
+        lost = live.lost
+        live.health.stop()  # type: ignore[union-attr] # from here on, peers leaving is expected
         if lost:
             log.info("destroy: rank(s) %s are lost; releasing locally", sorted(lost), rank=self._rank)
-        elif not self._aborted:
+        elif not live.aborted:
             try:  # every rank is done, so every byte in flight was delivered: safe to close
                 self._bootstrap.barrier()
             except PyxcclError as exc:
@@ -559,23 +397,13 @@ class Communicator(Collectives, Membership):
         self._release()
 
     def _release(self) -> None:
-        for conn in list(self._conns.values()):
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - best effort on teardown
-                pass
-        self._conns.clear()
-        for t in list(self._transports.values()):
-            try:
-                t.close()
-            except Exception:  # noqa: BLE001
-                pass
-        self._transports.clear()
-        self._repeats.clear()
+        self._connections.close()
+        self._engine.close()
         close_doorbell(self._bell_path)
         self._bootstrap.close()
-        if self._health.lost:  # type: ignore[union-attr] # a crashed peer's files, once its process is gone
-            self._health.wait_exited(1.0)  # type: ignore[union-attr]
+        health = self._live.health
+        if health is not None and health.lost:  # a crashed peer's files, once its process is gone
+            health.wait_exited(1.0)
             sweep_stale(min_age=0.0)
         _LIVE.discard(self)
 

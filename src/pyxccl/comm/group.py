@@ -5,16 +5,20 @@ each communicator runs its recorded calls in issue order, with consecutive
 point-to-point calls merged into one batch that progresses all of them at once (so
 every rank may send and receive inside one group without deadlock). Blocking calls
 made inside the group are complete when the group ends; ``async_op=True`` calls
-return a Work to wait on.
+return a Work to wait on. A communicator is known here by its read-only
+:class:`~pyxccl.comm.context.CommContext` (``submit``, ``launch_p2p``).
 """
 
 from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .call_queue import Work
+
+if TYPE_CHECKING:
+    from .context import CommContext
 
 _state = threading.local()
 
@@ -24,9 +28,10 @@ def active() -> bool:
     return getattr(_state, "depth", 0) > 0
 
 
-def record(comm: Any, kind: str, payload: Any, work: Work, blocking: bool) -> Work:
-    """Remember one call of ``comm`` (kind "p2p" or "call") until the group ends."""
-    _state.calls.append((comm, kind, payload, work, blocking))
+def record(ctx: CommContext, kind: str, payload: Any, work: Work, blocking: bool) -> Work:
+    """Remember one call of the communicator ``ctx`` (kind "p2p": an op for ``ctx.launch_p2p``, or
+    "call": a function for ``ctx.submit``) until the group ends."""
+    _state.calls.append((ctx, kind, payload, work, blocking))
     return work
 
 
@@ -53,24 +58,24 @@ def group() -> Iterator[None]:
 
 
 def _flush(calls: list) -> None:
-    comms: dict[int, Any] = {}
-    for comm, *_ in calls:
-        comms.setdefault(id(comm), comm)
+    comms: dict[int, CommContext] = {}
+    for ctx, *_ in calls:
+        comms.setdefault(id(ctx), ctx)
     blocking: list[Work] = []
-    for comm in comms.values():
-        mine = [c for c in calls if c[0] is comm]
+    for ctx in comms.values():
+        mine = [c for c in calls if c[0] is ctx]
         batch: list = []
         for item in mine + [None]:
             if item is not None and item[1] == "p2p":
                 batch.append(item)
                 continue
             if batch:
-                comm._launch_p2p([b[2] for b in batch], [b[3] for b in batch])
+                ctx.launch_p2p([b[2] for b in batch], [b[3] for b in batch])
                 blocking += [b[3] for b in batch if b[4]]
                 batch = []
             if item is not None:
                 fn: Callable[[], Any] = item[2]
-                comm._stream.submit(fn, item[3])
+                ctx.submit(fn, item[3])
                 if item[4]:
                     blocking.append(item[3])
     for work in blocking:

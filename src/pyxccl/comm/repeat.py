@@ -15,7 +15,7 @@ Covered: ``all_reduce``, ``broadcast``, ``reduce``, ``all_gather``, ``reduce_sca
 algorithm choice (``algorithm=None``) and timeout (``timeout=None``), outside ``group()``,
 with ``PYXCCL_CHECK`` off; ops given by name (``avg`` included: the repeat divides again;
 never ``premul_sum``), roots as plain ints.
-``Collectives._remembered`` in :mod:`pyxccl.comm.collectives` makes that decision for all of them.
+:func:`lookup` makes that decision for all of them.
 
 Any size is remembered, at most :data:`MAX_ENTRIES` calls of at most :data:`SMALL_BYTES` per
 block (the call's ``count``, i.e. the whole buffer for all_reduce/broadcast/reduce, one rank's
@@ -34,6 +34,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from . import group as _group
 
 SMALL_BYTES = 64 * 1024
 MAX_ENTRIES = 16
@@ -110,3 +112,24 @@ class Repeats:
         """Forget every call (and release its arrays)."""
         self._entries.clear()
         self._large.clear()
+
+
+def lookup(repeats: Repeats, collective: str, input: Any, output: Any, op: Any, root: Any,
+           algorithm: Any, async_op: bool, timeout: float | None) -> tuple:
+    """``(key, repeat)`` for a call this module may serve: ``repeat`` is the remembered call to run
+    again (or None), ``key`` what to remember this one by (None: never remembered).
+
+    Only blocking calls with the communicator's algorithm and timeout qualify; a remembered
+    call is not reused inside ``group()`` (nothing is remembered there, nor with
+    PYXCCL_CHECK on). The Communicator runs the repeat itself: the flight recorder finds
+    the call site a fixed number of frames up.
+    """
+    if async_op or algorithm is not None or timeout is not None:
+        return None, None
+    key = repeats.key(collective, input, output, op, root)
+    if key is None:
+        return None, None
+    rep = repeats.get(key, input, output)
+    if rep is not None and _group.active():
+        rep = None
+    return key, rep

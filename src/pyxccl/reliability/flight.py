@@ -3,7 +3,7 @@
 Every call on a :class:`~pyxccl.Communicator` (each collective, each send and recv) gets an
 :class:`OpRecord` in its communicator's :class:`FlightRecorder`, a ring of the last
 ``PYXCCL_TRACE_SIZE`` records (default 1000; 0 turns recording off). A record follows its
-call: ``queued`` when issued, ``running`` once the communicator's stream starts it,
+call: ``queued`` when issued, ``running`` once the communicator starts it,
 ``done``, or ``failed: <ExceptionType>: message``. ``Communicator.pending_ops()`` returns
 the kept records.
 
@@ -204,18 +204,19 @@ class FlightRecorder:
 
 # ---------------------------------------------------------------------------- failures and dumps
 
-def failed(comm: Any, records: Any, exc: BaseException) -> None:
-    """A call of ``comm`` raised ``exc``: mark its record(s) failed, dump on a CollectiveTimeout."""
+def failed(ctx: Any, records: Any, exc: BaseException) -> None:
+    """A call of the communicator ``ctx`` (its :class:`~pyxccl.comm.context.CommContext`) raised ``exc``:
+    mark its record(s) failed, dump on a CollectiveTimeout."""
     from ..errors import CollectiveTimeout
 
     if records is not None:
         for rec in (records if isinstance(records, list) else (records,)):
             rec.fail(exc)
-    if isinstance(exc, CollectiveTimeout) and comm._cfg.trace_dir:
+    if isinstance(exc, CollectiveTimeout) and ctx.config.trace_dir:
         try:
-            dump(comm, comm._cfg.trace_dir, "timeout", exc)
+            dump(ctx, ctx.config.trace_dir, "timeout", exc)
         except Exception as err:  # noqa: BLE001 - the timeout is what the caller must see
-            log.warn("flight recorder: could not write the dump: %s", err, rank=comm._rank)
+            log.warn("flight recorder: could not write the dump: %s", err, rank=ctx.rank)
 
 
 _tmp_ids = _count()
@@ -225,34 +226,33 @@ def dump_path(trace_dir: str, tag: str, rank: int) -> str:
     return os.path.join(trace_dir, f"pyxccl-trace-{tag}-rank{rank}.json")
 
 
-def snapshot(comm: Any, reason: str = "", exc: BaseException | None = None) -> dict[str, Any]:
-    """What a dump holds: who (rank, size, host, pid, communicator tag), when, why, and the records."""
-    rec: FlightRecorder | None = comm._flight
+def snapshot(ctx: Any, reason: str = "", exc: BaseException | None = None) -> dict[str, Any]:
+    """What a dump of the communicator ``ctx`` (its context) holds: who (rank, size, host, pid,
+    communicator tag), when, why, and the records."""
+    rec: FlightRecorder | None = ctx.flight
     records = rec.records() if rec is not None else []
-    health = getattr(comm, "_health", None)
-    lost = getattr(health, "lost", None)
-    if lost is None:
-        lost = getattr(getattr(comm, "_bootstrap", None), "_lost", None) or {}
-    return {"format": FORMAT, "rank": comm._rank, "size": comm._size, "host": socket.gethostname(),
-            "pid": os.getpid(), "comm": comm._tag, "time": _now(), "reason": reason,
+    lost = ctx.lost
+    return {"format": FORMAT, "rank": ctx.rank, "size": ctx.size, "host": socket.gethostname(),
+            "pid": os.getpid(), "comm": ctx.tag, "time": _now(), "reason": reason,
             "error": f"{type(exc).__name__}: {exc}" if exc is not None else None,
             "recorder_size": rec.size if rec is not None else 0, "dropped": rec.dropped if rec is not None else 0,
             "pending": [f"{r['kind']} #{r['seq']} {r['op']}" for r in records if r["state"] in (QUEUED, RUNNING)],
             "lost": {str(k): str(v) for k, v in dict(lost).items()},
-            "aborted": bool(getattr(comm, "_aborted", False)), "records": records}
+            "aborted": bool(ctx.aborted), "records": records}
 
 
-def dump(comm: Any, trace_dir: str, reason: str = "", exc: BaseException | None = None) -> str:
-    """Write ``comm``'s dump into ``trace_dir`` (atomically: never a half-written file); its path."""
-    data = snapshot(comm, reason, exc)
+def dump(ctx: Any, trace_dir: str, reason: str = "", exc: BaseException | None = None) -> str:
+    """Write the dump of the communicator ``ctx`` (its context) into ``trace_dir`` (atomically: never a
+    half-written file); its path."""
+    data = snapshot(ctx, reason, exc)
     os.makedirs(trace_dir, exist_ok=True)
-    path = dump_path(trace_dir, comm._tag, comm._rank)
+    path = dump_path(trace_dir, ctx.tag, ctx.rank)
     tmp = f"{path}.{os.getpid()}.{next(_tmp_ids)}.tmp"  # unique even when SIGUSR1 interrupts a dump
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, default=str)
     os.replace(tmp, path)
     log.warn("flight recorder: %s: wrote %s (%d records)", reason or "dump", path, len(data["records"]),
-             rank=comm._rank)
+             rank=ctx.rank)
     return path
 
 
@@ -263,26 +263,27 @@ _installed = False
 _install_lock = threading.Lock()
 
 
-def register(comm: Any) -> None:
-    """Track ``comm`` for SIGUSR1 dumps; install the handler once when ``PYXCCL_TRACE_DIR`` is set."""
-    _live.add(comm)
-    if comm._cfg.trace_dir and not _installed:
+def register(ctx: Any) -> None:
+    """Track the communicator ``ctx`` (its context) for SIGUSR1 dumps; install the handler once when
+    ``PYXCCL_TRACE_DIR`` is set."""
+    _live.add(ctx)
+    if ctx.config.trace_dir and not _installed:
         install_signal_handler()
 
 
 def dump_all(reason: str = "SIGUSR1") -> list[str]:
     """Dump every live (not destroyed, not aborted) communicator of this process; the paths written."""
     paths = []
-    for comm in list(_live):
-        if getattr(comm, "_closed", False) or getattr(comm, "_aborted", False):
+    for ctx in list(_live):
+        if ctx.closed or ctx.aborted:
             continue
-        trace_dir = comm._cfg.trace_dir
+        trace_dir = ctx.config.trace_dir
         if not trace_dir:
             continue
         try:
-            paths.append(dump(comm, trace_dir, reason))
+            paths.append(dump(ctx, trace_dir, reason))
         except Exception as err:  # noqa: BLE001 - one bad communicator must not stop the others
-            log.warn("flight recorder: could not dump %r: %s", comm, err)
+            log.warn("flight recorder: could not dump %r: %s", ctx, err)
     return paths
 
 

@@ -1,6 +1,6 @@
 """``PYXCCL_CHECK=1``: the ranks compare what collective they are about to run, first.
 
-Before each collective (inside the communicator's stream, so in call order) every rank
+Before each collective (inside the communicator's call queue, so in call order) every rank
 sends its :func:`fingerprint` (collective number, operation, dtype, count, root, reduce
 op) around the bootstrap ring. If any field differs, every rank raises the same
 :class:`~pyxccl.errors.MismatchError` naming the field(s) and which ranks hold which
@@ -104,13 +104,14 @@ def allgather(bootstrap: Any, data: bytes, timeout: float) -> list[bytes]:
     return out
 
 
-def verify(comm: Any, seq: int, call: Any) -> None:
-    """Exchange the fingerprint of ``call`` (collective ``seq`` of ``comm``); MismatchError on every
-    rank when the ranks disagree."""
-    if comm._size == 1:
+def verify(ctx: Any, seq: int, call: Any) -> None:
+    """Exchange the fingerprint of ``call`` (collective ``seq`` of the communicator whose
+    :class:`~pyxccl.comm.context.CommContext` is ``ctx``); MismatchError on every rank when the
+    ranks disagree."""
+    if ctx.size == 1:
         return
     mine = fingerprint(seq, call)
-    fps = [unpack(b) for b in allgather(comm._bootstrap, pack(mine), comm._timeout)]
+    fps = [unpack(b) for b in allgather(ctx.bootstrap, pack(mine), ctx.timeout)]
     msg = compare(fps)
     if msg is not None:
-        raise MismatchError(f"rank {comm._rank}: collective #{seq}: {msg}")
+        raise MismatchError(f"rank {ctx.rank}: collective #{seq}: {msg}")

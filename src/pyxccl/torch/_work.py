@@ -1,14 +1,14 @@
 """``Work`` handles for torch.distributed.
 
-A group's calls run on its pyxccl communicator's own ordered stream (like a CUDA stream):
+A group's calls run on its pyxccl communicator's call queue (an ordered queue of calls):
 a blocking call (torch's ``async_op=False``) runs inline on the caller's thread when
 nothing is queued, so a synchronous ``dist.all_reduce`` costs no thread hand-off; an
 asynchronous call (``async_op=True``, and every call DDP's C++ reducer makes) is queued
-to the stream's worker thread so that it overlaps with the caller's computation, and
-``wait()`` on a call still queued behind an idle stream runs it on the waiting thread.
+to the queue's worker thread so that it overlaps with the caller's computation, and
+``wait()`` on a call still queued behind an idle queue runs it on the waiting thread.
 Its :class:`CallWork` follows pyxccl's ``Work`` of the call: the torch future is completed
 from pyxccl's completion callback (after the call's outputs were copied back, which is
-part of the queued call), on the thread that ran the call, after the stream moved on.
+part of the queued call), on the thread that ran the call, after the queue moved on.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ class Work(dist.Work):
 
 
 class CallWork(Work):
-    """The Work of a call queued on the group communicator's stream: it follows pyxccl's ``Work``.
+    """The Work of a call queued on the group communicator's call queue: it follows pyxccl's ``Work``.
 
     Nothing is added to pyxccl's Work unless someone asks for the future: ``wait`` and
     ``is_completed`` read pyxccl's Work (and mirror its outcome here), ``get_future`` registers a
@@ -154,7 +154,7 @@ class CallWork(Work):
     def wait(self, timeout: Any = None) -> bool:
         if not self._done:
             secs = _seconds(timeout)
-            if not self._pw._await(secs):  # without a timeout, runs the call here if the stream is idle
+            if not self._pw._await(secs):  # without a timeout, runs the call here if the queue is idle
                 raise PyxcclBackendError(f"pyxccl backend: {self.what} did not complete within {secs} s "
                                          "(Work.wait)")
             self._sync()
@@ -204,7 +204,7 @@ class GroupedWork(Work):
 
     def wait(self, timeout: Any = None) -> bool:
         if not self._done and _seconds(timeout) is None:
-            for w in self._works:  # lets each run on this thread when the stream is idle
+            for w in self._works:  # lets each run on this thread when the queue is idle
                 if not w._done:
                     try:
                         w.wait()

@@ -7,7 +7,7 @@ returned by the creator registered with ``Backend.register_backend``. The C++
 ``Backend`` class has no Python constructor, so this is the only way.
 
 Each group owns one pyxccl Communicator for its collectives, bootstrapped through the
-c10d store torch hands over (rank 0 publishes ``get_unique_id()``), whose ordered stream
+c10d store torch hands over (rank 0 publishes ``get_unique_id()``), whose call queue
 runs the group's calls in issue order (asynchronous ones as pyxccl ``Work``s, followed by
 :class:`CallWork`), and a :class:`P2P` engine for send/recv (own communicators per
 direction, so that sends and receives never queue behind each other).
@@ -88,7 +88,7 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
         self._group_id = group_id
         self._global_ranks = list(global_ranks or range(size))
         self._comm, gen = bootstrap(store, rank, size, "pyxccl", self._timeout)
-        self._stream = self._comm._stream  # the communicator's ordered stream runs every call of the group
+        self._queue = self._comm.context.call_queue  # the communicator's call queue runs every call of the group
         self._p2p = P2P(store, rank, size, self._timeout, gen)
         self._seq = 0
         self._coalescing: list[Work] | None = None
@@ -140,13 +140,13 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
     # ------------------------------------------------------------------ running
     def _run(self, what: str, fn: Callable[[], None], outputs: list[torch.Tensor], opts: Any,
              single: bool = False) -> Work:
-        """Run ``fn`` on the communicator's stream, in order with the group's other calls.
+        """Run ``fn`` on the communicator's call queue, in order with the group's other calls.
 
         torch's blocking calls (``opts.asyncOp`` False) run inline when nothing is queued and get a
         completed Work back (errors are raised here); the others, DDP's included, are queued as a
-        pyxccl ``Work`` (run by the stream's worker thread, or by ``wait()``) that a
+        pyxccl ``Work`` (run by the queue's worker thread, or by ``wait()``) that a
         :class:`CallWork` follows. ``fn``'s own pyxccl calls run nested, inline, on whichever
-        thread runs ``fn``. ``single``: ``fn`` is one pyxccl call (which the stream orders itself), so a
+        thread runs ``fn``. ``single``: ``fn`` is one pyxccl call (which the queue orders itself), so a
         blocking ``fn`` is simply called.
         """
         if self._closed:
@@ -157,7 +157,7 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
                 if single:
                     fn()
                 else:
-                    self._stream.run(fn, what)
+                    self._queue.run(fn, what)
             except BaseException as exc:
                 err = wrap_error(exc, what)
                 if err is exc:
@@ -168,7 +168,7 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
         work = CallWork(what, outputs, pw)
         if self._coalescing is not None:
             self._coalescing.append(work)
-        self._stream.submit(fn, pw)  # last: the worker wakes now, and wait() should find the call still queued
+        self._queue.submit(fn, pw)  # last: the worker wakes now, and wait() should find the call still queued
         return work
 
     def _single(self, tensors: Any, what: str) -> torch.Tensor:
@@ -491,14 +491,14 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
 
     # ------------------------------------------------------------------ life
     def _wait_for_pending_works(self) -> None:
-        self._stream.drain(float("inf"))
+        self._queue.drain(float("inf"))
 
     def shutdown(self) -> None:
         """Finish queued calls, then destroy the communicators (collective over the group)."""
         if self._closed:
             return
         self._closed = True
-        self._stream.drain(time.monotonic() + self._timeout)
+        self._queue.drain(time.monotonic() + self._timeout)
         self._p2p.close()
         try:
             self._comm.destroy()

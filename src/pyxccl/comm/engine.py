@@ -1,0 +1,280 @@
+"""Running a communicator's calls: the one place where the communicator calls into the runtime.
+
+A collective arrives checked and laid out (:class:`~pyxccl.comm.checks.Call`) with its
+program (:mod:`pyxccl.comm.programs`). :meth:`Engine.collective` numbers it, records
+it (:mod:`pyxccl.reliability.flight`), remembers it for repeats
+(:mod:`pyxccl.comm.repeat`) and submits it to the call queue (or to ``group()``); there
+it runs the mismatch check (``PYXCCL_CHECK``) and then :meth:`Engine.execute`: the
+runtime binds the program to this rank, the arrays and the connectors
+(``executor.HostCall``), and the runners are driven to completion
+(``executor.drive``), by single copy or through the slots as the per-call path choice
+decides (:mod:`pyxccl.runtime.host.path_choice`). Point-to-point batches
+(``P2PRunner``) run here too. Every call into ``pyxccl.runtime`` is in this module.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .. import log
+from ..dtypes import DTYPES, MAX
+from ..errors import Aborted, InvalidArgument, PeerLostError, TransportError
+from ..ir.program import Buf, Program
+from ..reliability import flight
+from ..reliability import mismatch
+from ..runtime.host import executor
+from ..runtime.host import path_choice
+from ..runtime.host.p2p import P2PRunner
+from ..runtime.kernels import kernels, postdivide, prescale
+from . import group as _group
+from .call_queue import BatchWork, CallQueue, Work
+from .checks import Call, check_timeout
+from .connections import Connections
+from .context import CommContext
+from .liveness import Liveness
+from .programs import Programs
+from .repeat import Repeat, Repeats
+
+#: point-to-point traffic uses its own channel, after any collective's
+P2P_CHANNEL = 1 << 10
+
+
+class Engine:
+    """Runs the calls of one communicator (see the module docstring)."""
+
+    def __init__(self, ctx: CommContext, liveness: Liveness, connections: Connections, programs: Programs,
+                 doorbell: Any, peer_doorbells: list[str], kinds: list[str], slot_bytes: int):
+        cfg = ctx.config
+        self.ctx, self.rank, self.size = ctx, ctx.rank, ctx.size
+        self.liveness, self.connections, self.programs = liveness, connections, programs
+        self.queue: CallQueue = ctx.call_queue
+        self.flight = ctx.flight
+        self.doorbell, self.slot_bytes, self.timeout = doorbell, slot_bytes, ctx.timeout
+        self.call_timeout: float | None = None  # the running call's own timeout, if it has one
+        self.seq = 0  # calls run (labels)
+        self.coll_seq = 0  # collectives issued: the flight recorder's and PYXCCL_CHECK's sequence numbers
+        self.repeats = Repeats()  # small blocking calls that repeat: no planning the second time
+        self.check_call = mismatch.verify if cfg.check else None
+        self.paths = path_choice.for_host(cfg.cma, self.rank, kinds, doorbell, peer_doorbells)
+
+    # ------------------------------------------------------------------ collectives
+    def collective(self, call: Call, algorithm: "str | Program | None", async_op: bool,
+                   timeout: float | None = None, repeat: "tuple | None" = None) -> Any:
+        """Check that the communicator is open and the ``timeout``, plan and submit ``call``; ``repeat``: (key, input, output) to remember it by
+        (:mod:`pyxccl.comm.repeat`; a blocking call with the communicator's algorithm choice).
+
+        Called by the Communicator's public methods only: the flight recorder finds the
+        call site 3 frames up from its own method.
+        """
+        self.liveness.check_open()
+        timeout = check_timeout(timeout)
+        program = kern = None  # count 0: nothing moves; still ordered after earlier calls
+        if call.count != 0 or call.agree_count:
+            kern = kernels(call.op, call.dtype)  # checks the device before anything moves
+            program = self.programs.get(call, algorithm)
+            if not (program.inplace if call.inplace else program.outofplace):
+                raise InvalidArgument(f"algorithm={program.name!r} does not support "
+                                      f"{'in' if call.inplace else 'out-of'}-place calls")
+        seq = self.coll_seq = self.coll_seq + 1
+        rec = None if self.flight is None else self.flight.collective(  # call site: 3 frames up
+            seq, call, None if program is None else program.name, 3)
+        check = self.check_call
+        if repeat is not None and repeat[0] is not None and check is None and not _group.active():
+            self.repeats.remember(repeat[0], repeat[1], repeat[2], call, program, kern)
+        ctx = self.ctx
+
+        def run() -> Any:
+            if rec is not None:
+                rec.start()
+            try:
+                if check is not None:  # PYXCCL_CHECK: the ranks compare fingerprints first
+                    check(ctx, seq, call)
+                if program is not None:
+                    if call.agree_count:  # v-collectives where ranks know only their own counts
+                        call.count = self.agree_max(call.count)
+                    self.execute(call, program, kern)
+            except BaseException as exc:
+                flight.failed(ctx, rec, exc)
+                raise
+            if rec is not None:
+                rec.done()
+            return call.result
+
+        return self.submit(run if timeout is None else self.timed(run, timeout), call.describe(), async_op)
+
+    def submit(self, fn: Callable[[], Any], what: str, async_op: bool) -> Any:
+        """Run ``fn`` on the call queue (blocking: its result), queue it (async: a Work), or record it in
+        ``group()``."""
+        if _group.active():
+            return _group.record(self.ctx, "call", fn, Work(what), not async_op)
+        if async_op:
+            return self.queue.submit(fn, Work(what))
+        return self.queue.run(fn, what)
+
+    def record_repeat(self, rep: Repeat) -> Any:
+        """Number and record a remembered call run again (the flight record, or None); the call
+        site is 4 frames up (the Communicator's public method calls ``_repeat``, which calls this)."""
+        seq = self.coll_seq = self.coll_seq + 1
+        return None if self.flight is None else self.flight.collective(seq, rep.call, rep.program.name, 4)
+
+    def run_repeat(self, rep: Repeat, rec: Any) -> Any:
+        """Run a remembered call again (on the call queue): the first repeat binds the runners, later
+        ones reset them."""
+        call = rep.call
+        if rec is not None:
+            rec.start()
+        try:
+            self.seq += 1
+            label = f"{rep.what} #{self.seq} algorithm {rep.program.name}"
+            if rep.prun is None:
+                rep.prun = executor.HostCall(rep.program, self.rank, {Buf.INPUT: call.input, Buf.OUTPUT: call.output},
+                                               call.count, rep.kern, self.slot_bytes, label)
+                rep.runners = rep.prun.runners(self.connect(rep.prun.needed(), label))
+            else:
+                rep.prun.label = label
+                rep.prun.reset(rep.runners)
+            self.drive_run(rep.prun, rep.runners, call, label)
+        except BaseException as exc:
+            flight.failed(self.ctx, rec, exc)
+            raise
+        if rec is not None:
+            rec.done()
+        return call.result
+
+    def timed(self, fn: Callable[[], Any], timeout: float) -> Callable[[], Any]:
+        """``fn`` running with its own ``timeout`` (seconds) for every wait, instead of the communicator's."""
+        def run() -> Any:
+            self.call_timeout = timeout  # calls run one at a time on the queue
+            try:
+                return fn()
+            finally:
+                self.call_timeout = None
+        return run
+
+    def connect(self, needed: Any, what: str) -> dict:
+        """The connectors ``needed`` by the running call (made the first time)."""
+        return self.connections.get(needed, what, self.call_timeout)
+
+    def execute(self, call: Call, program: Program, kern: Any) -> None:
+        """Run ``call`` with ``program`` on this thread (inside the call queue)."""
+        self.seq += 1
+        if call.count == 0:
+            return
+        inp = prescale(call.input, call.op) if call.op.name == "premul_sum" else call.input
+        arrays = {Buf.INPUT: inp, Buf.OUTPUT: call.output}
+        label = f"{call.describe()} #{self.seq} algorithm {program.name}"
+        prun = executor.HostCall(program, self.rank, arrays, call.count, kern, self.slot_bytes, label,
+                                   call.layout)
+        log.trace("%s", label, rank=self.rank)
+        self.drive_run(prun, prun.runners(self.connect(prun.needed(), label)), call, label)
+
+    def drive_run(self, prun: Any, runners: list, call: Call, label: str) -> None:
+        """Run ``runners`` of ``prun`` for ``call`` (by single copy, through the slots or mixed,
+        whichever measures faster, where a step may send by descriptor: :mod:`pyxccl.runtime.host.path_choice`),
+        then average."""
+        if prun.sends_direct and self.paths is not None:
+            self.paths.drive(prun, call.count * call.dtype.itemsize, lambda: self.drive(runners, label))
+        else:
+            self.drive(runners, label)
+        if call.op.name == "avg":
+            for arr in call.reduced:
+                postdivide(arr, self.size)
+
+    def drive(self, runners: list, what: str) -> None:
+        """Run ``runners`` to completion (CollectiveTimeout, Aborted, PeerLostError)."""
+        live = self.liveness
+        try:
+            executor.drive(runners, self.doorbell, time.monotonic() + (self.call_timeout or self.timeout), what,
+                           self.rank, lambda: live.check_running(what))
+        except PeerLostError as exc:
+            raise live.lost_error(exc, what) from exc
+        except TransportError as exc:  # e.g. reading a peer's memory failed: because the peer died?
+            if live.aborted:  # abort() closed what this call was using
+                raise Aborted(f"rank {self.rank}: {what} aborted ({exc})") from exc
+            err = live.wait_error(what)
+            if err is None:
+                raise
+            raise err from exc
+        except Exception as exc:
+            if live.aborted and not isinstance(exc, Aborted):  # abort() closed what this call was using
+                raise Aborted(f"rank {self.rank}: {what} aborted ({exc})") from exc
+            raise
+
+    def agree_max(self, value: int) -> int:
+        """The largest ``value`` over all ranks (an allreduce inside the running call)."""
+        buf = np.array([value], dtype=np.int64)
+        call = Call("allreduce", 1, DTYPES["int64"], buf, buf, True, None, MAX)
+        self.execute(call, self.programs.get(call, None), kernels(MAX, call.dtype))
+        return int(buf[0])
+
+    # ------------------------------------------------------------------ point to point
+    def p2p(self, op: tuple, what: str, async_op: bool, timeout: float | None = None) -> Any:
+        """Run one send or recv ``op`` = (kind, peer, array, result); the call site is 3 frames up."""
+        if self.flight is not None:  # (kind, peer, array, result) + its flight record
+            op = (*op, self.flight.p2p(op[0], op[1], op[2], 3))
+        if _group.active():  # a group's calls run together, under the communicator's timeout
+            return _group.record(self.ctx, "p2p", op, Work(what), not async_op)
+        work = Work(what)
+        self.launch_p2p([op], [work], inline=not async_op, timeout=timeout)
+        return work if async_op else work.result()
+
+    def launch_p2p(self, ops: list[tuple], works: list[Work], inline: bool = False,
+                   timeout: float | None = None) -> None:
+        """Run a batch of send/recv ops concurrently on the call queue; each op's Work completes with the batch."""
+        batch = BatchWork(f"p2p batch of {len(ops)}", works, [op[3] if op[0] == "recv" else None for op in ops])
+        recs = [op[4] for op in ops if len(op) > 4]
+        ctx = self.ctx
+
+        def run() -> None:
+            self.seq += 1
+            for rec in recs:
+                rec.start()
+            try:
+                self.run_p2p(ops, f"p2p batch #{self.seq} ({len(ops)} ops)")
+            except BaseException as exc:
+                flight.failed(ctx, recs, exc)
+                raise
+            for rec in recs:
+                rec.done()
+
+        if timeout is not None:
+            run = self.timed(run, timeout)
+        if inline:
+            try:
+                self.queue.run(run, batch.what)
+            except BaseException as exc:
+                batch._finish(exc=exc)
+                return
+            batch._finish()
+        else:
+            self.queue.submit(run, batch)
+
+    def run_p2p(self, ops: list[tuple], what: str) -> None:
+        rank = self.rank
+        self_sends = [o for o in ops if o[1] == rank and o[0] == "send"]
+        self_recvs = [o for o in ops if o[1] == rank and o[0] == "recv"]
+        if len(self_sends) != len(self_recvs):
+            raise InvalidArgument(f"{len(self_sends)} send(s) to self but {len(self_recvs)} recv(s) from self in one batch")
+        for s, r in zip(self_sends, self_recvs):
+            if s[2].nbytes != r[2].nbytes:
+                raise InvalidArgument(f"buf: send to self has {s[2].nbytes} bytes, the recv from self {r[2].nbytes}")
+            r[2].reshape(-1).view(np.uint8)[:] = s[2].reshape(-1).view(np.uint8)
+        lanes: dict[tuple[int, str], list[np.ndarray]] = {}
+        for op in ops:
+            kind, peer, arr = op[0], op[1], op[2]
+            if peer != rank:
+                lanes.setdefault((peer, kind), []).append(arr)
+        needed = {(peer, P2P_CHANNEL, kind) for peer, kind in lanes}
+        conns = self.connect(needed, what)
+        runners = [P2PRunner(conns[(peer, P2P_CHANNEL, kind)], kind == "send", arrs, self.slot_bytes, rank, what)
+                   for (peer, kind), arrs in lanes.items()]
+        self.drive(runners, what)
+
+    # ------------------------------------------------------------------ life
+    def close(self) -> None:
+        """Forget remembered calls (and their arrays)."""
+        self.repeats.clear()
