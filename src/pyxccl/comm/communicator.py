@@ -295,7 +295,7 @@ class Communicator(Collectives, Membership):
         timeout = calls.check_timeout(timeout)
         program = kern = None  # count 0: nothing moves; still ordered after earlier calls
         if call.count != 0 or call.agree_count:
-            kern = kernels(call.op, call.dtype)  # checks the device before anything moves
+            kern = kernels(call.op, call.dtype, call.device)  # checks the device before anything moves
             program = self._program(call, algorithm)
             if not (program.inplace if call.inplace else program.outofplace):
                 raise InvalidArgument(f"algorithm={program.name!r} does not support "
@@ -459,7 +459,7 @@ class Communicator(Collectives, Membership):
         """Receive into ``buf`` from ``peer``; its size must equal the matching send's."""
         self._check_open()
         b = calls.plan_p2p(buf, peer, self._size, "buf", writable=True)
-        return self._p2p(("recv", int(peer), b.array, b.obj), f"recv({b.count} x {b.dtype} from {peer})", async_op,
+        return self._p2p(("recv", int(peer), b.array, b.owner), f"recv({b.count} x {b.dtype} from {peer})", async_op,
                          calls.check_timeout(timeout))
 
     def _p2p(self, op: tuple, what: str, async_op: bool, timeout: float | None = None) -> Any:
