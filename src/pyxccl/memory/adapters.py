@@ -61,7 +61,12 @@ def _adapt(obj: Any, name: str, writable: bool) -> Buffer:
         return _from_cuda_array_interface(obj, name, writable)
     if hasattr(obj, "__dlpack__") and hasattr(obj, "__dlpack_device__"):
         return _from_dlpack(obj, name, writable)
-    mv = _memoryview(obj, name)
+    try:
+        mv = memoryview(obj)
+    except TypeError:
+        raise InvalidArgument(
+            f"{name}: expected a numpy array, a torch tensor, a CUDA array (__cuda_array_interface__), "
+            f"a DLPack array or a buffer-protocol object, got {type(obj).__name__}") from None
     if not mv.c_contiguous:
         raise InvalidArgument(f"{name}: the buffer is not C-contiguous")
     try:
@@ -69,15 +74,6 @@ def _adapt(obj: Any, name: str, writable: bool) -> Buffer:
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(f"{name}: buffer format {mv.format!r} is not supported ({exc})") from None
     return _host(obj, arr, name, writable, "a contiguous copy")
-
-
-def _memoryview(obj: Any, name: str) -> memoryview:
-    try:
-        return memoryview(obj)
-    except TypeError:
-        raise InvalidArgument(
-            f"{name}: expected a numpy array, a torch tensor, a CUDA array (__cuda_array_interface__), "
-            f"a DLPack array or a buffer-protocol object, got {type(obj).__name__}") from None
 
 
 def _host(owner: Any, arr: np.ndarray, name: str, writable: bool, fix: str) -> Buffer:
@@ -132,7 +128,7 @@ def _torch_dtype(t: Any, name: str) -> DType:
     return dt
 
 
-def _from_torch(t: Any, name: str, writable: bool) -> Buffer:
+def _from_torch(t: Any, name: str, writable: bool) -> Buffer:  # torch has no read-only tensors
     cpu = t.is_cpu
     if not cpu and not t.is_cuda:
         raise InvalidArgument(f"{name}: tensors on {t.device} are not supported (CPU and CUDA tensors only)")
@@ -234,11 +230,10 @@ def _from_cuda_array_interface(obj: Any, name: str, writable: bool) -> Buffer:
 def _cuda_device(obj: Any, ptr: int, name: str) -> str:
     """The device of CUDA memory at ``ptr`` that ``obj`` exposes ("cuda:N")."""
     if hasattr(obj, "__dlpack_device__"):
-        kind, index = obj.__dlpack_device__()
-        if int(kind) != dlpack.CUDA:
-            raise InvalidArgument(f"{name}: __dlpack_device__() says DLPack device type {int(kind)}, but "
-                                  f"__cuda_array_interface__ is for CUDA memory (type {dlpack.CUDA})")
-        return f"cuda:{int(index)}"
+        kind, index = (int(v) for v in obj.__dlpack_device__())
+        if kind != dlpack.CUDA:
+            raise _other_device(name, kind)
+        return f"cuda:{index}"
     ordinal = cuda_pointers.device_of(ptr)
     if ordinal is None:
         raise InvalidArgument(f"{name}: cannot tell which GPU holds its memory: it has no __dlpack_device__() "
@@ -255,8 +250,7 @@ def _from_dlpack(obj: Any, name: str, writable: bool) -> Buffer:
             raise InvalidArgument(f"{name}: numpy cannot take it through DLPack ({exc})") from None
         return _host(obj, arr, name, writable, "a contiguous copy")
     if kind != dlpack.CUDA:
-        raise InvalidArgument(f"{name}: its memory is on DLPack device type {kind} "
-                              f"({dlpack.device_type_name(kind)}); pyxccl takes CPU and CUDA memory")
+        raise _other_device(name, kind)
     t = dlpack.read(obj, name)
     if not _c_contiguous(t.shape, t.strides, 1):
         raise InvalidArgument(f"{name}: the array is not C-contiguous; pass a contiguous copy")
@@ -268,3 +262,8 @@ def _from_dlpack(obj: Any, name: str, writable: bool) -> Buffer:
         raise InvalidArgument(f"{name}: DLPack dtype (code {code}, {bits} bits, {lanes} lanes) is not supported; "
                               f"use one of {_SUPPORTED}")
     return Buffer.on_device(obj, f"cuda:{index}", t.address, prod(t.shape) * dt.itemsize, dt)
+
+
+def _other_device(name: str, kind: int) -> InvalidArgument:
+    return InvalidArgument(f"{name}: its memory is on DLPack device type {kind} ({dlpack.device_type_name(kind)}); "
+                           f"pyxccl takes CPU and CUDA memory")
