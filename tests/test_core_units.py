@@ -1,4 +1,4 @@
-"""Unit tests of the core pieces below the communicator: config, dtypes, arrays, doorbell, slot rings, executor geometry."""
+"""Unit tests of the core pieces below the communicator: config, dtypes, buffers, doorbell, slot rings, executor geometry."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pyxccl import config
-from pyxccl.memory.buffer import as_buffer
+from pyxccl.memory import as_buffer
 from pyxccl.dtypes import DTYPES, dtype_of, op_of, premul_sum
 from pyxccl.runtime.kernels import postdivide, prescale
 from pyxccl.errors import ConfigError, InvalidArgument
@@ -76,8 +76,9 @@ def test_as_buffer_torch_tensors():
     torch = pytest.importorskip("torch", reason="torch is an optional extra")
     t = torch.arange(6, dtype=torch.bfloat16).reshape(2, 3)
     b = as_buffer(t, "x")
-    b.array[0] = 5  # a view, no copy
-    assert (b.dtype.name, float(t[0, 0])) == ("bfloat16", 5.0)
+    b.host_view()[0] = 5  # a view, no copy
+    assert (b.dtype.name, b.device, b.count, b.nbytes, float(t[0, 0])) == ("bfloat16", "cpu", 6, 12, 5.0)
+    assert b.address == t.data_ptr() and b.owner is t
     with pytest.raises(InvalidArgument, match="not contiguous"):
         as_buffer(t.t(), "x")
 

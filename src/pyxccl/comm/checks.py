@@ -2,8 +2,10 @@
 
 Each ``plan_*`` function turns a call's arguments on this rank into a :class:`Call`:
 the flat input and output arrays the program runs on (in-place calls alias them the
-way NCCL does), the per-block element count, and what to hand back to the caller.
-Bad arguments raise :class:`~pyxccl.errors.InvalidArgument` naming the argument.
+way NCCL does), the per-block element count, the device the buffers are on, and what to
+hand back to the caller. Arguments become :class:`~pyxccl.memory.Buffer` objects through
+:func:`pyxccl.memory.as_buffer`; a call's buffers must all be on one device. Bad arguments
+raise :class:`~pyxccl.errors.InvalidArgument` naming the argument.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from ..memory.buffer import Buffer, as_buffer
+from ..memory import HOST, Buffer, as_buffer
 from ..dtypes import SUM, DType, ReduceOp, check_op_dtype, op_of
 from ..errors import InvalidArgument
 from ..ir.program import Buf
+from ..runtime.kernels import DEVICES
 
 
 @dataclass
@@ -27,14 +30,17 @@ class Call:
     count: int
     """elements per block (per rank for allgather/reducescatter/gather/scatter, per peer for alltoall)"""
     dtype: DType
-    input: np.ndarray
-    output: np.ndarray
+    input: "np.ndarray | None"
+    output: "np.ndarray | None"
+    """the host views of the buffers (None for device memory, which has none)"""
     inplace: bool
     result: Any
     op: ReduceOp = SUM
     root: int | None = None
     reduced: list[np.ndarray] = field(default_factory=list)
     """this rank's arrays that hold reduced results (avg divides them at the end)"""
+    device: str = HOST
+    """where the buffers are ("cpu", "cuda:N"): the kernels are chosen for it"""
     layout: dict[Buf, list[tuple[int, int]]] | None = None
     """v-collectives: (offset, count) of every block of the input/output; ``count`` is the largest"""
     agree_count: bool = False
@@ -64,9 +70,13 @@ def check_rank(value: int, nranks: int, name: str) -> int:
     return int(value)
 
 
-def _same_type(a: Buffer, b: Buffer, bname: str) -> None:
-    if a.dtype != b.dtype:
-        raise InvalidArgument(f"{bname}: dtype {b.dtype} differs from the input's {a.dtype}; they must match")
+def _match(inb: Buffer, outb: Buffer) -> None:
+    """input and output on one device, of one dtype."""
+    if inb.device != outb.device:
+        raise InvalidArgument(f"input is on {inb.device} but output is on {outb.device}; a call's buffers must "
+                              f"be on one device")
+    if inb.dtype != outb.dtype:
+        raise InvalidArgument(f"output: dtype {outb.dtype} differs from the input's {inb.dtype}; they must match")
 
 
 def _need(cond: bool, msg: str) -> None:
@@ -91,18 +101,29 @@ def plan_elementwise(coll: str, rank: int, nranks: int, input: Any, output: Any,
         outb, inplace = inb, True
     else:
         outb = as_buffer(output, "output", writable=True)
-        _same_type(inb, outb, "output")
+        _match(inb, outb)
         _need(outb.count == inb.count,
               f"output: has {outb.count} elements but input has {inb.count}; {coll} needs equal counts")
-        inplace = outb.array is inb.array or (outb.overlaps(inb) and _same_start(inb, outb))
+        inplace = outb is inb or (outb.overlaps(inb) and _same_start(inb, outb))
         _need(inplace or not outb.overlaps(inb), "output: overlaps input partially; use the same buffer or disjoint ones")
     rop = _op(op, inb.dtype) if op is not None else SUM
     reduced = [outb.array] if coll == "allreduce" or (coll == "reduce" and rank == root) else []
-    return Call(coll, inb.count, inb.dtype, inb.array, outb.array, inplace, outb.obj, rop, root, reduced)
+    return Call(coll, inb.count, inb.dtype, inb.array, outb.array, inplace, outb.owner, rop, root, reduced, inb.device)
 
 
 def _same_start(a: Buffer, b: Buffer) -> bool:
-    return a.array.__array_interface__["data"][0] == b.array.__array_interface__["data"][0]
+    return a.address == b.address
+
+
+def _is_block(buf: Buffer, whole: Buffer, rank: int, count: int) -> bool:
+    """Whether ``buf`` starts at block ``rank`` (of ``count`` elements) of ``whole``: the in-place layout."""
+    return count > 0 and buf.address == whole.address + rank * count * whole.dtype.itemsize
+
+
+def _elems(buf: Buffer, start: int, count: int) -> "np.ndarray | None":
+    """Elements ``start .. start+count`` of the host view (None for device memory)."""
+    a = buf.array
+    return None if a is None else a[start:start + count]
 
 
 def plan_gatherlike(coll: str, rank: int, nranks: int, input: Any, output: Any, root: int | None = None) -> Call:
@@ -120,25 +141,24 @@ def plan_gatherlike(coll: str, rank: int, nranks: int, input: Any, output: Any, 
         _need(outb.count % nranks == 0,
               f"output: {outb.count} elements is not a multiple of nranks={nranks}")
         count = outb.count // nranks
-        inarr, inplace = outb.array[rank * count:(rank + 1) * count], True
-        dtype = outb.dtype
+        inarr, inplace = _elems(outb, rank * count, count), True
+        dtype, device = outb.dtype, outb.device
     else:
         inb = as_buffer(input, "input")
-        count, dtype, inarr = inb.count, inb.dtype, inb.array
+        count, dtype, inarr, device = inb.count, inb.dtype, inb.array, inb.device
         inplace = False
         if has_output:
-            _same_type(inb, outb, "output")
+            _match(inb, outb)
             _need(outb.count == count * nranks,
                   f"output: has {outb.count} elements; {coll} of {count} elements per rank over {nranks} "
                   f"ranks needs {count * nranks}")
             if outb.overlaps(inb):
-                block = outb.array[rank * count:(rank + 1) * count]
-                _need(_same_start(Buffer(None, block, dtype), inb) and count > 0,
+                _need(_is_block(inb, outb, rank, count),
                       f"input: overlaps output but is not output's block of rank {rank} (the in-place layout)")
-                inarr, inplace = block, True
+                inarr, inplace = _elems(outb, rank * count, count), True
     if has_output:
-        return Call(coll, count, dtype, inarr, outb.array, inplace, outb.obj, root=root)
-    return Call(coll, count, dtype, inarr, np.empty(count * nranks, dtype.np), False, None, root=root)
+        return Call(coll, count, dtype, inarr, outb.array, inplace, outb.owner, SUM, root, [], device)
+    return Call(coll, count, dtype, inarr, np.empty(count * nranks, dtype.np), False, None, SUM, root, [], device)
 
 
 def plan_scatterlike(coll: str, rank: int, nranks: int, input: Any, output: Any, op: Any = None,
@@ -156,25 +176,25 @@ def plan_scatterlike(coll: str, rank: int, nranks: int, input: Any, output: Any,
             raise InvalidArgument("output: is required on ranks other than the root")
         _need(inb.count % nranks == 0, f"input: {inb.count} elements is not a multiple of nranks={nranks}")
         count = inb.count // nranks
-        outarr, inplace, dtype = inb.array[rank * count:(rank + 1) * count], True, inb.dtype
+        outarr, inplace, dtype, device = _elems(inb, rank * count, count), True, inb.dtype, inb.device
         result = inb.slice(rank * count, count)
     else:
         outb = as_buffer(output, "output", writable=True)
-        count, dtype, outarr, inplace, result = outb.count, outb.dtype, outb.array, False, outb.obj
+        count, dtype, outarr, inplace, result = outb.count, outb.dtype, outb.array, False, outb.owner
+        device = outb.device
         if has_input:
-            _same_type(inb, outb, "output")
+            _match(inb, outb)
             _need(inb.count == count * nranks,
                   f"input: has {inb.count} elements; {coll} to {count} elements per rank over {nranks} "
                   f"ranks needs {count * nranks}")
             if outb.overlaps(inb):
-                block = inb.array[rank * count:(rank + 1) * count]
-                _need(_same_start(Buffer(None, block, dtype), outb) and count > 0,
+                _need(_is_block(outb, inb, rank, count),
                       f"output: overlaps input but is not input's block of rank {rank} (the in-place layout)")
-                outarr, inplace = block, True
+                outarr, inplace = _elems(inb, rank * count, count), True
     inarr = inb.array if has_input else np.empty(count * nranks, dtype.np)
     rop = _op(op, dtype) if op is not None else SUM
     reduced = [outarr] if coll == "reducescatter" else []
-    return Call(coll, count, dtype, inarr, outarr, inplace, result, rop, root, reduced)
+    return Call(coll, count, dtype, inarr, outarr, inplace, result, rop, root, reduced, device)
 
 
 def plan_alltoall(rank: int, nranks: int, input: Any, output: Any) -> Call:
@@ -186,17 +206,22 @@ def plan_alltoall(rank: int, nranks: int, input: Any, output: Any) -> Call:
         outb, inplace = inb, True
     else:
         outb = as_buffer(output, "output", writable=True)
-        _same_type(inb, outb, "output")
+        _match(inb, outb)
         _need(outb.count == inb.count, f"output: has {outb.count} elements but input has {inb.count}; they must match")
         inplace = outb.overlaps(inb)
         _need(not inplace or _same_start(inb, outb), "output: overlaps input partially")
-    return Call("alltoall", inb.count // nranks, inb.dtype, inb.array, outb.array, inplace, outb.obj)
+    return Call("alltoall", inb.count // nranks, inb.dtype, inb.array, outb.array, inplace, outb.owner, SUM, None,
+                [], inb.device)
 
 
 def plan_p2p(buf: Any, peer: int, nranks: int, name: str, writable: bool) -> Buffer:
     """send/recv: the buffer and a checked peer."""
     check_rank(peer, nranks, "peer")
-    return as_buffer(buf, name, writable=writable)
+    b = as_buffer(buf, name, writable=writable)
+    if b.array is None and b.device not in DEVICES:
+        raise InvalidArgument(f"{name}: is on {b.device}, which has no kernels (pyxccl has kernels for "
+                              f"{', '.join(DEVICES)})")
+    return b
 
 
 # ---------------------------------------------------------------------- v-collectives
@@ -229,14 +254,15 @@ def plan_allgatherv(rank: int, nranks: int, input: Any, output: Any, counts: Any
     outb = as_buffer(output, "output", writable=True)
     _fits(outb, displs, counts, "output")
     if input is None:
-        inarr, inplace = outb.array[displs[rank]:displs[rank] + counts[rank]], True
+        inarr, inplace = _elems(outb, displs[rank], counts[rank]), True
     else:
         inb = as_buffer(input, "input")
-        _same_type(inb, outb, "output")
+        _match(inb, outb)
         _need(inb.count == counts[rank], f"input: has {inb.count} elements but counts[{rank}] is {counts[rank]}")
         inarr, inplace = inb.array, False
     layout = {Buf.INPUT: [(0, counts[rank])], Buf.OUTPUT: list(zip(displs, counts))}
-    return Call("allgather", max(counts), outb.dtype, inarr, outb.array, inplace, outb.obj, layout=layout)
+    return Call("allgather", max(counts), outb.dtype, inarr, outb.array, inplace, outb.owner, layout=layout,
+                device=outb.device)
 
 
 def plan_reducescatterv(rank: int, nranks: int, input: Any, output: Any, counts: Any, op: Any) -> Call:
@@ -246,18 +272,17 @@ def plan_reducescatterv(rank: int, nranks: int, input: Any, output: Any, counts:
     inb = as_buffer(input, "input", writable=output is None)
     _need(inb.count == sum(counts), f"input: has {inb.count} elements but the counts add up to {sum(counts)}")
     if output is None:
-        outarr, inplace, result = inb.array[displs[rank]:displs[rank] + counts[rank]], True, \
-            inb.slice(displs[rank], counts[rank])
+        outarr, inplace, result = _elems(inb, displs[rank], counts[rank]), True, inb.slice(displs[rank], counts[rank])
     else:
         outb = as_buffer(output, "output", writable=True)
-        _same_type(inb, outb, "output")
+        _match(inb, outb)
         _need(outb.count == counts[rank], f"output: has {outb.count} elements but counts[{rank}] is {counts[rank]}")
         _need(not outb.overlaps(inb), "output: overlaps input; pass output=None for in place")
-        outarr, inplace, result = outb.array, False, outb.obj
+        outarr, inplace, result = outb.array, False, outb.owner
     rop = _op(op, inb.dtype)
     layout = {Buf.INPUT: list(zip(displs, counts)), Buf.OUTPUT: [(0, counts[rank])]}
     return Call("reducescatter", max(counts), inb.dtype, inb.array, outarr, inplace, result, rop,
-                reduced=[outarr], layout=layout)
+                reduced=[outarr], layout=layout, device=inb.device)
 
 
 def plan_alltoallv(rank: int, nranks: int, input: Any, output: Any, send_counts: Any, recv_counts: Any,
@@ -270,14 +295,14 @@ def plan_alltoallv(rank: int, nranks: int, input: Any, output: Any, send_counts:
     if output is None:
         raise InvalidArgument("output: alltoallv needs a separate output buffer (no in-place form)")
     outb = as_buffer(output, "output", writable=True)
-    _same_type(inb, outb, "output")
+    _match(inb, outb)
     _fits(inb, sd, sc, "input")
     _fits(outb, rd, rc, "output")
     _need(not outb.overlaps(inb), "output: overlaps input; alltoallv has no in-place form")
     _need(sc[rank] == rc[rank], f"recv_counts[{rank}]={rc[rank]} must equal send_counts[{rank}]={sc[rank]} (to self)")
     layout = {Buf.INPUT: list(zip(sd, sc)), Buf.OUTPUT: list(zip(rd, rc))}
-    return Call("alltoall", max(sc + rc), inb.dtype, inb.array, outb.array, False, outb.obj, layout=layout,
-                agree_count=True)
+    return Call("alltoall", max(sc + rc), inb.dtype, inb.array, outb.array, False, outb.owner, layout=layout,
+                agree_count=True, device=inb.device)
 
 
 def plan_gatherv(rank: int, nranks: int, input: Any, output: Any, counts: Any, displs: Any, root: int) -> Call:
@@ -288,15 +313,15 @@ def plan_gatherv(rank: int, nranks: int, input: Any, output: Any, counts: Any, d
         counts = _counts(counts, nranks, "counts")
         displs = _displs(displs, counts, nranks, "displs")
         outb = as_buffer(output, "output", writable=True)
-        _same_type(inb, outb, "output")
+        _match(inb, outb)
         _fits(outb, displs, counts, "output")
         _need(inb.count == counts[rank], f"input: has {inb.count} elements but counts[{rank}] is {counts[rank]}")
-        outarr, blocks, result = outb.array, list(zip(displs, counts)), outb.obj
+        outarr, blocks, result = outb.array, list(zip(displs, counts)), outb.owner
     else:
         outarr, blocks, result = np.empty(0, inb.dtype.np), [(0, 0)] * nranks, None
     layout = {Buf.INPUT: [(0, inb.count)], Buf.OUTPUT: blocks}
     return Call("gather", inb.count, inb.dtype, inb.array, outarr, False, result, root=root, layout=layout,
-                agree_count=True)
+                agree_count=True, device=inb.device)
 
 
 def plan_scatterv(rank: int, nranks: int, input: Any, output: Any, counts: Any, displs: Any, root: int) -> Call:
@@ -307,7 +332,7 @@ def plan_scatterv(rank: int, nranks: int, input: Any, output: Any, counts: Any, 
         counts = _counts(counts, nranks, "counts")
         displs = _displs(displs, counts, nranks, "displs")
         inb = as_buffer(input, "input")
-        _same_type(inb, outb, "output")
+        _match(inb, outb)
         _fits(inb, displs, counts, "input")
         _need(outb.count == counts[rank], f"output: has {outb.count} elements but counts[{rank}] is {counts[rank]}")
         _need(not outb.overlaps(inb), "output: overlaps input")
@@ -315,5 +340,5 @@ def plan_scatterv(rank: int, nranks: int, input: Any, output: Any, counts: Any, 
     else:
         inarr, blocks = np.empty(0, outb.dtype.np), [(0, 0)] * nranks
     layout = {Buf.INPUT: blocks, Buf.OUTPUT: [(0, outb.count)]}
-    return Call("scatter", outb.count, outb.dtype, inarr, outb.array, False, outb.obj, root=root, layout=layout,
-                agree_count=True)
+    return Call("scatter", outb.count, outb.dtype, inarr, outb.array, False, outb.owner, root=root, layout=layout,
+                agree_count=True, device=outb.device)

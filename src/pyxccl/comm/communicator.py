@@ -331,7 +331,7 @@ class Communicator:
         """Receive into ``buf`` from ``peer``; its size must equal the matching send's."""
         self._live.check_open()
         b = checks.plan_p2p(buf, peer, self._size, "buf", writable=True)
-        return self._engine.p2p(("recv", int(peer), b.array, b.obj), f"recv({b.count} x {b.dtype} from {peer})",
+        return self._engine.p2p(("recv", int(peer), b.array, b.owner), f"recv({b.count} x {b.dtype} from {peer})",
                                 async_op, checks.check_timeout(timeout))
 
     # ------------------------------------------------------------------ membership

@@ -74,7 +74,7 @@ class Engine:
         timeout = check_timeout(timeout)
         program = kern = None  # count 0: nothing moves; still ordered after earlier calls
         if call.count != 0 or call.agree_count:
-            kern = kernels(call.op, call.dtype)  # checks the device before anything moves
+            kern = kernels(call.op, call.dtype, call.device)  # checks the device before anything moves
             program = self.programs.get(call, algorithm)
             if not (program.inplace if call.inplace else program.outofplace):
                 raise InvalidArgument(f"algorithm={program.name!r} does not support "

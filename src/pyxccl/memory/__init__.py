@@ -1,5 +1,17 @@
-"""Memory: :class:`Buffer` and the adapters of array libraries (the only place that knows them)."""
+"""Memory: where a call's bytes live and how pyxccl sees them.
 
-from .buffer import Buffer, as_buffer
+- :class:`Buffer` (:mod:`.buffer`): one argument's memory (device, address, nbytes, dtype, owner),
+  with a flat numpy view only when it is host memory;
+- :func:`as_buffer` (:mod:`.adapters`, the only place that knows array libraries: numpy, the
+  buffer protocol, torch, CuPy and any ``__cuda_array_interface__``, DLPack), and the numpy views
+  of torch CPU tensors the torch backend hands over (:func:`tensor_array`, :func:`tensor_bytes`);
+- :class:`Region`, :data:`HOST`, :func:`is_host` (:mod:`.region`): bytes on a device, as
+  transports describe their memory;
+- :mod:`.host`: the host memory the runtime allocates and addresses itself.
+"""
 
-__all__ = ["Buffer", "as_buffer"]
+from .adapters import as_buffer, tensor_array, tensor_bytes, torch_numpy_dtypes
+from .buffer import Buffer
+from .region import HOST, Region, is_host
+
+__all__ = ["Buffer", "HOST", "Region", "as_buffer", "is_host", "tensor_array", "tensor_bytes", "torch_numpy_dtypes"]

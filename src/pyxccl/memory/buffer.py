@@ -1,111 +1,101 @@
-"""One adapter from numpy arrays, torch tensors and buffer-protocol objects to a :class:`Buffer`.
+"""A :class:`Buffer`: the memory of one argument of a call, whatever array library it came from.
 
-Nothing outside this module knows which array library a buffer came from. A Buffer
-knows its device, its pyxccl dtype, its element count and gives the executor a flat
-numpy view of its memory (no copy). Results are handed back to the caller in the
-caller's own type (:meth:`Buffer.slice`).
+A Buffer is (device, address, nbytes, dtype, owner): a :class:`~pyxccl.memory.region.Region`
+with a pyxccl element type and the caller's own object. Host memory also has a flat numpy
+view (:meth:`Buffer.host_view`, or ``.array`` on the hot path); device memory has none.
+Buffers are made by :func:`pyxccl.memory.as_buffer` (:mod:`pyxccl.memory.adapters`, the only
+module that knows array libraries); this module knows numpy only, as the host's view.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
 
-from ..dtypes import DTYPES, DType, dtype_of
-
-_NP_FAST = {t.np: t for t in DTYPES.values()}
+from ..dtypes import DType
 from ..errors import InvalidArgument
+from .host import address as _host_address
+from .region import HOST, Region, is_host
 
 
 class Buffer:
-    """A contiguous buffer: the caller's object, a flat numpy view of it, dtype, count, device."""
+    """``nbytes`` bytes of ``dtype`` elements at ``address`` on ``device``, owned by ``owner``.
 
-    __slots__ = ("obj", "array", "dtype", "device")
+    ``array`` is the flat numpy view of host memory (None for device memory); ``owner`` is the
+    object the caller passed, handed back as a call's result.
+    """
 
-    def __init__(self, obj: Any, array: np.ndarray, dtype: DType, device: str = "cpu"):
-        self.obj, self.array, self.dtype, self.device = obj, array, dtype, device
+    __slots__ = ("owner", "array", "dtype", "device", "_address", "_nbytes")
+
+    def __init__(self, owner: Any, array: "np.ndarray | None", dtype: DType, device: str = HOST,
+                 address: int = 0, nbytes: int = 0):
+        # host memory: ``array`` says where and how much (its address is read only when asked)
+        self.owner, self.array, self.dtype, self.device = owner, array, dtype, device
+        self._address, self._nbytes = address, nbytes
+
+    @classmethod
+    def on_device(cls, owner: Any, device: str, address: int, nbytes: int, dtype: DType) -> "Buffer":
+        """Device memory (no host view): ``nbytes`` bytes at ``address`` on ``device`` ("cuda:N")."""
+        return cls(owner, None, dtype, device, address, nbytes)
 
     @property
-    def count(self) -> int:
-        return self.array.size
+    def address(self) -> int:
+        """Where the first element is (a host address, or a device pointer)."""
+        return self._address if self.array is None else _host_address(self.array)
 
     @property
     def nbytes(self) -> int:
-        return self.array.nbytes
+        return self._nbytes if self.array is None else self.array.nbytes
+
+    @property
+    def count(self) -> int:
+        """The number of elements (of every dimension: the flat count)."""
+        return self._nbytes // self.dtype.itemsize if self.array is None else self.array.size
+
+    @property
+    def on_host(self) -> bool:
+        return is_host(self.device)
+
+    @property
+    def region(self) -> Region:
+        return Region(self.device, self.address, self.nbytes)
+
+    def host_view(self) -> np.ndarray:
+        """The flat numpy view of host memory (no copy); InvalidArgument for device memory."""
+        if self.array is None:
+            raise InvalidArgument(f"the memory is on {self.device} and has no host view; "
+                                  f"pass host memory, or a call that runs on {self.device}")
+        return self.array
+
+    def part(self, start: int, count: int) -> "Buffer":
+        """Elements ``start .. start+count`` as a Buffer of the same memory (same owner)."""
+        if self.array is not None:
+            return Buffer(self.owner, self.array[start:start + count], self.dtype)
+        count = max(0, min(count, self.count - start))
+        isz = self.dtype.itemsize
+        return Buffer.on_device(self.owner, self.device, self._address + start * isz, count * isz, self.dtype)
 
     def slice(self, start: int, count: int) -> Any:
-        """Elements ``start .. start+count`` as an object of the caller's own kind (a view)."""
-        obj = self.obj
-        if isinstance(obj, np.ndarray) or _is_torch(obj):
-            return obj.reshape(-1)[start:start + count]
-        return self.array[start:start + count]
+        """Elements ``start .. start+count`` as a view of the caller's own kind where it has one
+        (an object that reshapes and slices like numpy: numpy, torch, CuPy), else the host view's
+        slice (bytearray, memoryview, ...), else a Buffer of that device memory."""
+        owner = self.owner
+        if hasattr(owner, "reshape"):
+            return owner.reshape(-1)[start:start + count]
+        if self.array is not None:
+            return self.array[start:start + count]
+        return self.part(start, count)
 
     def overlaps(self, other: "Buffer") -> bool:
-        """True when the two buffers share memory."""
-        return np.may_share_memory(self.array, other.array) and np.shares_memory(self.array, other.array)
+        """True when the two buffers share memory (bytes of both, on one device)."""
+        a, b = self.array, other.array
+        if a is not None and b is not None:
+            return np.may_share_memory(a, b) and np.shares_memory(a, b)
+        if self.device != other.device:
+            return False
+        s, o = self._address, other._address
+        return s < o + other._nbytes and o < s + self._nbytes and self._nbytes > 0 and other._nbytes > 0
 
-
-def _is_torch(obj: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.Tensor)
-
-
-def _torch_to_numpy(t: Any, name: str) -> np.ndarray:
-    import torch
-
-    if t.device.type != "cpu":
-        raise InvalidArgument(f"{name}: tensors on {t.device} are not supported yet (CPU tensors only)")
-    if not t.is_contiguous():
-        raise InvalidArgument(f"{name}: the tensor is not contiguous; pass tensor.contiguous()")
-    special = {torch.bfloat16: ("int16", "bfloat16"), torch.float8_e4m3fn: ("uint8", "float8_e4m3"),
-               torch.float8_e5m2: ("uint8", "float8_e5m2")}
-    t = t.detach()
-    if t.dtype in special:
-        carrier, target = special[t.dtype]
-        return t.view(getattr(torch, carrier)).numpy().view(dtype_of(target).np)
-    try:
-        return t.numpy()
-    except TypeError:
-        raise InvalidArgument(f"{name}: torch dtype {t.dtype} is not supported") from None
-
-
-def as_buffer(obj: Any, name: str, *, writable: bool = False) -> Buffer:
-    """Wrap ``obj`` as a Buffer without copying; InvalidArgument names ``name`` when it can't be used.
-
-    Accepts numpy arrays and torch CPU tensors of any shape when contiguous, and any
-    C-contiguous buffer-protocol object (``bytearray``, ``memoryview``, ``array.array``).
-    """
-    if type(obj) is np.ndarray and obj.flags.c_contiguous and (obj.flags.writeable or not writable):
-        dt = _NP_FAST.get(obj.dtype)
-        if dt is not None:
-            return Buffer(obj, obj.reshape(-1), dt)
-    if isinstance(obj, Buffer):
-        return obj
-    if isinstance(obj, np.ndarray):
-        arr = obj
-        if not arr.flags.c_contiguous:
-            raise InvalidArgument(f"{name}: the array is not C-contiguous; pass np.ascontiguousarray({name})")
-    elif _is_torch(obj):
-        arr = _torch_to_numpy(obj, name)
-    else:
-        try:
-            mv = memoryview(obj)
-        except TypeError:
-            raise InvalidArgument(
-                f"{name}: expected a numpy array, a torch tensor or a buffer-protocol object, "
-                f"got {type(obj).__name__}") from None
-        if not mv.c_contiguous:
-            raise InvalidArgument(f"{name}: the buffer is not C-contiguous")
-        try:
-            arr = np.asarray(mv)
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgument(f"{name}: buffer format {mv.format!r} is not supported ({exc})") from None
-    if writable and not arr.flags.writeable:
-        raise InvalidArgument(f"{name}: the buffer is read-only but the call writes into it")
-    try:
-        dtype = dtype_of(arr.dtype)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"{name}: {exc}") from None
-    return Buffer(obj=obj, array=arr.reshape(-1), dtype=dtype)
+    def __repr__(self) -> str:
+        return f"Buffer({self.count} x {self.dtype} on {self.device}, {type(self.owner).__name__})"

@@ -7,6 +7,9 @@ uint8 (sum/max/or as max, prod/min/and as min), int16/uint16 through an int32 st
 buffer, complex as pairs of reals (sum, avg, premul_sum). Non-contiguous tensors are
 staged through a contiguous copy. Bitwise and/or/xor, which pyxccl has no kernels for,
 are folded locally from an allgather of every rank's tensor.
+
+Turning a tensor into numpy memory (:func:`arr`, :func:`np_bytes`) is :mod:`pyxccl.memory`'s
+work; this module decides which path a tensor takes and stages what needs staging.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 import pyxccl
+from pyxccl.memory import as_buffer, tensor_array, tensor_bytes, torch_numpy_dtypes
 
 from ._errors import PyxcclInvalidArgument, unsupported
 
@@ -29,7 +33,7 @@ _NUMPY = {torch.float32, torch.float64, torch.float16, torch.int8, torch.uint8, 
 # torch dtypes pyxccl reduces natively (bf16 / fp8 are handed over as tensors)
 _NATIVE = _NUMPY | {torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2}
 # torch dtypes whose bytes numpy can view directly
-_NUMPY_BYTES = _NUMPY | {torch.bool, torch.int16, torch.uint16, torch.complex64, torch.complex128}
+_NUMPY_BYTES = torch_numpy_dtypes()
 _WIDEN = {torch.int16: torch.int32, torch.uint16: torch.int32}
 _BITWISE = {int(R.BAND): torch.bitwise_and, int(R.BOR): torch.bitwise_or, int(R.BXOR): torch.bitwise_xor}
 _NAMES = {int(R.SUM): "sum", int(R.PRODUCT): "prod", int(R.MIN): "min", int(R.MAX): "max", int(R.AVG): "avg"}
@@ -53,28 +57,15 @@ def plain_any(t: Any) -> bool:
 
 
 def arr(t: torch.Tensor) -> Any:
-    """What pyxccl gets for a contiguous CPU tensor: a numpy view when numpy has the dtype, else the tensor."""
-    if t.requires_grad:
-        t = t.detach()
+    """What pyxccl gets for a contiguous CPU tensor of a pyxccl dtype: a numpy view when numpy has the
+    dtype, else its :class:`pyxccl.memory.Buffer` (bfloat16, fp8: converted once, here)."""
     if t.dtype in _NUMPY:
-        return t.numpy()
-    return t
+        return tensor_array(t)
+    return as_buffer(t, "tensor")
 
 
-def np_bytes(t: torch.Tensor) -> np.ndarray:
-    """The bytes of a contiguous CPU tensor of any shape and dtype as a flat uint8 numpy view (no copy).
-
-    numpy reshapes and views cost a fraction of torch's, so the tensor is crossed once.
-    """
-    if t.requires_grad:
-        t = t.detach()
-    if t.dtype in _NUMPY_BYTES:
-        return t.numpy().reshape(-1).view(np.uint8)
-    if t.numel() == 0:
-        return np.empty(0, np.uint8)
-    if t.dim() == 0:
-        t = t.view(1)
-    return t.view(torch.uint8).numpy().reshape(-1)
+#: the bytes of a contiguous CPU tensor of any shape and dtype as a flat uint8 numpy view (no copy)
+np_bytes = tensor_bytes
 
 
 def check_tensor(t: Any, what: str) -> torch.Tensor:
