@@ -231,6 +231,25 @@ def test_dlpack_cuda_capsules_are_read_through_ctypes():
         as_buffer(FakeDLPackCuda(code=5, bits=64), "x")
 
 
+def test_dlpack_capsules_of_real_producers_are_read_right():
+    from pyxccl.memory import dlpack
+
+    a = np.arange(12.0).reshape(3, 4)
+    a.flags.writeable = False
+    capsule = a.__dlpack__(max_version=(1, 0))  # numpy's versioned capsule carries the read-only flag
+
+    class Versioned:
+        def __dlpack__(self):
+            return capsule
+
+    t = dlpack.read(Versioned(), "x")
+    assert (t.address, t.device, t.shape, t.dtype, t.readonly) == (_addr(a), (1, 0), (3, 4), (2, 64, 1), True)
+    torch = pytest.importorskip("torch", reason="torch is an optional extra")
+    x = torch.zeros(3, 5, dtype=torch.bfloat16)[:, 1:]  # torch's legacy capsule, strided
+    t = dlpack.read(x, "x")
+    assert (t.address, t.shape, t.strides, dlpack.DTYPE_NAMES[t.dtype]) == (x.data_ptr(), (3, 4), (5, 1), "bfloat16")
+
+
 def test_dlpack_on_other_devices_is_refused():
     class OnMetal(NumpyViaDLPack):
         def __dlpack_device__(self):
