@@ -23,7 +23,7 @@ where its bytes lie instead of copying them into a slot, and the peer reads them
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ...ir.passes.direct import DIRECT_RECV, SPAN_REST, SPAN_SPLIT
 from ..kernels import trim_pair
@@ -35,7 +35,12 @@ from ...memory import host as hostmem
 
 if TYPE_CHECKING:
     from ..plan import TBPlan
-    from .executor import Piece as _Piece, TBRunner
+
+#: the runner that owns a strategy (:class:`pyxccl.runtime.host.executor.TBRunner`: its position
+#: ``it``/``s``, ``call``, connectors, ``_steps`` and ``span_done``) and the pieces of its steps
+#: (:class:`pyxccl.runtime.host.executor.Piece`); not imported: the executor imports this module
+Runner = Any
+Pieces = list
 
 #: how long a sender that only sends waits for the receiver's answer to an offer (seconds)
 _OFFER_WAIT_S = 0.005
@@ -70,7 +75,7 @@ class SingleCopy:
     the state of the call's descriptors: whether one is still being read (``posted_remote``),
     whether the peer still writes into this rank (``await_put``), the last offer answered."""
 
-    def __init__(self, runner: "TBRunner", tp: "TBPlan"):
+    def __init__(self, runner: Runner, tp: "TBPlan"):
         self.r = runner
         self.call = runner.call
         self.tb, self.index = tp.tb, tp.index
@@ -294,7 +299,7 @@ class SingleCopy:
             lo = j * rest + o - o0
             self.call.kernels.copy(dst, buf[lo:lo + dst.size])
 
-    def _regions(self, pieces: list[_Piece], o: int, m: int) -> list[tuple[int, int, int]]:
+    def _regions(self, pieces: Pieces, o: int, m: int) -> list[tuple[int, int, int]]:
         """(logical offset, address, length) of elements ``o``..``o + m`` of every piece: piece ``j``
         at logical byte ``j * m * itemsize``, as descriptors and offers lay them out."""
         run = self.call
@@ -307,12 +312,12 @@ class SingleCopy:
                 regions.append((j * mb, run.addr_of(p.array) + (p.start + o) * isz, vl * isz))
         return regions
 
-    def _post_regions(self, nbytes: int, pieces: list[_Piece], o: int, m: int, aux: int = 0) -> None:
+    def _post_regions(self, nbytes: int, pieces: Pieces, o: int, m: int, aux: int = 0) -> None:
         """Post a descriptor of elements ``o``..``o + m`` of every piece (where they lie in this rank's memory)."""
         self.sendc.post_remote(nbytes, self._regions(pieces, o, m), aux)  # type: ignore[union-attr]
         self.posted_remote = True
 
-    def _send_rest(self, nbytes: int, pieces: list[_Piece], o: int, m: int) -> None:
+    def _send_rest(self, nbytes: int, pieces: Pieces, o: int, m: int) -> None:
         """Post every slice still to come at once; where the receiver offered its destination, write
         the first half into it meanwhile (both processes copy: ``process_vm_writev`` here,
         ``process_vm_readv`` there), else the receiver reads it all."""
@@ -337,7 +342,7 @@ class SingleCopy:
         if not ok:
             raise TransportError(f"{self.call.label}: writing into rank {self.tb.send} was refused after it was allowed")
 
-    def _offer(self, dsts: list[_Piece], s: int, it: int, early: bool = False) -> None:
+    def _offer(self, dsts: Pieces, s: int, it: int, early: bool = False) -> None:
         """Offer the sender the destination of step ``s`` for every slice from ``it`` on, or decline
         when later slices are not ours to write yet (once per slot). ``early``: at the call's start,
         where no earlier step of this rank ran yet: only a destination nothing else touches."""
