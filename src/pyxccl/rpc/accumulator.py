@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import InvalidArgument
 from .dealer import ServerDealer
+from .default import get_service
 from .errors import NoSuchServer, RpcError, RpcTimeout
 from .service import RpcService
 
@@ -151,8 +152,6 @@ class Accumulator:
         if not flush_every > 0:
             raise InvalidArgument(f"flush_every must be positive, got {flush_every!r}")
         if service is None:
-            from . import get_service
-
             service = get_service()
         self.name = name
         self.aggregator = resolve_aggregator(aggregator)
@@ -274,8 +273,6 @@ class AccumulatorServer:
 
     def __init__(self, service: RpcService | None = None, nthreads: int = 1) -> None:
         if service is None:
-            from . import get_service
-
             service = get_service()
         self._lock = threading.Lock()
         self._state: dict[str, list[Any]] = {}  # name -> [aggregator name, value, count]

@@ -28,9 +28,11 @@ from .. import log
 from ..errors import InvalidArgument
 from . import codec, wire
 from . import errors as E
-from .dealer import ClientDealer, Request, Response, service_id, warn_late
+from .channel import Channel
+from .dealer import ClientDealer
 from .frontend import FrontEnd
 from .link import Link
+from .messages import Request, Response, service_id, warn_late
 from .view import View
 
 RETRY_AFTER = 1.0
@@ -38,8 +40,13 @@ RETRY_AFTER = 1.0
 POLICIES = ("round_robin", "first")
 
 
-class _Call:
-    """One pending request: its payload (kept for forwarding), deadline and where it went."""
+class PendingCall:
+    """One pending request: its payload (kept for forwarding), deadline and where it went.
+
+    Lives in the node's pending table (``RpcService._calls``) from
+    :meth:`ClientSide.dealer_send` / :meth:`ClientSide.dealer_call` until whoever pops it
+    there completes it, exactly once.
+    """
 
     __slots__ = ("rid", "sid", "payload", "frame", "deadline", "dealer", "waiter", "response",
                  "tried", "node", "link", "idempotent")
@@ -78,12 +85,12 @@ class ClientSide(View):
     token: bytes
     _lock: threading.Lock
     _timer_cond: threading.Condition
-    _calls: dict[int, _Call]
+    _calls: dict[int, PendingCall]
     _heap: list[tuple[float, int]]
     _next_rid: int
     _fes: dict[int, FrontEnd]
     _broken: dict[int, float]
-    _channels: dict[str, Any]
+    _channels: dict[str, Channel]
 
     def create_client(self, service: str | int, *, timeout: float | None = None,
                       idempotent: bool = False, policy: str = "round_robin") -> ClientDealer:
@@ -101,13 +108,24 @@ class ClientSide(View):
             raise E.RpcClosed("RpcService is closed")
         return ClientDealer(self, sid, t, idempotent, policy)
 
-    def _submit(self, dealer: ClientDealer, payload: Any, timeout: float, sync: bool) -> _Call:
+    def dealer_send(self, dealer: ClientDealer, payload: Any, timeout: float) -> int:
+        """File and route a request of ``dealer``; its response (or error response within
+        ``timeout`` seconds) goes to :meth:`ClientDealer.deliver`. The request id."""
+        return self._submit(dealer, payload, timeout, False).rid
+
+    def dealer_call(self, dealer: ClientDealer, payload: Any, timeout: float) -> Response:
+        """File and route a request of ``dealer`` and wait for its response; an RpcTimeout
+        response when none came within ``timeout`` seconds."""
+        return self._wait(self._submit(dealer, payload, timeout, True), timeout)
+
+    def _submit(self, dealer: ClientDealer, payload: Any, timeout: float,
+                sync: bool) -> PendingCall:
         with self._lock:
             if self._closed:
                 raise E.RpcClosed("RpcService is closed")
             rid = self._next_rid
             self._next_rid += 1
-            call = _Call(rid, dealer, payload, timeout, sync)
+            call = PendingCall(rid, dealer, payload, timeout, sync)
             self._calls[rid] = call
             if not sync:
                 heap = self._heap
@@ -117,7 +135,7 @@ class ClientSide(View):
         self._route(call, first=True)
         return call
 
-    def _pick(self, call: _Call) -> int | None:
+    def _pick(self, call: PendingCall) -> int | None:
         """The node for ``call`` (under the lock), None when no server is left."""
         remote = self.targets.get(call.sid, ())
         local = call.sid in self._channels and self.rank not in call.tried
@@ -135,10 +153,9 @@ class ClientSide(View):
             return None
         if call.dealer.policy == "first":
             return min(cands)
-        call.dealer._rr += 1
-        return cands[call.dealer._rr % len(cands)]
+        return cands[call.dealer.next_turn() % len(cands)]
 
-    def _route(self, call: _Call, first: bool = False) -> None:
+    def _route(self, call: PendingCall, first: bool = False) -> None:
         """Hand ``call`` to a server; InvalidArgument (payload) raises only on the first try."""
         try:
             self._route_once(call)
@@ -150,7 +167,7 @@ class ClientSide(View):
             if mine:
                 self._finish(call, E.RpcError(f"payload cannot be sent: {exc}"))
 
-    def _route_once(self, call: _Call) -> None:
+    def _route_once(self, call: PendingCall) -> None:
         rid = call.rid
         while True:
             chan = fe = None
@@ -169,7 +186,9 @@ class ClientSide(View):
                         fe = self._fes.get(node)
                         if fe is None:
                             info = self.nodes[node]
-                            fe = self._fes[node] = FrontEnd(self, node, (info.host, info.port))
+                            fe = self._fes[node] = FrontEnd(
+                                self, node, (info.host, info.port), self._on_response_frame,
+                                self._on_frontend_fail)
             if node is None:
                 n = len(call.tried)
                 self._finish(call, E.NoSuchServer(
@@ -187,7 +206,7 @@ class ClientSide(View):
                 if fe.send(rid, parts, nbytes):
                     return
 
-    def _finish(self, call: _Call, error: E.RpcError | None, payload: Any = None,
+    def _finish(self, call: PendingCall, error: E.RpcError | None, payload: Any = None,
                 server: int | None = None) -> None:
         """Deliver the response of a call already removed from the pending table."""
         resp = Response(call.rid, payload, error, server)
@@ -195,7 +214,7 @@ class ClientSide(View):
             call.response = resp
             call.waiter.release()
         else:
-            call.dealer._deliver(resp)
+            call.dealer.deliver(resp)
 
     def _settle(self, rid: int, error: E.RpcError | None, payload: Any = None,
                 server: int | None = None) -> bool:
@@ -206,7 +225,7 @@ class ClientSide(View):
         self._finish(call, error, payload, server)
         return True
 
-    def _wait(self, call: _Call, timeout: float) -> Response:
+    def _wait(self, call: PendingCall, timeout: float) -> Response:
         if not call.waiter.acquire(timeout=max(0.0, call.deadline - time.monotonic())):
             with self._lock:
                 mine = self._calls.pop(call.rid, None) is call
@@ -259,8 +278,8 @@ class ClientSide(View):
 
     def _on_frontend_fail(self, link: Link, unsent: list[int], exc: BaseException) -> None:
         fe: FrontEnd = link  # type: ignore[assignment]
-        lost: list[_Call] = []
-        again: list[_Call] = []
+        lost: list[PendingCall] = []
+        again: list[PendingCall] = []
         with self._lock:
             if self._fes.get(fe.node) is fe:
                 del self._fes[fe.node]
@@ -292,7 +311,7 @@ class ClientSide(View):
 
     def _timer_loop(self) -> None:
         while True:
-            expired: list[_Call] = []
+            expired: list[PendingCall] = []
             with self._lock:
                 if self._closed:
                     return

@@ -19,6 +19,10 @@ Client side::
 Every request gets exactly one response: the server's, or an error response
 (NoSuchServer at once when no server is left, ServerLost when the connection broke
 after sending, RpcTimeout when the call's timeout passed first).
+
+A dealer reaches its node only through :class:`ServerBackend` / :class:`ClientBackend`
+(what :class:`~pyxccl.rpc.service.RpcService` provides); the messages are
+:mod:`.messages`, a server's queue is its :class:`~pyxccl.rpc.channel.Channel`.
 """
 
 from __future__ import annotations
@@ -26,79 +30,43 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
-from .. import log
 from ..errors import InvalidArgument
 from . import errors as E
-from .errors import RpcClosed, RpcError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .client import ClientSide
-    from .server import ServerSide, _Channel
+from .channel import WAKE, Channel
+from .errors import RpcClosed
+from .messages import Request, Response
 
 
-@dataclass
-class Response:
-    """The answer to one request: ``payload`` when ``error`` is None, else the typed error."""
+class ServerBackend(Protocol):
+    """What a :class:`ServerDealer` needs of its node's server side."""
 
-    request_id: int
-    payload: Any = None
-    error: RpcError | None = None
-    server: int | None = None
-    """node rank of the server that answered (None for errors raised on the client)"""
-
-    @property
-    def ok(self) -> bool:
-        """Whether the server answered with a payload."""
-        return self.error is None
-
-    def result(self) -> Any:
-        """The payload, or raise the error."""
-        if self.error is not None:
-            raise self.error
-        return self.payload
+    def close_server(self, dealer: "ServerDealer") -> None:
+        """Forget ``dealer``; the last one of its id on the node closes the channel."""
 
 
-class Request:
-    """One request as a server sees it."""
+class ClientBackend(Protocol):
+    """What a :class:`ClientDealer` needs of its node's client side."""
 
-    __slots__ = ("id", "service", "payload", "client", "_origin", "_answered")
+    def dealer_send(self, dealer: "ClientDealer", payload: Any, timeout: float) -> int:
+        """File and route a request whose response goes to ``dealer.deliver``; its id."""
 
-    def __init__(self, rid: int, service: str, payload: Any, origin: Any, client: int) -> None:
-        self.id = rid
-        self.service = service
-        self.payload = payload
-        self.client = client
-        """node rank of the client"""
-        self._origin = origin
-        self._answered = False
+    def dealer_call(self, dealer: "ClientDealer", payload: Any, timeout: float) -> Response:
+        """File and route a request and wait for its response (or the timeout's error)."""
 
-    def _respond(self, status: int, payload: Any = None, message: str = "") -> None:
-        if self._answered:
-            raise InvalidArgument(f"request {self.id} was already answered")
-        self._origin.respond(self.id, status, payload, message)  # raises if it cannot encode
-        self._answered = True
+    def wait_servers(self, service: str, count: int = 1,
+                     timeout: float | None = None) -> list[int]:
+        """Wait until ``count`` servers of ``service`` are known; their node ranks."""
 
-    def __repr__(self) -> str:
-        return f"Request(id={self.id}, service={self.service!r}, client={self.client})"
-
-
-_WAKE = None
-
-
-def service_id(service: Any) -> str:
-    """The service id as a str (ints are accepted); InvalidArgument when empty or not one."""
-    if isinstance(service, bool) or not isinstance(service, (str, int)) or service == "":
-        raise InvalidArgument(f"service id must be a non-empty str or an int, got {service!r}")
-    return str(service)
+    def servers_of(self, service: str) -> list[int]:
+        """Node ranks of the live servers of ``service``."""
 
 
 class ServerDealer:
     """A server of ``service`` on this node (several may share one id, on one or many nodes)."""
 
-    def __init__(self, svc: "ServerSide", service: str, channel: "_Channel") -> None:
+    def __init__(self, svc: ServerBackend, service: str, channel: Channel) -> None:
         self.service = service
         self._svc = svc
         self._chan = channel
@@ -123,9 +91,9 @@ class ServerDealer:
             except queue.Empty:
                 raise E.RpcTimeout(f"no request for {self.service!r} within {timeout:g}s") \
                     from None
-            if item is _WAKE:
+            if item is WAKE:
                 if not chan.open:
-                    chan.queue.put(_WAKE)  # wake the next waiter too
+                    chan.wake()  # wake the next waiter too
                     raise RpcClosed(f"server of {self.service!r} is closed")
                 continue  # a wake-up for another (closed) dealer of this channel
             if not self._closed:
@@ -135,15 +103,15 @@ class ServerDealer:
                 if back:
                     chan.queue.put(item)
             if not back:
-                item._respond(E.ENOSUCHSERVER, None, f"service {self.service!r} closed")
+                item.answer(E.ENOSUCHSERVER, None, f"service {self.service!r} closed")
 
     def send_response(self, request: Request, payload: Any = None) -> None:
         """Answer ``request`` with ``payload`` (arrays go zero-copy: leave them unchanged)."""
-        request._respond(E.OK, payload)
+        request.answer(E.OK, payload)
 
     def send_error(self, request: Request, message: str) -> None:
         """Answer ``request`` with an error; the client gets RemoteError(message)."""
-        request._respond(E.EREMOTE, None, str(message))
+        request.answer(E.EREMOTE, None, str(message))
 
     def serve(self, handler: Callable[[Any], Any], nthreads: int = 1) -> "ServerDealer":
         """Answer every request with ``handler(payload)`` in ``nthreads`` background threads.
@@ -183,7 +151,7 @@ class ServerDealer:
         if self._closed:
             return
         self._closed = True
-        self._svc._close_server(self)
+        self._svc.close_server(self)
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(5.0)
@@ -198,7 +166,7 @@ class ServerDealer:
 class ClientDealer:
     """A client of ``service``: spreads requests over its servers, one message at a time."""
 
-    def __init__(self, svc: "ClientSide", service: str, timeout: float, idempotent: bool,
+    def __init__(self, svc: ClientBackend, service: str, timeout: float, idempotent: bool,
                  policy: str) -> None:
         self.service = service
         self.timeout = timeout
@@ -221,7 +189,7 @@ class ClientDealer:
     def send_request(self, payload: Any, timeout: float | None = None) -> int:
         """Send ``payload`` to one server; returns the request id. Its Response (or error
         response within ``timeout`` seconds) comes from :meth:`recv_response`."""
-        return self._svc._submit(self, payload, self._check(timeout), False).rid
+        return self._svc.dealer_send(self, payload, self._check(timeout))
 
     def recv_response(self, timeout: float | None = None) -> Response:
         """The next Response to a :meth:`send_request`, in completion order.
@@ -242,9 +210,7 @@ class ClientDealer:
     def call(self, payload: Any, timeout: float | None = None) -> Any:
         """Send ``payload`` and wait for its response; returns the payload or raises the
         typed error (NoSuchServer, ServerLost, RpcTimeout, RemoteError, ...)."""
-        t = self._check(timeout)
-        call = self._svc._submit(self, payload, t, True)
-        return self._svc._wait(call, t).result()
+        return self._svc.dealer_call(self, payload, self._check(timeout)).result()
 
     def wait_servers(self, count: int = 1, timeout: float | None = None) -> list[int]:
         """Wait until at least ``count`` servers of the service are known; their node ranks."""
@@ -260,8 +226,16 @@ class ClientDealer:
             self._closed = True
             self._responses.put(None)
 
-    def _deliver(self, resp: Response) -> None:
+    def deliver(self, resp: Response) -> None:
+        """Queue ``resp`` for :meth:`recv_response` (the node's client side calls this once
+        per :meth:`send_request`)."""
         self._responses.put(resp)
+
+    def next_turn(self) -> int:
+        """Advance this client's round-robin counter and return it (the node's client side
+        sends the request to server ``turn % count``; called under the node lock)."""
+        self._rr += 1
+        return self._rr
 
     def __enter__(self) -> "ClientDealer":
         return self
@@ -270,9 +244,4 @@ class ClientDealer:
         self.close()
 
 
-def warn_late(rid: int, what: str) -> None:
-    """Log a response that came after its request was settled (timed out or failed over)."""
-    log.trace("pRPC: dropped a late %s for request %d", what, rid)
-
-
-__all__ = ["ClientDealer", "Request", "Response", "ServerDealer"]
+__all__ = ["ClientBackend", "ClientDealer", "Request", "Response", "ServerBackend", "ServerDealer"]

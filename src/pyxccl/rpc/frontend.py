@@ -5,7 +5,10 @@ A FrontEnd connects lazily: nothing happens at construction; the first thread th
 has to write on it connects both lanes (TCP connect, answer the listener's HMAC
 challenge, hello), starts one reader thread per lane, then writes. A refused or
 timed-out connect fails the link at once, and its queued requests are forwarded to
-another server of their service (see :mod:`pyxccl.rpc.service`).
+another server of their service (see :mod:`pyxccl.rpc.client`).
+
+Neither end knows the node's sides: a FrontEnd gets the node's credentials as a
+:class:`NodeCredentials` and both ends get their frame and failure handlers as callables.
 """
 
 from __future__ import annotations
@@ -13,15 +16,12 @@ from __future__ import annotations
 import itertools
 import socket
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Protocol
 
 from ..bootstrap import net
 from ..transport import tune_socket
 from . import wire
-from .link import Link
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .client import ClientSide
+from .link import Link, OnFail, OnFrame
 
 CONNECT_TIMEOUT = 5.0
 BULK_SOCKBUF = 4 << 20
@@ -36,13 +36,27 @@ def _tune_lane(sock: socket.socket, lane: int, send_timeout: float) -> None:
     wire.set_send_timeout(sock, send_timeout)
 
 
-class FrontEnd(Link):
-    """The client side of a link to server node ``node`` at ``address``."""
+class NodeCredentials(Protocol):
+    """What a FrontEnd presents when it connects: the client node's rank, its token and
+    the namespace secret, and the node's timeout (connect and send timeouts)."""
 
-    def __init__(self, service: "ClientSide", node: int, address: tuple[str, int]) -> None:
-        super().__init__(f"pyxccl-rpc-fe{service.rank}-{node}", service._on_response_frame,
-                         service._on_frontend_fail, track=True)
-        self.service = service
+    rank: int
+    token: bytes
+    secret: bytes
+    timeout: float
+
+
+class FrontEnd(Link):
+    """The client side of a link to server node ``node`` at ``address``.
+
+    ``on_frame`` gets the responses, ``on_fail`` the ids of the requests never written
+    (the rest are in :attr:`in_flight`) when the link fails.
+    """
+
+    def __init__(self, node_keys: NodeCredentials, node: int, address: tuple[str, int],
+                 on_frame: OnFrame, on_fail: OnFail) -> None:
+        super().__init__(f"pyxccl-rpc-fe{node_keys.rank}-{node}", on_frame, on_fail, track=True)
+        self.node_keys = node_keys
         self.node = node
         self.address = address
         self.link_id = next(_link_ids)
@@ -62,17 +76,17 @@ class FrontEnd(Link):
         return sock
 
     def _connect(self) -> None:
-        svc = self.service
+        keys = self.node_keys
         what = f"pRPC node {self.node} at {net.fmt_addr(*self.address)}"
         socks = []
         try:
             for lane in (0, 1):
-                dl = net.Deadline(min(CONNECT_TIMEOUT, svc.timeout))
+                dl = net.Deadline(min(CONNECT_TIMEOUT, keys.timeout))
                 s = socket.create_connection(self.address, timeout=max(0.05, dl.remaining()))
                 socks.append(s)
-                answer = net.auth_connect(s, svc.secret, wire.DATA_LABEL, dl, what)
-                s.sendall(answer + wire.make_hello(lane, svc.rank, svc.token, self.link_id))
-                _tune_lane(s, lane, svc.timeout)
+                answer = net.auth_connect(s, keys.secret, wire.DATA_LABEL, dl, what)
+                s.sendall(answer + wire.make_hello(lane, keys.rank, keys.token, self.link_id))
+                _tune_lane(s, lane, keys.timeout)
         except BaseException:
             for s in socks:
                 net.close_quietly(s)
@@ -89,8 +103,7 @@ class ServerLink(Link):
     """The server side of one client link; requests arrive here, responses leave from here."""
 
     def __init__(self, key: tuple[bytes, int], client: int,
-                 on_frame: Callable[[Link, wire.Frame], None],
-                 on_fail: Callable[[Link, list[int], BaseException], None]) -> None:
+                 on_frame: OnFrame, on_fail: OnFail) -> None:
         super().__init__(f"pyxccl-rpc-srv-{client}-{key[1]}", on_frame, on_fail, track=False)
         self.key = key
         self.client = client

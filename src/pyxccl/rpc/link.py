@@ -35,6 +35,10 @@ _BATCH_BYTES = 1 << 20
 _BATCH_FRAMES = 256
 
 Item = tuple[int, list[Any], int]  # (request id, frame parts, frame bytes)
+OnFrame = Callable[["Link", wire.Frame], None]
+"""``on_frame(link, frame)``: a frame read on the link (runs in the lane's reader thread)"""
+OnFail = Callable[["Link", list[int], BaseException], None]
+"""``on_fail(link, unsent_ids, exc)``: the link failed (runs once)"""
 
 
 class Sender:
@@ -139,9 +143,7 @@ class Link:
     ``on_fail(link, unsent_ids, exc)`` runs once when the link fails.
     """
 
-    def __init__(self, name: str, on_frame: Callable[["Link", wire.Frame], None],
-                 on_fail: Callable[["Link", list[int], BaseException], None],
-                 track: bool) -> None:
+    def __init__(self, name: str, on_frame: OnFrame, on_fail: OnFail, track: bool) -> None:
         self.name = name
         self.on_frame = on_frame
         self.on_fail = on_fail

@@ -11,38 +11,20 @@ still queued are answered ENOSUCHSERVER the same way.
 
 from __future__ import annotations
 
-import queue
 import socket
 import threading
-from typing import Any
 
 from .. import log
 from ..bootstrap import net
 from ..errors import CollectiveTimeout, PeerLostError
 from . import wire
 from . import errors as E
-from .dealer import Request, ServerDealer, service_id
+from .channel import Channel
+from .dealer import ServerDealer
 from .frontend import ServerLink
 from .link import Link
+from .messages import Request, service_id
 from .view import View
-
-
-class _Channel:
-    """pRPC's RpcChannel: the queue of requests of one service on this node."""
-
-    def __init__(self, sid: str) -> None:
-        self.sid = sid
-        self.queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
-        self.dealers = 0
-        self.open = True
-        self.lock = threading.Lock()
-
-    def put(self, req: Request) -> bool:
-        with self.lock:
-            if not self.open:
-                return False
-            self.queue.put(req)
-            return True
 
 
 class ServerSide(View):
@@ -52,7 +34,7 @@ class ServerSide(View):
     secret: bytes
     _lock: threading.Lock
     _links: dict[tuple[bytes, int], ServerLink]
-    _channels: dict[str, _Channel]
+    _channels: dict[str, Channel]
 
     def _announce(self) -> None:  # pragma: no cover - provided by RpcService
         raise NotImplementedError
@@ -67,7 +49,7 @@ class ServerSide(View):
             chan = self._channels.get(sid)
             new = chan is None
             if chan is None:
-                chan = self._channels[sid] = _Channel(sid)
+                chan = self._channels[sid] = Channel(sid)
             chan.dealers += 1
             self.local_services.add(sid)
             self.view_cond.notify_all()
@@ -75,29 +57,24 @@ class ServerSide(View):
             self._announce()
         return ServerDealer(self, sid, chan)
 
-    def _close_server(self, dealer: ServerDealer) -> None:
+    def close_server(self, dealer: ServerDealer) -> None:
+        """Forget ``dealer`` (its :meth:`~ServerDealer.close` calls this); the last server of
+        the id on this node closes the channel, answers the requests still queued
+        ENOSUCHSERVER and tells the master."""
         with self._lock:
             chan = self._channels[dealer.service]
             chan.dealers -= 1
             if chan.dealers > 0:
-                chan.queue.put(None)
+                chan.wake()
                 return
-            with chan.lock:
-                chan.open = False
+            chan.shut()
             del self._channels[dealer.service]
             self.local_services.discard(dealer.service)
-        left = []
-        while True:
-            try:
-                item = chan.queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                left.append(item)
-        chan.queue.put(None)
+        left = chan.drain()
+        chan.wake()
         for req in left:
-            req._respond(E.ENOSUCHSERVER, None, f"service {dealer.service!r} closed on node "
-                                                f"{self.rank}")
+            req.answer(E.ENOSUCHSERVER, None, f"service {dealer.service!r} closed on node "
+                                              f"{self.rank}")
         if not self._closed:
             self._announce()
 

@@ -3,8 +3,10 @@
 Start: listen for data links; connect to the master, answer its challenge, ``REGISTER``;
 get this node's rank and the global view; a thread then follows the master's ``JOIN`` /
 ``UPDATE`` / ``LEAVE`` broadcasts (a node reported gone loses its FrontEnd). The client
-side (routing, failover, deadlines) is :mod:`.calls`, the server side (channels,
-accepted links) :mod:`.server`; docs/rpc.md has the flows.
+side (routing, failover, deadlines) is :mod:`.client`, the server side (channels,
+accepted links) :mod:`.server`; the dealers reach the node through the two sides' public
+methods (:class:`~pyxccl.rpc.dealer.ClientBackend`, :class:`~pyxccl.rpc.dealer.ServerBackend`);
+docs/rpc.md has the flows.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from ..bootstrap import net
 from ..errors import CollectiveTimeout, ConfigError, InvalidArgument, PeerLostError
 from . import wire
 from . import errors as E
-from .client import ClientSide, _Call
+from .channel import Channel
+from .client import ClientSide, PendingCall
 from .frontend import FrontEnd, ServerLink
-from .server import ServerSide, _Channel
+from .server import ServerSide
 from .view import View
 
 
@@ -50,13 +53,13 @@ class RpcService(ClientSide, ServerSide):
         self._lock = threading.Lock()
         View.__init__(self, self._lock)
         self._timer_cond = threading.Condition(self._lock)
-        self._calls: dict[int, _Call] = {}
+        self._calls: dict[int, PendingCall] = {}
         self._heap: list[tuple[float, int]] = []
         self._next_rid = 1
         self._fes: dict[int, FrontEnd] = {}
         self._broken: dict[int, float] = {}
         self._links: dict[tuple[bytes, int], ServerLink] = {}
-        self._channels: dict[str, _Channel] = {}
+        self._channels: dict[str, Channel] = {}
         self._closed = False
         self._master_lock = threading.Lock()
         host = net.select_address(cfg.socket_ifname) if cfg.socket_ifname \
@@ -148,9 +151,8 @@ class RpcService(ClientSide, ServerSide):
         for call in calls:
             self._finish(call, E.RpcClosed(f"RpcService of node {self.rank} closed"))
         for chan in chans:
-            with chan.lock:
-                chan.open = False
-            chan.queue.put(None)
+            chan.shut()
+            chan.wake()
         with self._master_lock:
             try:
                 self._msock.sendall(wire.control_bytes(wire.C_BYE, {}))
