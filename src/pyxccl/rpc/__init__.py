@@ -14,7 +14,7 @@ global view. Servers and clients are *dealers*::
 
 Payloads are bytes, numbers, strings, lists, dicts and numpy arrays (:mod:`.codec`);
 large arrays go zero-copy. Several servers may share a service id: the client spreads
-requests over them and fails over when one dies (:mod:`.service`). The
+requests over them and fails over when one dies (:mod:`.client`). The
 :class:`Accumulator` aggregates values written on many nodes (:mod:`.accumulator`).
 See docs/rpc.md for the flows.
 """
