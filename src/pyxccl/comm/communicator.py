@@ -5,7 +5,8 @@ pid, doorbell: :mod:`pyxccl.comm.connections`) -> a transport per peer (local, s
 socket) -> connectors made lazily, the first time a call needs them -> each call: check
 and lay out the arguments (:mod:`pyxccl.comm.checks`) -> the program
 (:mod:`pyxccl.comm.programs`) -> the runtime, on the communicator's ordered call queue
-(:mod:`pyxccl.comm.engine`) -> ``destroy()`` / ``abort()``.
+(:mod:`pyxccl.comm.engine`); sends and receives beside it (:mod:`pyxccl.comm.p2p`) ->
+``destroy()`` / ``abort()``.
 
 Each public method only checks its arguments and hands over; the parts around the
 communicator see it through its read-only :attr:`Communicator.context`.
@@ -39,6 +40,7 @@ from .connections import Connections, meet_peers
 from .context import CommContext
 from .engine import Engine
 from .liveness import Liveness
+from .p2p import P2P, check_tag
 from .programs import Programs
 
 
@@ -56,7 +58,9 @@ class Communicator:
     """A group of ``nranks`` ranks; this object is rank ``rank`` of it.
 
     Every collective (and send/recv) takes ``async_op=False``; with True it returns a
-    :class:`Work`. Calls on one communicator complete in issue order. ``timeout`` (seconds;
+    :class:`Work`. Collectives on one communicator complete in issue order; sends and
+    receives progress on their own, matched per (peer, tag) in the order they were posted
+    (MPI's rules: see :meth:`send`). ``timeout`` (seconds;
     default PYXCCL_TIMEOUT) bounds every wait of this communicator, and a call's own
     ``timeout=`` keyword bounds the waits of that call (calls inside ``group()`` use the
     communicator's); a wait that passes it raises CollectiveTimeout naming the call, the
@@ -111,8 +115,8 @@ class Communicator:
         recorder = flight.FlightRecorder(cfg.trace_size) if cfg.trace_size else None
         self._context = CommContext(rank=rank, size=size, tag=self._tag, config=cfg, timeout=self._timeout,
                                     hosts=peers.hosts, bootstrap=boot, call_queue=self._queue, flight=recorder,
-                                    liveness=self._live,
-                                    launch_p2p=lambda ops, works: engine.launch_p2p(ops, works))
+                                    liveness=self._live, launch_p2p=lambda ops, works: p2p.launch(ops, works))
+        p2p = self._p2p = P2P(self._context, self._live, self._connections, self._doorbell, peers.slot_bytes)
         programs = Programs(size, peers.hosts, self._layout.ring, peers.nslots, cfg)
         engine = self._engine = Engine(self._context, self._live, self._connections, programs, self._doorbell,
                                        [p.doorbell for p in infos], peers.kinds, peers.slot_bytes)
@@ -163,7 +167,8 @@ class Communicator:
         numbered 1, 2, ... and must match across ranks; sends/recvs have their own
         numbers), ``kind`` ("collective" or "p2p"), ``op`` ("allreduce", "gatherv", "send",
         "recv", ...), ``dtype``, ``count`` (elements; per rank or block as the call
-        counts them), ``root``, ``peers`` ("all" or ``[peer]``), ``algorithm``,
+        counts them), ``root``, ``peers`` ("all" or ``[peer]``), ``tag`` (a send's or recv's
+        message tag; None for collectives), ``algorithm``,
         ``reduce_op``, ``state`` ("queued", "running", "done" or "failed: <Type>: message"),
         ``enqueued``/``started``/``ended`` (``time.time()``), ``duration`` (s) and
         ``call_site`` ("file:line in function", the first frame outside pyxccl).
@@ -320,19 +325,32 @@ class Communicator:
         return self._engine.collective(call, None, async_op, timeout)
 
     # ------------------------------------------------------------------ point to point
-    def send(self, buf: Any, peer: int, *, async_op: bool = False, timeout: float | None = None) -> Any:
-        """Send ``buf`` to ``peer``; matched in order with ``peer``'s recv from this rank."""
+    # Sends and receives do not wait for the call queue: they start at once and progress on their
+    # own (comm/p2p.py); wait for an asynchronous collective before sending its output.
+
+    def send(self, buf: Any, peer: int, *, tag: int = 0, async_op: bool = False, timeout: float | None = None) -> Any:
+        """Send ``buf`` to ``peer`` as a message with ``tag`` (an int, default 0).
+
+        Matched with ``peer``'s recv from this rank with the same tag; messages of one tag
+        match in the order they were sent. Complete (blocking: returns) once the data has
+        left ``buf``, which may be before ``peer`` received it.
+        """
         self._live.check_open()
         b = checks.plan_p2p(buf, peer, self._size, "buf", writable=False)
-        return self._engine.p2p(("send", int(peer), b.array, None), f"send({b.count} x {b.dtype} to {peer})",
-                                async_op, checks.check_timeout(timeout))
+        return self._p2p.call("send", int(peer), check_tag(tag), b.array, None,
+                              f"send({b.count} x {b.dtype} to {peer})", async_op, checks.check_timeout(timeout))
 
-    def recv(self, buf: Any, peer: int, *, async_op: bool = False, timeout: float | None = None) -> Any:
-        """Receive into ``buf`` from ``peer``; its size must equal the matching send's."""
+    def recv(self, buf: Any, peer: int, *, tag: int = 0, async_op: bool = False, timeout: float | None = None) -> Any:
+        """Receive into ``buf`` the next message from ``peer`` with ``tag`` (an int, default 0).
+
+        Its size must equal that message's (MismatchError names both otherwise). A receive
+        that waits holds up no other call: not sends or receives with other peers or tags,
+        nor collectives.
+        """
         self._live.check_open()
         b = checks.plan_p2p(buf, peer, self._size, "buf", writable=True)
-        return self._engine.p2p(("recv", int(peer), b.array, b.owner), f"recv({b.count} x {b.dtype} from {peer})",
-                                async_op, checks.check_timeout(timeout))
+        return self._p2p.call("recv", int(peer), check_tag(tag), b.array, b.owner,
+                              f"recv({b.count} x {b.dtype} from {peer})", async_op, checks.check_timeout(timeout))
 
     # ------------------------------------------------------------------ membership
     def split(self, color: int | None, key: int = 0) -> "Communicator | None":
@@ -369,7 +387,9 @@ class Communicator:
         if not self._live.mark_aborted():
             return
         self._live.health.stop()  # type: ignore[union-attr]
-        self._queue.close(Aborted(f"rank {self._rank}: the communicator was aborted"), timeout=1.0)
+        aborted = Aborted(f"rank {self._rank}: the communicator was aborted")
+        self._p2p.close(aborted)
+        self._queue.close(aborted, timeout=1.0)
         self._release()
 
     def destroy(self) -> None:
@@ -381,9 +401,10 @@ class Communicator:
         if not live.mark_closed():
             return
         deadline = time.monotonic() + self._timeout
-        if not self._queue.drain(deadline):
+        if not (self._queue.drain(deadline) and self._p2p.drain(deadline)):
             log.warn("destroy: queued work did not finish in time; aborting", rank=self._rank)
             live.aborted = True
+        self._p2p.close(Aborted(f"rank {self._rank}: the communicator was destroyed"))
         self._queue.close()
         lost = live.lost
         live.health.stop()  # type: ignore[union-attr] # from here on, peers leaving is expected

@@ -149,6 +149,18 @@ class Connections:
                 conn = self.conns[(peer, ch, "send")] = self.transport(peer).connect_send(peer, ch, info)
             return conn
 
+    def poll_send(self, peer: int, ch: int) -> Any:
+        """The sending connector towards ``peer`` on channel ``ch`` if its connect info has come (attached
+        now), else None; never waits."""
+        conn = self.conns.get((peer, ch, "send"))
+        if conn is not None:
+            return conn
+        try:
+            info = self.bootstrap.recv(peer, TAG_CONNECT + ch, timeout=0)
+        except CollectiveTimeout:
+            return None
+        return self.attach_send(peer, ch, info)
+
     def close(self) -> None:
         """Close every connector and transport (best effort; idempotent)."""
         with self._lock:

@@ -8,8 +8,8 @@ it runs the mismatch check (``PYXCCL_CHECK``) and then :meth:`Engine.execute`: t
 runtime binds the program to this rank, the arrays and the connectors
 (``executor.HostCall``), and the runners are driven to completion
 (``executor.drive``), by single copy or through the slots as the per-call path choice
-decides (:mod:`pyxccl.runtime.host.path_choice`). Point-to-point batches
-(``P2PRunner``) run here too. Every call into ``pyxccl.runtime`` is in this module.
+decides (:mod:`pyxccl.runtime.host.path_choice`). Every call into ``pyxccl.runtime``
+is in this module (point-to-point calls do not use the runtime: :mod:`pyxccl.comm.p2p`).
 """
 
 from __future__ import annotations
@@ -28,19 +28,15 @@ from ..reliability import flight
 from ..reliability import mismatch
 from ..runtime.host import executor
 from ..runtime.host import path_choice
-from ..runtime.host.p2p import P2PRunner
 from ..runtime.kernels import kernels, postdivide, prescale
 from . import group as _group
-from .call_queue import BatchWork, CallQueue, Work
+from .call_queue import CallQueue, Work
 from .checks import Call, check_timeout
 from .connections import Connections
 from .context import CommContext
 from .liveness import Liveness
 from .programs import Programs
 from .repeat import Repeat, Repeats
-
-#: point-to-point traffic uses its own channel, after any collective's
-P2P_CHANNEL = 1 << 10
 
 
 class Engine:
@@ -210,69 +206,6 @@ class Engine:
         call = Call("allreduce", 1, DTYPES["int64"], buf, buf, True, None, MAX)
         self.execute(call, self.programs.get(call, None), kernels(MAX, call.dtype))
         return int(buf[0])
-
-    # ------------------------------------------------------------------ point to point
-    def p2p(self, op: tuple, what: str, async_op: bool, timeout: float | None = None) -> Any:
-        """Run one send or recv ``op`` = (kind, peer, array, result); the call site is 3 frames up."""
-        if self.flight is not None:  # (kind, peer, array, result) + its flight record
-            op = (*op, self.flight.p2p(op[0], op[1], op[2], 3))
-        if _group.active():  # a group's calls run together, under the communicator's timeout
-            return _group.record(self.ctx, "p2p", op, Work(what), not async_op)
-        work = Work(what)
-        self.launch_p2p([op], [work], inline=not async_op, timeout=timeout)
-        return work if async_op else work.result()
-
-    def launch_p2p(self, ops: list[tuple], works: list[Work], inline: bool = False,
-                   timeout: float | None = None) -> None:
-        """Run a batch of send/recv ops concurrently on the call queue; each op's Work completes with the batch."""
-        batch = BatchWork(f"p2p batch of {len(ops)}", works, [op[3] if op[0] == "recv" else None for op in ops])
-        recs = [op[4] for op in ops if len(op) > 4]
-        ctx = self.ctx
-
-        def run() -> None:
-            self.seq += 1
-            for rec in recs:
-                rec.start()
-            try:
-                self.run_p2p(ops, f"p2p batch #{self.seq} ({len(ops)} ops)")
-            except BaseException as exc:
-                flight.failed(ctx, recs, exc)
-                raise
-            for rec in recs:
-                rec.done()
-
-        if timeout is not None:
-            run = self.timed(run, timeout)
-        if inline:
-            try:
-                self.queue.run(run, batch.what)
-            except BaseException as exc:
-                batch._finish(exc=exc)
-                return
-            batch._finish()
-        else:
-            self.queue.submit(run, batch)
-
-    def run_p2p(self, ops: list[tuple], what: str) -> None:
-        rank = self.rank
-        self_sends = [o for o in ops if o[1] == rank and o[0] == "send"]
-        self_recvs = [o for o in ops if o[1] == rank and o[0] == "recv"]
-        if len(self_sends) != len(self_recvs):
-            raise InvalidArgument(f"{len(self_sends)} send(s) to self but {len(self_recvs)} recv(s) from self in one batch")
-        for s, r in zip(self_sends, self_recvs):
-            if s[2].nbytes != r[2].nbytes:
-                raise InvalidArgument(f"buf: send to self has {s[2].nbytes} bytes, the recv from self {r[2].nbytes}")
-            r[2].reshape(-1).view(np.uint8)[:] = s[2].reshape(-1).view(np.uint8)
-        lanes: dict[tuple[int, str], list[np.ndarray]] = {}
-        for op in ops:
-            kind, peer, arr = op[0], op[1], op[2]
-            if peer != rank:
-                lanes.setdefault((peer, kind), []).append(arr)
-        needed = {(peer, P2P_CHANNEL, kind) for peer, kind in lanes}
-        conns = self.connect(needed, what)
-        runners = [P2PRunner(conns[(peer, P2P_CHANNEL, kind)], kind == "send", arrs, self.slot_bytes, rank, what)
-                   for (peer, kind), arrs in lanes.items()]
-        self.drive(runners, what)
 
     # ------------------------------------------------------------------ life
     def close(self) -> None:

@@ -1,9 +1,10 @@
 """``with pyxccl.group():`` — NCCL's group semantics for batching calls.
 
 Inside a group, calls are recorded instead of run; when the outermost group ends,
-each communicator runs its recorded calls in issue order, with consecutive
-point-to-point calls merged into one batch that progresses all of them at once (so
-every rank may send and receive inside one group without deadlock). Blocking calls
+each communicator queues its recorded collectives in issue order on its call queue,
+and starts its point-to-point calls (consecutive ones as one batch), which progress
+all at once beside the queue (so every rank may send and receive inside one group
+without deadlock; they do not wait for the group's collectives). Blocking calls
 made inside the group are complete when the group ends; ``async_op=True`` calls
 return a Work to wait on. A communicator is known here by its read-only
 :class:`~pyxccl.comm.context.CommContext` (``submit``, ``launch_p2p``).

@@ -63,7 +63,7 @@ class OpRecord:
     call site's code object and line.
     """
 
-    __slots__ = ("seq", "kind", "op", "dtype", "count", "root", "peers", "algorithm", "reduce_op",
+    __slots__ = ("seq", "kind", "op", "dtype", "count", "root", "peers", "tag", "algorithm", "reduce_op",
                  "count_may_differ", "state", "enqueued", "started", "ended", "_code", "_line")
     seq: int
     kind: str
@@ -72,6 +72,7 @@ class OpRecord:
     count: int
     root: int | None
     peers: Any
+    tag: int | None
     algorithm: str | None
     reduce_op: str | None
     count_may_differ: bool
@@ -123,7 +124,8 @@ class OpRecord:
     def to_dict(self) -> dict[str, Any]:
         started, ended = self.started, self.ended
         return {"seq": self.seq, "kind": self.kind, "op": self.op, "dtype": str(_dtype_name(self.dtype)),
-                "count": self.count, "root": self.root, "peers": self.peers, "algorithm": self.algorithm,
+                "count": self.count, "root": self.root, "peers": self.peers, "tag": self.tag,
+                "algorithm": self.algorithm,
                 "reduce_op": self.reduce_op, "count_may_differ": self.count_may_differ, "state": self.state,
                 "enqueued": self.enqueued, "started": started, "ended": ended,
                 "duration": (ended - started) if ended is not None and started is not None else None,
@@ -172,6 +174,7 @@ class FlightRecorder:
         coll = call.collective
         rec.seq, rec.kind, rec.op = seq, "collective", coll if call.layout is None else coll + "v"
         rec.dtype, rec.count, rec.root, rec.peers, rec.algorithm = call.dtype, call.count, call.root, "all", algorithm
+        rec.tag = None
         rec.reduce_op = call.op.name if coll in REDUCING else None
         rec.count_may_differ = call.agree_count
         rec.state, rec.enqueued, rec.started, rec.ended = QUEUED, _now(), None, None
@@ -180,11 +183,13 @@ class FlightRecorder:
         self.recorded += 1
         return rec
 
-    def p2p(self, kind: str, peer: int, array: Any, depth: int = 1) -> OpRecord:
-        """Record one send or recv of ``array`` with ``peer``, queued (``depth``: as for :meth:`collective`)."""
+    def p2p(self, kind: str, peer: int, array: Any, depth: int = 1, tag: int = 0) -> OpRecord:
+        """Record one send or recv of ``array`` with ``peer`` and message ``tag``, queued (``depth``: as for
+        :meth:`collective`)."""
         self._p2p_seq += 1
         rec = _new(OpRecord)
         rec.seq, rec.kind, rec.op, rec.dtype, rec.count = self._p2p_seq, "p2p", kind, array.dtype, array.size
+        rec.tag = tag
         rec.root, rec.peers, rec.algorithm, rec.reduce_op, rec.count_may_differ = None, [peer], None, None, False
         rec.state, rec.enqueued, rec.started, rec.ended = QUEUED, _now(), None, None
         rec._site(depth)

@@ -9,8 +9,9 @@ returned by the creator registered with ``Backend.register_backend``. The C++
 Each group owns one pyxccl Communicator for its collectives, bootstrapped through the
 c10d store torch hands over (rank 0 publishes ``get_unique_id()``), whose call queue
 runs the group's calls in issue order (asynchronous ones as pyxccl ``Work``s, followed by
-:class:`CallWork`), and a :class:`P2P` engine for send/recv (own communicators per
-direction, so that sends and receives never queue behind each other).
+:class:`CallWork`), and a :class:`P2P` engine for send/recv on the same communicator's
+point-to-point calls (which progress beside the call queue, so that sends, receives and
+collectives never queue behind each other).
 """
 
 from __future__ import annotations
@@ -87,9 +88,9 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
         self._rank, self._size = rank, size
         self._group_id = group_id
         self._global_ranks = list(global_ranks or range(size))
-        self._comm, gen = bootstrap(store, rank, size, "pyxccl", self._timeout)
+        self._comm, _ = bootstrap(store, rank, size, "pyxccl", self._timeout)
         self._queue = self._comm.context.call_queue  # the communicator's call queue runs every call of the group
-        self._p2p = P2P(store, rank, size, self._timeout, gen)
+        self._p2p = P2P(self._comm, rank, size, self._timeout)
         self._seq = 0
         self._coalescing: list[Work] | None = None
         self._closed = False
@@ -494,7 +495,7 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
         self._queue.drain(float("inf"))
 
     def shutdown(self) -> None:
-        """Finish queued calls, then destroy the communicators (collective over the group)."""
+        """Finish queued calls, then destroy the communicator (collective over the group)."""
         if self._closed:
             return
         self._closed = True
@@ -506,7 +507,7 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
             _LIVE.discard(self)
 
     def abort(self) -> None:
-        """Stop now, locally: fail queued calls, abort the communicators. Never blocks."""
+        """Stop now, locally: fail queued calls and pending sends/receives, abort the communicator. Never blocks."""
         self._closed = True
         self._p2p.abort()
         self._comm.abort()
