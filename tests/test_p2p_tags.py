@@ -1,6 +1,6 @@
 """Tagged point-to-point: matching by (peer, tag) in posting order, progress beside the call queue.
 
-Unit tests drive the lanes of :mod:`pyxccl.comm.p2p_lanes` over an in-memory connector pair;
+Unit tests drive the lanes of :mod:`pyxccl.runtime.host.p2p` over an in-memory connector pair;
 the jobs run on rank processes: tags received out of order, a receive posted before the send
 on every rank, a ring of irecv/isend on 3 ranks, a pending receive that holds up neither
 other tags nor a collective, same-tag order, size mismatches and timeouts that name the
@@ -17,7 +17,7 @@ import pytest
 from harness import compare, expect_raises, fresh_comm, make_block, sentinel
 
 import pyxccl
-from pyxccl.comm.p2p_lanes import HEADER, P2POp, RecvLane, SendLane
+from pyxccl.runtime.host.p2p import HEADER, P2POp, RecvLane, SendLane
 
 MiB = 1 << 20
 

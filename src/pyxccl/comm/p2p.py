@@ -5,7 +5,7 @@ communicator's call queue: they start at once and progress on their own (MPI's r
 not NCCL's). Messages from one sender to one receiver with the same tag match in the
 order they were posted; different (peer, tag) pairs are independent, so a receive that
 waits holds up neither sends nor receives with other peers or tags, nor later
-collectives. Per peer and direction one :mod:`~pyxccl.comm.p2p_lanes` lane carries the
+collectives. Per peer and direction one :mod:`~pyxccl.runtime.host.p2p` lane carries the
 messages over the p2p channel's connectors (made lazily: a receive sets up its side and
 sends the connect info; a send waits for it without blocking the other lanes).
 
@@ -34,7 +34,7 @@ from .call_queue import Work
 from .connections import Connections
 from .context import CommContext
 from .liveness import Liveness
-from .p2p_lanes import P2POp, RecvLane, SendLane
+from ..runtime.host.p2p import P2POp, RecvLane, SendLane
 
 #: point-to-point traffic uses its own channel, after any collective's
 P2P_CHANNEL = 1 << 10
