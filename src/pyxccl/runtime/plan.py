@@ -178,7 +178,9 @@ def needed(program: Program, rank: int) -> frozenset[ConnKey]:
 
 
 def geometry(program: Program, count: int, slot_bytes: int, itemsize: int) -> Geometry:
-    return Geometry.of(count, program.chunks_per_block, slot_bytes, program.max_cnt, itemsize)
+    """How calls of ``count`` elements per block cut their buffers (cached: every call asks)."""
+    return _cached(program, ("geo", count, slot_bytes, itemsize),
+                   lambda: Geometry.of(count, program.chunks_per_block, slot_bytes, program.max_cnt, itemsize))
 
 
 def rank_plan(program: Program, rank: int, count: int, itemsize: int, slot_bytes: int,
