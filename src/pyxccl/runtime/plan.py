@@ -129,8 +129,7 @@ class RankPlan:
     """the order runners are advanced in: those that talk to a peer first (a send posts before a
     thread block of local copies runs through all its slices: 2-rank all-to-all 16 MiB 4-6 % faster)"""
     nsteps: list[int]
-    mode: str | None
-    """how the call aliases input and output ("oop", "inplace", None: otherwise)"""
+    """steps per thread block"""
     sends_direct: bool = False
     """some step may send by descriptor (the path chooser measures such calls)"""
     mixed_differs: bool = False
@@ -202,7 +201,7 @@ def _build(program: Program, rank: int, count: int, itemsize: int, slot_bytes: i
     geo = geometry(program, count, slot_bytes, itemsize)
     part = program.ranks[rank]
     loc = geo.location
-    plan = RankPlan(program, rank, geo, [], [], [len(tb.steps) for tb in part.tbs], mode)
+    plan = RankPlan(program, rank, geo, [], [], [len(tb.steps) for tb in part.tbs])
     mixed_keeps = mixed_drops = False
     hinted = tables(program, rank, hint) if any(a or b for a, b in caps) else None
     exact = tables(program, rank, mode) if hinted is not None else None
@@ -216,11 +215,11 @@ def _build(program: Program, rank: int, count: int, itemsize: int, slot_bytes: i
                     (tb.recv, tb.channel, "recv") if recvs else None)
         plan.tbs.append(tp)
         rmin, rmin_in = caps[index]
+        tp.rmin = rmin
         if hinted is None or exact is None or not (rmin or rmin_in):
             continue
         may_send, may_recv, cnt = hinted.any[index]
         biggest = cnt * geo.n * itemsize
-        modes = None
         if may_send and rmin and biggest >= rmin and cnt <= MAX_DIRECT_CNT:
             span = exact.span[index]
             # per step: slots only, a descriptor of each slice, or also the rest of the call at once
@@ -229,22 +228,18 @@ def _build(program: Program, rank: int, count: int, itemsize: int, slot_bytes: i
             mixed = tuple(StepMode.SLOTS if feeds[i] else d for i, d in enumerate(on))
             puts = exact.put[index]  # the put path: written into the receiver where the step may
             put = tuple(StepMode.WRITE_PEER if d == StepMode.READ_REST and puts[i] else d for i, d in enumerate(on))
-            modes = (on, mixed, put)
             plan.sends_direct = plan.sends_direct or any(on)
             mixed_keeps = mixed_keeps or any(mixed)
             mixed_drops = mixed_drops or mixed != on
             plan.put_differs = plan.put_differs or put != on
             for i, sp in enumerate(steps):
                 sp.modes = (StepMode.SLOTS, on[i], mixed[i], put[i])
-            tp.rmin = rmin
             tp.wants_offer = StepMode.READ_REST in on and exact.only_sends
             if StepMode.WRITE_PEER in put:
                 tp.put_src = {}
                 for i, from_copy in enumerate(exact.put_from[index]):
                     if from_copy and all(a[2] == b[2] for a, b in zip(steps[i - 1].dsts or (), steps[i].srcs or ())):
                         tp.put_src[i] = i - 1
-        else:
-            tp.rmin = rmin
         # a plain receive reads descriptors even where this rank's aliasing says none come: a peer
         # whose call aliases otherwise may send the rest of the call at once (see direct.span_plan)
         tp.rread = (may_recv or any(st.op is Op.RECV for st in tb.steps)) and bool(rmin_in) and biggest >= rmin_in
@@ -254,9 +249,10 @@ def _build(program: Program, rank: int, count: int, itemsize: int, slot_bytes: i
             early = exact.early[index]
             tp.early = early.index(True) if True in early else -1
         tp.span_ok = exact.span_ok[index]
-    for tp in plan.tbs:
-        if geo.niters > 1:
-            tp.at_once = tables(program, rank, mode).copy_once[tp.index]
+    if geo.niters > 1:  # local copies of every slice at their first turn
+        copy_once = tables(program, rank, mode).copy_once
+        for tp in plan.tbs:
+            tp.at_once = copy_once[tp.index]
     plan.mixed_differs = mixed_keeps and mixed_drops
     plan.order = sorted(range(len(plan.tbs)), key=lambda i: plan.tbs[i].send_key is None and plan.tbs[i].recv_key is None)
     return plan

@@ -84,7 +84,7 @@ class HostCall:
             self.arrays = dict(arrays)
             self.arrays[Buf.SCRATCH] = hostmem.empty(part.s_chunks * self.geo.ce, self.dtype)
         self.done = [0] * len(part.tbs)
-        self.nsteps = [len(tb.steps) for tb in part.tbs]
+        self.nsteps: list[int] = []  # steps per thread block (the plan's, once the runners are made)
         self.plan: RankPlan | None = None
         self._addrs: dict[int, int] = {}
         self.path = DIRECT  # this call's path for the steps that may go direct (:mod:`.path_choice`)
@@ -151,10 +151,11 @@ class HostCall:
         caps = tuple((s.remote_min_bytes if s is not None else 0,  # type: ignore[attr-defined]
                       r.remote_min_bytes if r is not None and r.remote_read else 0) for s, r in ends)  # type: ignore[attr-defined]
         direct = any(a or b for a, b in caps)
-        hint = self.alias_hint() if direct else "-"
-        mode = self.alias_mode(self.alias_hint()) if direct or self.geo.niters > 1 else "-"
+        hint = self.alias_hint() if direct or self.geo.niters > 1 else "-"
+        mode = self.alias_mode(hint) if hint != "-" else "-"
         self.plan = plans.rank_plan(self.program, self.rank, self.count, self.dtype.itemsize, self.slot_bytes,
-                                    caps, hint, mode, self.layout)
+                                    caps, hint if direct else "-", mode, self.layout)
+        self.nsteps = self.plan.nsteps
         return [TBRunner(self, self.plan.tbs[i], *ends[i]) for i in self.plan.order]  # type: ignore[arg-type]
 
     def reset(self, runners: list["TBRunner"]) -> None:

@@ -116,11 +116,7 @@ class SingleCopy:
     def offer_early(self) -> None:
         """The call starts: tell the sender where the early receive's bytes go."""
         self.early_due = False
-        self._offer(self.r._steps[self.early][2], self.early, 0, early=True)
-
-    def offer(self, dsts, s: int, it: int) -> None:
-        """A receive that waits: answer the sender's wish to write the rest of the call here."""
-        self._offer(dsts, s, it)
+        self.offer(self.r._steps[self.early][2], self.early, 0, early=True)
 
     def awaits_offer(self, mode: int) -> bool:
         """True while a step of ``mode`` must wait for the receiver's answer before it sends."""
@@ -137,9 +133,6 @@ class SingleCopy:
             self._copy_staged(cnt, dsts, how)
 
     def execute(self, op: Op, cnt: int, srcs, dsts, direct: int, o: int, m: int, nbytes: int) -> bool:
-        return self._execute_direct(op, cnt, srcs, dsts, direct, o, m, nbytes)
-
-    def _execute_direct(self, op: Op, cnt: int, srcs, dsts, direct: int, o: int, m: int, nbytes: int) -> bool:
         """Run the step on the single-copy path when it applies; False: the slot path runs it.
         ``direct``: 0 slots, 1 a descriptor of this slice, 2 one of every slice still to come."""
         run = self.call
@@ -342,7 +335,7 @@ class SingleCopy:
         if not ok:
             raise TransportError(f"{self.call.label}: writing into rank {self.tb.send} was refused after it was allowed")
 
-    def _offer(self, dsts: Pieces, s: int, it: int, early: bool = False) -> None:
+    def offer(self, dsts: Pieces, s: int, it: int, early: bool = False) -> None:
         """Offer the sender the destination of step ``s`` for every slice from ``it`` on, or decline
         when later slices are not ours to write yet (once per slot). ``early``: at the call's start,
         where no earlier step of this rank ran yet: only a destination nothing else touches."""
