@@ -83,6 +83,13 @@ def _parse_cma(text: str) -> str:
         raise ValueError("auto, 1, 0, mixed or put") from None
 
 
+def _parse_device_backend(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("cuda", "emulated"):
+        raise ValueError("cuda or emulated")
+    return value
+
+
 def _parse_bool(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -144,6 +151,10 @@ class Config:
     """PYXCCL_TRACE_SIZE: operations the flight recorder keeps per communicator (0: record nothing)."""
     check: bool = False
     """PYXCCL_CHECK: 1 to compare every collective's fingerprint across ranks first (MismatchError)."""
+    cache_dir: str = ""
+    """PYXCCL_CACHE_DIR: where compiled GPU kernels are kept between runs (default ``$XDG_CACHE_HOME/pyxccl`` or ``~/.cache/pyxccl``)."""
+    device_backend: str = "cuda"
+    """PYXCCL_DEVICE_BACKEND: what serves ``cuda:N`` buffers: ``cuda`` (the CUDA driver through cuda-python) or ``emulated`` (host memory posing as a device, streams as threads: the GPU path's lowering tested on machines without a GPU)."""
 
 
 _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -170,6 +181,8 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "trace_dir": ("PYXCCL_TRACE_DIR", str),
     "trace_size": ("PYXCCL_TRACE_SIZE", _non_negative_int),
     "check": ("PYXCCL_CHECK", _parse_bool),
+    "cache_dir": ("PYXCCL_CACHE_DIR", str),
+    "device_backend": ("PYXCCL_DEVICE_BACKEND", _parse_device_backend),
 }
 
 assert set(_PARSERS) == {f.name for f in fields(Config)}
