@@ -17,7 +17,7 @@ from __future__ import annotations
 from .bootstrap import UniqueId, get_unique_id
 from .comm.communicator import Communicator
 from .dtypes import AVG, DTYPES, MAX, MIN, PROD, SUM, DType, ReduceOp, premul_sum
-from .errors import (Aborted, CollectiveTimeout, ConfigError, InvalidArgument, MismatchError, PeerLostError,
+from .errors import (Aborted, CollectiveTimeout, ConfigError, CudaError, InvalidArgument, MismatchError, PeerLostError,
                      PyxcclError, TransportError, VerificationError)
 from .comm.group import group
 from .comm.call_queue import Work
@@ -38,7 +38,7 @@ def init(*, timeout: float | None = None) -> Communicator:
 
 
 __all__ = [
-    "Aborted", "AVG", "CollectiveTimeout", "Communicator", "ConfigError", "DType", "DTYPES", "InvalidArgument",
+    "Aborted", "AVG", "CollectiveTimeout", "Communicator", "ConfigError", "CudaError", "DType", "DTYPES", "InvalidArgument",
     "MAX", "MIN", "MismatchError", "PeerLostError", "PROD", "PyxcclError", "ReduceOp", "SUM", "TransportError",
     "UniqueId", "VerificationError", "Work", "get_unique_id", "group", "init", "premul_sum",
 ]

@@ -151,6 +151,8 @@ class Config:
     """PYXCCL_TRACE_SIZE: operations the flight recorder keeps per communicator (0: record nothing)."""
     check: bool = False
     """PYXCCL_CHECK: 1 to compare every collective's fingerprint across ranks first (MismatchError)."""
+    cuda_slot_bytes: int = 8 * 1024 * 1024
+    """PYXCCL_CUDA_SLOT_BYTES: bytes of one slot of a device connection (cuda_ipc); larger than the host's, since every slice costs the host a few driver calls while the copy engines move 8 MiB in about 4 us."""
     cache_dir: str = ""
     """PYXCCL_CACHE_DIR: where compiled GPU kernels are kept between runs (default ``$XDG_CACHE_HOME/pyxccl`` or ``~/.cache/pyxccl``)."""
     device_backend: str = "cuda"
@@ -181,6 +183,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "trace_dir": ("PYXCCL_TRACE_DIR", str),
     "trace_size": ("PYXCCL_TRACE_SIZE", _non_negative_int),
     "check": ("PYXCCL_CHECK", _parse_bool),
+    "cuda_slot_bytes": ("PYXCCL_CUDA_SLOT_BYTES", _parse_bytes),
     "cache_dir": ("PYXCCL_CACHE_DIR", str),
     "device_backend": ("PYXCCL_DEVICE_BACKEND", _parse_device_backend),
 }

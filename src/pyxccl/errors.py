@@ -13,6 +13,11 @@ class ConfigError(PyxcclError):
     """A ``PYXCCL_*`` variable or a launcher environment is missing or malformed."""
 
 
+class CudaError(PyxcclError):
+    """CUDA is not usable here (no cuda-python, no driver, no such device) or its driver refused an
+    operation; the message names the driver's error and what pyxccl was doing."""
+
+
 class InvalidArgument(PyxcclError, ValueError):
     """A call's argument is wrong on this rank; raised before anything is sent."""
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..memory import HOST, Buffer, as_buffer
+from ..memory import HOST, Buffer, DeviceArray, as_buffer
 from ..dtypes import SUM, DType, ReduceOp, check_op_dtype, op_of
 from ..errors import InvalidArgument
 from ..ir.program import Buf
@@ -30,9 +30,9 @@ class Call:
     count: int
     """elements per block (per rank for allgather/reducescatter/gather/scatter, per peer for alltoall)"""
     dtype: DType
-    input: "np.ndarray | None"
-    output: "np.ndarray | None"
-    """the host views of the buffers (None for device memory, which has none)"""
+    input: "np.ndarray | DeviceArray"
+    output: "np.ndarray | DeviceArray"
+    """the flat elements of the buffers: host views, or DeviceArrays of device memory"""
     inplace: bool
     result: Any
     op: ReduceOp = SUM
@@ -41,6 +41,8 @@ class Call:
     """this rank's arrays that hold reduced results (avg divides them at the end)"""
     device: str = HOST
     """where the buffers are ("cpu", "cuda:N"): the kernels are chosen for it"""
+    stream: int = 0
+    """device calls: the caller's CUDA stream (read on the caller's thread), the call is ordered on it"""
     layout: dict[Buf, list[tuple[int, int]]] | None = None
     """v-collectives: (offset, count) of every block of the input/output; ``count`` is the largest"""
     agree_count: bool = False
@@ -107,8 +109,8 @@ def plan_elementwise(coll: str, rank: int, nranks: int, input: Any, output: Any,
         inplace = outb is inb or (outb.overlaps(inb) and _same_start(inb, outb))
         _need(inplace or not outb.overlaps(inb), "output: overlaps input partially; use the same buffer or disjoint ones")
     rop = _op(op, inb.dtype) if op is not None else SUM
-    reduced = [outb.array] if coll == "allreduce" or (coll == "reduce" and rank == root) else []
-    return Call(coll, inb.count, inb.dtype, inb.array, outb.array, inplace, outb.owner, rop, root, reduced, inb.device)
+    reduced = [outb.flat] if coll == "allreduce" or (coll == "reduce" and rank == root) else []
+    return Call(coll, inb.count, inb.dtype, inb.flat, outb.flat, inplace, outb.owner, rop, root, reduced, inb.device)
 
 
 def _same_start(a: Buffer, b: Buffer) -> bool:
@@ -121,9 +123,8 @@ def _is_block(buf: Buffer, whole: Buffer, rank: int, count: int) -> bool:
 
 
 def _elems(buf: Buffer, start: int, count: int) -> "np.ndarray | None":
-    """Elements ``start .. start+count`` of the host view (None for device memory)."""
-    a = buf.array
-    return None if a is None else a[start:start + count]
+    """Elements ``start .. start+count`` of the flat elements (a host view or a DeviceArray)."""
+    return buf.flat[start:start + count]
 
 
 def plan_gatherlike(coll: str, rank: int, nranks: int, input: Any, output: Any, root: int | None = None) -> Call:
@@ -145,7 +146,7 @@ def plan_gatherlike(coll: str, rank: int, nranks: int, input: Any, output: Any, 
         dtype, device = outb.dtype, outb.device
     else:
         inb = as_buffer(input, "input")
-        count, dtype, inarr, device = inb.count, inb.dtype, inb.array, inb.device
+        count, dtype, inarr, device = inb.count, inb.dtype, inb.flat, inb.device
         inplace = False
         if has_output:
             _match(inb, outb)
@@ -157,7 +158,7 @@ def plan_gatherlike(coll: str, rank: int, nranks: int, input: Any, output: Any, 
                       f"input: overlaps output but is not output's block of rank {rank} (the in-place layout)")
                 inarr, inplace = _elems(outb, rank * count, count), True
     if has_output:
-        return Call(coll, count, dtype, inarr, outb.array, inplace, outb.owner, SUM, root, [], device)
+        return Call(coll, count, dtype, inarr, outb.flat, inplace, outb.owner, SUM, root, [], device)
     return Call(coll, count, dtype, inarr, np.empty(count * nranks, dtype.np), False, None, SUM, root, [], device)
 
 
@@ -180,7 +181,7 @@ def plan_scatterlike(coll: str, rank: int, nranks: int, input: Any, output: Any,
         result = inb.slice(rank * count, count)
     else:
         outb = as_buffer(output, "output", writable=True)
-        count, dtype, outarr, inplace, result = outb.count, outb.dtype, outb.array, False, outb.owner
+        count, dtype, outarr, inplace, result = outb.count, outb.dtype, outb.flat, False, outb.owner
         device = outb.device
         if has_input:
             _match(inb, outb)
@@ -191,7 +192,7 @@ def plan_scatterlike(coll: str, rank: int, nranks: int, input: Any, output: Any,
                 _need(_is_block(outb, inb, rank, count),
                       f"output: overlaps input but is not input's block of rank {rank} (the in-place layout)")
                 outarr, inplace = _elems(inb, rank * count, count), True
-    inarr = inb.array if has_input else np.empty(count * nranks, dtype.np)
+    inarr = inb.flat if has_input else np.empty(count * nranks, dtype.np)
     rop = _op(op, dtype) if op is not None else SUM
     reduced = [outarr] if coll == "reducescatter" else []
     return Call(coll, count, dtype, inarr, outarr, inplace, result, rop, root, reduced, device)
@@ -210,7 +211,7 @@ def plan_alltoall(rank: int, nranks: int, input: Any, output: Any) -> Call:
         _need(outb.count == inb.count, f"output: has {outb.count} elements but input has {inb.count}; they must match")
         inplace = outb.overlaps(inb)
         _need(not inplace or _same_start(inb, outb), "output: overlaps input partially")
-    return Call("alltoall", inb.count // nranks, inb.dtype, inb.array, outb.array, inplace, outb.owner, SUM, None,
+    return Call("alltoall", inb.count // nranks, inb.dtype, inb.flat, outb.flat, inplace, outb.owner, SUM, None,
                 [], inb.device)
 
 
@@ -259,9 +260,9 @@ def plan_allgatherv(rank: int, nranks: int, input: Any, output: Any, counts: Any
         inb = as_buffer(input, "input")
         _match(inb, outb)
         _need(inb.count == counts[rank], f"input: has {inb.count} elements but counts[{rank}] is {counts[rank]}")
-        inarr, inplace = inb.array, False
+        inarr, inplace = inb.flat, False
     layout = {Buf.INPUT: [(0, counts[rank])], Buf.OUTPUT: list(zip(displs, counts))}
-    return Call("allgather", max(counts), outb.dtype, inarr, outb.array, inplace, outb.owner, layout=layout,
+    return Call("allgather", max(counts), outb.dtype, inarr, outb.flat, inplace, outb.owner, layout=layout,
                 device=outb.device)
 
 
@@ -278,10 +279,10 @@ def plan_reducescatterv(rank: int, nranks: int, input: Any, output: Any, counts:
         _match(inb, outb)
         _need(outb.count == counts[rank], f"output: has {outb.count} elements but counts[{rank}] is {counts[rank]}")
         _need(not outb.overlaps(inb), "output: overlaps input; pass output=None for in place")
-        outarr, inplace, result = outb.array, False, outb.owner
+        outarr, inplace, result = outb.flat, False, outb.owner
     rop = _op(op, inb.dtype)
     layout = {Buf.INPUT: list(zip(displs, counts)), Buf.OUTPUT: [(0, counts[rank])]}
-    return Call("reducescatter", max(counts), inb.dtype, inb.array, outarr, inplace, result, rop,
+    return Call("reducescatter", max(counts), inb.dtype, inb.flat, outarr, inplace, result, rop,
                 reduced=[outarr], layout=layout, device=inb.device)
 
 
@@ -301,7 +302,7 @@ def plan_alltoallv(rank: int, nranks: int, input: Any, output: Any, send_counts:
     _need(not outb.overlaps(inb), "output: overlaps input; alltoallv has no in-place form")
     _need(sc[rank] == rc[rank], f"recv_counts[{rank}]={rc[rank]} must equal send_counts[{rank}]={sc[rank]} (to self)")
     layout = {Buf.INPUT: list(zip(sd, sc)), Buf.OUTPUT: list(zip(rd, rc))}
-    return Call("alltoall", max(sc + rc), inb.dtype, inb.array, outb.array, False, outb.owner, layout=layout,
+    return Call("alltoall", max(sc + rc), inb.dtype, inb.flat, outb.flat, False, outb.owner, layout=layout,
                 agree_count=True, device=inb.device)
 
 
@@ -316,11 +317,11 @@ def plan_gatherv(rank: int, nranks: int, input: Any, output: Any, counts: Any, d
         _match(inb, outb)
         _fits(outb, displs, counts, "output")
         _need(inb.count == counts[rank], f"input: has {inb.count} elements but counts[{rank}] is {counts[rank]}")
-        outarr, blocks, result = outb.array, list(zip(displs, counts)), outb.owner
+        outarr, blocks, result = outb.flat, list(zip(displs, counts)), outb.owner
     else:
         outarr, blocks, result = np.empty(0, inb.dtype.np), [(0, 0)] * nranks, None
     layout = {Buf.INPUT: [(0, inb.count)], Buf.OUTPUT: blocks}
-    return Call("gather", inb.count, inb.dtype, inb.array, outarr, False, result, root=root, layout=layout,
+    return Call("gather", inb.count, inb.dtype, inb.flat, outarr, False, result, root=root, layout=layout,
                 agree_count=True, device=inb.device)
 
 
@@ -336,9 +337,9 @@ def plan_scatterv(rank: int, nranks: int, input: Any, output: Any, counts: Any, 
         _fits(inb, displs, counts, "input")
         _need(outb.count == counts[rank], f"output: has {outb.count} elements but counts[{rank}] is {counts[rank]}")
         _need(not outb.overlaps(inb), "output: overlaps input")
-        inarr, blocks = inb.array, list(zip(displs, counts))
+        inarr, blocks = inb.flat, list(zip(displs, counts))
     else:
         inarr, blocks = np.empty(0, outb.dtype.np), [(0, 0)] * nranks
     layout = {Buf.INPUT: blocks, Buf.OUTPUT: [(0, outb.count)]}
-    return Call("scatter", outb.count, outb.dtype, inarr, outb.array, False, outb.owner, root=root, layout=layout,
+    return Call("scatter", outb.count, outb.dtype, inarr, outb.flat, False, outb.owner, root=root, layout=layout,
                 agree_count=True, device=outb.device)

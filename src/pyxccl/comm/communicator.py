@@ -30,13 +30,13 @@ from ..errors import Aborted, InvalidArgument, PyxcclError
 from ..ir.program import Program
 from ..reliability import flight
 from ..reliability.health import Health
-from ..transport import TransportContext, close_doorbell, open_doorbell, sweep_stale
+from ..transport import TransportContext, close_doorbell, create_device, open_doorbell, sweep_stale
 from . import checks
 from . import membership
 from . import repeat as repeats
 from .call_queue import CallQueue
 from .checks import Call
-from .connections import Connections, meet_peers
+from .connections import TAG_DEVICE_CONNECT, Connections, meet_peers
 from .context import CommContext
 from .engine import Engine
 from .liveness import Liveness
@@ -118,8 +118,14 @@ class Communicator:
                                     liveness=self._live, launch_p2p=lambda ops, works: p2p.launch(ops, works))
         p2p = self._p2p = P2P(self._context, self._live, self._connections, self._doorbell, peers.slot_bytes)
         programs = Programs(size, peers.hosts, self._layout.ring, peers.nslots, cfg)
+        def device_connections(device: Any) -> Connections:  # the first call on a device makes them
+            kinds = [k if k in ("self", "socket") else "cuda_ipc" for k in peers.kinds]
+            return Connections(rank, kinds, tctx, boot, self._live, self._timeout, tag=TAG_DEVICE_CONNECT,
+                               make_transport=lambda kind: create_device(kind, tctx, device, cfg.cuda_slot_bytes,
+                                                                         peers.nslots))
+
         engine = self._engine = Engine(self._context, self._live, self._connections, programs, self._doorbell,
-                                       [p.doorbell for p in infos], peers.kinds, peers.slot_bytes)
+                                       [p.doorbell for p in infos], peers.kinds, peers.slot_bytes, device_connections)
         self._repeats, self._paths = engine.repeats, engine.paths  # (tests look)
         flight.register(self._context)  # for SIGUSR1 dumps (PYXCCL_TRACE_DIR)
         if rank == 0:
@@ -401,7 +407,8 @@ class Communicator:
         if not live.mark_closed():
             return
         deadline = time.monotonic() + self._timeout
-        if not (self._queue.drain(deadline) and self._p2p.drain(deadline)):
+        if not (self._queue.drain(deadline) and self._p2p.drain(deadline)
+                and self._engine.drain_device(max(0.0, deadline - time.monotonic()))):
             log.warn("destroy: queued work did not finish in time; aborting", rank=self._rank)
             live.aborted = True
         self._p2p.close(Aborted(f"rank {self._rank}: the communicator was destroyed"))

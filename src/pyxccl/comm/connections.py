@@ -25,8 +25,9 @@ from ..errors import CollectiveTimeout, PeerLostError, TransportError
 from ..transport import PeerInfo, TransportContext, choose, create, pid_namespace
 from .liveness import Liveness
 
-#: bootstrap tags for connector set-up: + channel
+#: bootstrap tags for connector set-up: + channel (host buffers; device buffers' connectors)
 TAG_CONNECT = 1 << 20
+TAG_DEVICE_CONNECT = (1 << 20) + (1 << 19)
 
 ConnKey = tuple[int, int, str]  # (peer, channel, "send" | "recv")
 
@@ -77,8 +78,12 @@ class Connections:
     """
 
     def __init__(self, rank: int, kinds: list[str], ctx: TransportContext, bootstrap: Bootstrap,
-                 liveness: Liveness, timeout: float):
+                 liveness: Liveness, timeout: float, make_transport: Any = None, tag: int = TAG_CONNECT):
+        """``make_transport(kind)``: a transport of that kind (default :func:`pyxccl.transport.create`);
+        ``tag``: the bootstrap tag of connect info, + channel (device connectors have their own)."""
         self.rank, self.kinds, self.ctx, self.bootstrap = rank, kinds, ctx, bootstrap
+        self.make_transport = make_transport or (lambda kind: create(kind, ctx))
+        self.tag = tag
         self.liveness, self.timeout = liveness, timeout
         self.conns: dict[ConnKey, Any] = {}
         """every connector made so far (read freely; only this object adds to it)"""
@@ -91,7 +96,7 @@ class Connections:
         with self._lock:
             t = self.transports.get(kind)
             if t is None:
-                t = self.transports[kind] = create(kind, self.ctx)
+                t = self.transports[kind] = self.make_transport(kind)
             return t
 
     def get(self, needed: Iterable[ConnKey], what: str = "connecting",
@@ -125,7 +130,7 @@ class Connections:
         for peer, ch, direction in missing:
             if direction == "send":
                 try:
-                    info = self.bootstrap.recv(peer, TAG_CONNECT + ch, timeout=timeout, any_loss=True)
+                    info = self.bootstrap.recv(peer, self.tag + ch, timeout=timeout, any_loss=True)
                 except CollectiveTimeout:
                     raise CollectiveTimeout(f"channel {ch}: waited for rank {peer}'s connect info (has rank "
                                             f"{peer} issued this call?)") from None
@@ -138,7 +143,7 @@ class Connections:
             if conn is None:
                 conn, info = self.transport(peer).setup_recv(peer, ch)
                 self.conns[(peer, ch, "recv")] = conn
-                self.bootstrap.send(peer, TAG_CONNECT + ch, info)
+                self.bootstrap.send(peer, self.tag + ch, info)
             return conn
 
     def attach_send(self, peer: int, ch: int, info: bytes) -> Any:
@@ -156,7 +161,7 @@ class Connections:
         if conn is not None:
             return conn
         try:
-            info = self.bootstrap.recv(peer, TAG_CONNECT + ch, timeout=0)
+            info = self.bootstrap.recv(peer, self.tag + ch, timeout=0)
         except CollectiveTimeout:
             return None
         return self.attach_send(peer, ch, info)

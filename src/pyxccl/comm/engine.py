@@ -29,6 +29,7 @@ from ..reliability import mismatch
 from ..runtime.host import executor
 from ..runtime.host import path_choice
 from ..runtime.kernels import kernels, postdivide, prescale
+from ..memory import HOST, caller_stream
 from . import group as _group
 from .call_queue import CallQueue, Work
 from .checks import Call, check_timeout
@@ -43,7 +44,10 @@ class Engine:
     """Runs the calls of one communicator (see the module docstring)."""
 
     def __init__(self, ctx: CommContext, liveness: Liveness, connections: Connections, programs: Programs,
-                 doorbell: Any, peer_doorbells: list[str], kinds: list[str], slot_bytes: int):
+                 doorbell: Any, peer_doorbells: list[str], kinds: list[str], slot_bytes: int,
+                 device_connections: "Callable[[Any], Connections] | None" = None):
+        """``device_connections(device)``: the connections of device buffers (made at the first call
+        on a device; a communicator runs on one device, as NCCL's does)."""
         cfg = ctx.config
         self.ctx, self.rank, self.size = ctx, ctx.rank, ctx.size
         self.liveness, self.connections, self.programs = liveness, connections, programs
@@ -56,6 +60,8 @@ class Engine:
         self.repeats = Repeats()  # small blocking calls that repeat: no planning the second time
         self.check_call = mismatch.verify if cfg.check else None
         self.paths = path_choice.for_host(cfg.cma, self.rank, kinds, doorbell, peer_doorbells)
+        self.make_device_connections = device_connections
+        self.device_side: "tuple[Any, Connections] | None" = None  # (DeviceResources, Connections)
 
     # ------------------------------------------------------------------ collectives
     def collective(self, call: Call, algorithm: "str | Program | None", async_op: bool,
@@ -69,8 +75,10 @@ class Engine:
         self.liveness.check_open()
         timeout = check_timeout(timeout)
         program = kern = None  # count 0: nothing moves; still ordered after earlier calls
+        if call.device != HOST:
+            call.stream = caller_stream(call.result, call.device)  # on the caller's thread: streams are per thread
         if call.count != 0 or call.agree_count:
-            kern = kernels(call.op, call.dtype, call.device)  # checks the device before anything moves
+            kern = self.kernels_for(call)  # checks the device before anything moves
             program = self.programs.get(call, algorithm)
             if not (program.inplace if call.inplace else program.outofplace):
                 raise InvalidArgument(f"algorithm={program.name!r} does not support "
@@ -79,7 +87,8 @@ class Engine:
         rec = None if self.flight is None else self.flight.collective(  # call site: 3 frames up
             seq, call, None if program is None else program.name, 3)
         check = self.check_call
-        if repeat is not None and repeat[0] is not None and check is None and not _group.active():
+        if repeat is not None and repeat[0] is not None and check is None and not _group.active() \
+                and call.device == HOST:
             self.repeats.remember(repeat[0], repeat[1], repeat[2], call, program, kern)
         ctx = self.ctx
 
@@ -155,10 +164,24 @@ class Engine:
         """The connectors ``needed`` by the running call (made the first time)."""
         return self.connections.get(needed, what, self.call_timeout)
 
+    def kernels_for(self, call: Call) -> Any:
+        """The kernels of ``call``'s op, dtype and device (a device's are compiled at first use)."""
+        if call.device == HOST:
+            return kernels(call.op, call.dtype, call.device)
+        from ..cuda import get_device
+        from ..runtime.kernels import device_kernels
+        if self.device_side is not None and self.device_side[0].device.name != call.device:
+            raise InvalidArgument(f"the buffers are on {call.device} but this communicator runs on "
+                                  f"{self.device_side[0].device.name} (one device per communicator, as NCCL's)")
+        return device_kernels(call.op, call.dtype, get_device(call.device))
+
     def execute(self, call: Call, program: Program, kern: Any) -> None:
         """Run ``call`` with ``program`` on this thread (inside the call queue)."""
         self.seq += 1
         if call.count == 0:
+            return
+        if call.device != HOST:
+            self.execute_device(call, program, kern)
             return
         inp = prescale(call.input, call.op) if call.op.name == "premul_sum" else call.input
         arrays = {Buf.INPUT: inp, Buf.OUTPUT: call.output}
@@ -167,6 +190,23 @@ class Engine:
                                    call.layout)
         log.trace("%s", label, rank=self.rank)
         self.drive_run(prun, prun.runners(self.connect(prun.needed(), label)), call, label)
+
+    def execute_device(self, call: Call, program: Program, kern: Any) -> None:
+        """Enqueue ``call`` on its device (:func:`pyxccl.runtime.device.launch`): ordered on the
+        caller's stream, the host not waiting for the device."""
+        from ..cuda import get_device
+        from ..runtime import device as devrt
+        if self.device_side is None:
+            if self.make_device_connections is None:
+                raise InvalidArgument(f"{call.describe()}: this communicator cannot run on devices")
+            dev = get_device(call.device)
+            self.device_side = (devrt.DeviceResources(dev), self.make_device_connections(dev))
+        res, connections = self.device_side
+        label = f"{call.describe()} #{self.seq} algorithm {program.name} on {call.device}"
+        log.trace("%s", label, rank=self.rank)
+        devrt.launch(program, self.rank, self.size, call.input, call.output, call.count, call.dtype.itemsize,
+                     call.op, kern, res, lambda needed: connections.get(needed, label, self.call_timeout),
+                     self.ctx.config.cuda_slot_bytes, call.stream, call.reduced, label, call.layout)
 
     def drive_run(self, prun: Any, runners: list, call: Call, label: str) -> None:
         """Run ``runners`` of ``prun`` for ``call`` (by single copy, through the slots or mixed,
@@ -209,5 +249,18 @@ class Engine:
 
     # ------------------------------------------------------------------ life
     def close(self) -> None:
-        """Forget remembered calls (and their arrays)."""
+        """Forget remembered calls (and their arrays); drain and free the device side."""
         self.repeats.clear()
+        if self.device_side is not None:
+            res, connections = self.device_side
+            self.device_side = None
+            if res.close(0 if self.liveness.aborted else self.timeout):
+                connections.close()
+            else:
+                log.warn("the device did not finish this communicator's last call; its device memory stays "
+                         "mapped", rank=self.rank)
+
+    def drain_device(self, timeout: float) -> bool:
+        """Wait until this communicator's device work finished (destroy: before the closing barrier,
+        so no rank frees memory a peer's copies still target)."""
+        return self.device_side is None or self.device_side[0].drain(timeout)

@@ -7,11 +7,14 @@
   of torch CPU tensors the torch backend hands over (:func:`tensor_array`, :func:`tensor_bytes`);
 - :class:`Region`, :data:`HOST`, :func:`is_host` (:mod:`.region`): bytes on a device, as
   transports describe their memory;
+- :class:`DeviceArray` (:mod:`.device_array`): a flat run of device memory, sliced like the
+  host's numpy views; :func:`caller_stream`: the CUDA stream a caller's array is ordered on;
 - :mod:`.host`: the host memory the runtime allocates and addresses itself.
 """
 
-from .adapters import as_buffer, tensor_array, tensor_bytes, torch_numpy_dtypes
+from .adapters import as_buffer, caller_stream, tensor_array, tensor_bytes, torch_numpy_dtypes
 from .buffer import Buffer
+from .device_array import DeviceArray
 from .region import HOST, Region, is_host
 
-__all__ = ["Buffer", "HOST", "Region", "as_buffer", "is_host", "tensor_array", "tensor_bytes", "torch_numpy_dtypes"]
+__all__ = ["Buffer", "DeviceArray", "HOST", "caller_stream", "Region", "as_buffer", "is_host", "tensor_array", "tensor_bytes", "torch_numpy_dtypes"]

@@ -267,3 +267,22 @@ def _from_dlpack(obj: Any, name: str, writable: bool) -> Buffer:
 def _other_device(name: str, kind: int) -> InvalidArgument:
     return InvalidArgument(f"{name}: its memory is on DLPack device type {kind} ({dlpack.device_type_name(kind)}); "
                            f"pyxccl takes CPU and CUDA memory")
+
+
+# ---------------------------------------------------------------------- the caller's stream
+
+def caller_stream(owner: Any, device: str) -> int:
+    """The CUDA stream (a ``cudaStream_t`` as an int) a call on ``owner``'s memory is ordered on:
+    torch's current stream for a torch tensor, CuPy's for a CuPy array, the stream a version-3
+    ``__cuda_array_interface__`` names, else 0 (the legacy default stream, as NCCL's callers get
+    when they pass none). Read on the caller's thread: current streams are per thread."""
+    if _is_torch(owner):
+        torch = sys.modules["torch"]
+        return int(torch.cuda.current_stream(torch.device(device)).cuda_stream)
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(owner, cupy.ndarray):
+        return int(cupy.cuda.get_current_stream().ptr)
+    cai = getattr(owner, "__cuda_array_interface__", None)
+    if isinstance(cai, dict) and cai.get("stream") not in (None, 1, 2):
+        return int(cai["stream"])
+    return 0

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..dtypes import DType
 from ..errors import InvalidArgument
+from .device_array import DeviceArray
 from .host import address as _host_address
 from .region import HOST, Region, is_host
 
@@ -43,6 +44,13 @@ class Buffer:
     def address(self) -> int:
         """Where the first element is (a host address, or a device pointer)."""
         return self._address if self.array is None else _host_address(self.array)
+
+    @property
+    def flat(self) -> "np.ndarray | DeviceArray":
+        """The flat elements the executors run on: the host view, or a DeviceArray of device memory."""
+        if self.array is not None:
+            return self.array
+        return DeviceArray(self.device, self._address, self.count, self.dtype.np)
 
     @property
     def nbytes(self) -> int:

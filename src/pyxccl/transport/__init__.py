@@ -1,4 +1,4 @@
-"""Transports behind one contract (:mod:`.base`): shm, socket, local.
+"""Transports behind one contract (:mod:`.base`): shm, socket, local, and cuda_ipc for device memory.
 
 Each transport is a folder with the same file set: ``__init__`` (re-exports its Transport),
 ``transport`` (the Transport: setup_recv / connect_send / close), ``connectors`` (its
@@ -77,6 +77,14 @@ def create(name: str, ctx: TransportContext) -> Transport:
     raise ValueError(f"unknown transport {name!r}")
 
 
+def create_device(name: str, ctx: TransportContext, device: object, slot_bytes: int, nslots: int) -> Transport:
+    """Instantiate the device-memory transport ``name`` ("cuda_ipc") on ``device`` (:mod:`pyxccl.cuda`)."""
+    if name == "cuda_ipc":
+        from .cuda_ipc import CudaIpcTransport
+        return CudaIpcTransport(ctx, device, slot_bytes, nslots)
+    raise ValueError(f"unknown device transport {name!r}")
+
+
 __all__ = ["Capability", "Doorbell", "PeerInfo", "RecvConnector", "SendConnector", "Transport", "TransportContext",
-           "attach_doorbell", "choose", "close_doorbell", "create", "open_doorbell", "pid_alive", "pid_namespace",
+           "attach_doorbell", "choose", "close_doorbell", "create", "create_device", "open_doorbell", "pid_alive", "pid_namespace",
            "sweep_stale", "tune_socket"]

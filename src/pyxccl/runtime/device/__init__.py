@@ -1,0 +1,56 @@
+"""The GPU executor: a call's plan lowered onto CUDA streams (:mod:`.executor`), the streams,
+events and scratch space a communicator keeps on its device (:mod:`.resources`), and
+:func:`launch`, one whole call in NCCL's stream semantics."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ...ir.program import Buf, Program
+from ...memory import DeviceArray
+from .executor import DeviceCall
+from .resources import DeviceResources
+
+
+def launch(program: Program, rank: int, nranks: int, inp: Any, out: Any, count: int, itemsize: int, op: Any,
+           kernels: Any, res: DeviceResources, connect: Callable[[frozenset], dict], slot_bytes: int,
+           caller_stream: int, reduced: list, label: str, layout: dict | None = None) -> Any:
+    """Enqueue one call: ordered after the work already on ``caller_stream`` and before its later
+    work, the host not waiting for the device; the event that ends the call.
+
+    ``inp``/``out``: DeviceArrays (a host array stands for memory a rank does not use, e.g. a
+    non-root's gather output: device scratch takes its place); ``op``: premul_sum scales the
+    input into scratch first, avg divides each of ``reduced`` at the end.
+    """
+    dev = res.device
+    user = dev.external_stream(caller_stream)
+    arrays: dict[Buf, tuple[int, int]] = {}
+    for buf, arr in ((Buf.INPUT, inp), (Buf.OUTPUT, out)):
+        if isinstance(arr, DeviceArray):
+            arrays[buf] = (arr.address, arr.size)
+        else:  # a placeholder the rank never reads back
+            arrays[buf] = (res.space(f"unused-{buf.name.lower()}", arr.size * itemsize), arr.size)
+    if op.name == "premul_sum" and isinstance(inp, DeviceArray) and inp.size:
+        scaled = res.space("prescaled", inp.size * itemsize)
+        kernels.scale(scaled, inp.address, inp.size, op.scalar, user)
+        arrays[Buf.INPUT] = (scaled, inp.size)
+    call = DeviceCall(program, rank, arrays, count, itemsize, kernels, res, slot_bytes, label, layout)
+    conns = connect(call.needed())
+    start = res.event()
+    dev.record(start, user)
+    after = [start] if res.last is None else [start, res.last]
+    ends = call.enqueue(conns, res.streams_for(len(call.plan.tbs)), after)
+    for ev in ends:
+        dev.wait_event(user, ev)
+    if op.name == "avg" and nranks > 1:
+        for arr in reduced:
+            if isinstance(arr, DeviceArray) and arr.size:
+                kernels.divide(arr.address, arr.size, nranks, user)
+    last = res.event()
+    dev.record(last, user)
+    res.give_back(after + ends)
+    res.last = last
+    return last
+
+
+__all__ = ["DeviceCall", "DeviceResources", "launch"]

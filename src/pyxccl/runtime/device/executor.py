@@ -1,0 +1,216 @@
+"""The device executor: lowers one rank's plan of an IR program onto CUDA streams.
+
+The same :class:`~pyxccl.runtime.plan.RankPlan` the host executor runs, bound to device
+memory: every thread block gets a stream, every step of every slice becomes stream operations,
+and the host only enqueues (it never waits for the device), so a call returns as soon as its
+work is queued, ordered after the caller's stream and before its later work (NCCL's semantics):
+
+- a receive of slot ``k``: ``wait_value(ready, k + 1)``, then consume the slot, then
+  ``write_value(released, k + 1)`` (the sender may refill it);
+- a send of slot ``k``: ``wait_value(released, k - nslots + 1)`` (the slot is free), fill it in
+  the receiver's memory, then ``write_value(ready, k + 1)``;
+- copies are copy-engine copies (``copy``: no kernel, no SM); reductions are kernels that read
+  the slot and the local chunk and write the result where it goes (the peer's slot for a
+  recv-reduce-send: fused, one pass);
+- a dependency on another thread block's step is an event recorded after that step and waited
+  for by this block's stream.
+
+Connectors are stream-ordered (:mod:`pyxccl.transport.cuda_ipc`): their flags are words in
+device memory, their counters run on across calls. The host enqueues the thread blocks round
+robin, one slice iteration each per round, so no stream's queue runs far ahead of the others.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import PyxcclError
+from ...ir.program import Buf, Op, Program
+from .. import plan as plans
+from ..plan import ConnKey, RankPlan, TBPlan
+from .resources import DeviceResources
+
+
+class DeviceCall:
+    """One rank's part of one call on a device: a plan bound to device addresses, kernels, connectors."""
+
+    def __init__(self, program: Program, rank: int, arrays: dict, count: int, itemsize: int, kernels: Any,
+                 res: DeviceResources, slot_bytes: int, label: str = "",
+                 layout: dict[Buf, list[tuple[int, int]]] | None = None):
+        """``arrays``: per buffer, (address, elements) of this call's device memory (the scratch
+        buffer is added here); ``count``: elements per block; ``layout`` as the host's."""
+        self.program, self.rank, self.kernels, self.res = program, rank, kernels, res
+        self.device = res.device
+        self.label = label or f"{program.collective}({program.name})"
+        self.itemsize = itemsize
+        self.geo = plans.geometry(program, count, slot_bytes, itemsize)
+        self.addrs = {b: a for b, (a, _) in arrays.items()}
+        part = program.ranks[rank]
+        if part.s_chunks and self.geo.niters:
+            self.addrs[Buf.SCRATCH] = res.space("scratch", part.s_chunks * self.geo.ce * itemsize)
+        self.plan: RankPlan = plans.rank_plan(program, rank, count, itemsize, slot_bytes,
+                                              ((0, 0),) * len(part.tbs), "-", None, layout)
+
+    def needed(self) -> frozenset[ConnKey]:
+        return plans.needed(self.program, self.rank)
+
+    def enqueue(self, conns: dict, streams: list[Any], after: list[Any]) -> list[Any]:
+        """Enqueue every step on ``streams`` (one per thread block), each first waiting for the
+        events ``after``; the events that end each stream's part (recorded here)."""
+        plan, dev, res = self.plan, self.device, self.res
+        if self.geo.niters == 0:
+            return []
+        for s in streams:
+            for ev in after:
+                dev.wait_event(s, ev)
+        depended = _depended(plan)
+        recorded: dict[tuple[int, int, int], Any] = {}
+        used: list[Any] = []
+        done = [0] * len(plan.tbs)
+        runners = [_Runner(self, tp, streams[tp.index], conns, depended, recorded, used, done) for tp in plan.tbs]
+        active = [r for r in runners if not r.finished]
+        while active:
+            progressed = False
+            for r in active:
+                progressed = r.advance() or progressed
+            active = [r for r in active if not r.finished]
+            if active and not progressed:
+                raise PyxcclError(f"{self.label}: the program's thread blocks wait on each other "
+                                  f"({'; '.join(r.describe() for r in active)})")
+        ends = []
+        for s in streams:
+            ev = res.event()
+            dev.record(ev, s)
+            ends.append(ev)
+        res.give_back(used)
+        return ends
+
+
+def _depended(plan: RankPlan) -> set[tuple[int, int]]:
+    """(thread block, step) pairs another thread block of this rank waits for."""
+    out = set()
+    for tp in plan.tbs:
+        for st in tp.tb.steps:
+            for dtb, dstep in st.deps:
+                if dtb != tp.index:
+                    out.add((dtb, dstep))
+    return out
+
+
+class _Runner:
+    """Enqueues one thread block's steps, one slice iteration per :meth:`advance`."""
+
+    def __init__(self, call: DeviceCall, tp: TBPlan, stream: Any, conns: dict, depended: set,
+                 recorded: dict, used: list, done: list[int]):
+        self.call, self.tp, self.stream = call, tp, stream
+        self.sendc = conns.get(tp.send_key) if tp.send_key is not None else None
+        self.recvc = conns.get(tp.recv_key) if tp.recv_key is not None else None
+        self.depended, self.recorded, self.used, self.done = depended, recorded, used, done
+        self.nsteps = call.plan.nsteps
+        self.it = self.s = 0
+        self.finished = not tp.steps
+
+    def describe(self) -> str:
+        return f"tb {self.tp.tb.id} step {self.s} slice {self.it + 1}"
+
+    def advance(self) -> bool:
+        call, tp, dev, stream = self.call, self.tp, self.call.device, self.stream
+        steps, done, index = tp.steps, self.done, tp.index
+        progressed = False
+        start_it = self.it
+        while not self.finished and self.it == start_it:
+            sp = steps[self.s]
+            st = sp.step
+            for dtb, dstep in st.deps:
+                if done[dtb] < self.it * self.nsteps[dtb] + dstep + 1:
+                    return progressed
+            for dtb, dstep in st.deps:
+                if dtb != index:
+                    dev.wait_event(stream, self.recorded[(dtb, self.it, dstep)])
+            self._emit(st, sp.srcs, sp.dsts)
+            if (index, self.s) in self.depended:
+                ev = call.res.event()
+                dev.record(ev, stream)
+                self.recorded[(index, self.it, self.s)] = ev
+                self.used.append(ev)
+            done[index] += 1
+            progressed = True
+            self.s += 1
+            if self.s == len(steps):
+                self.s = 0
+                self.it += 1
+                if self.it == call.geo.niters:
+                    self.finished = True
+        return progressed
+
+    def _piece(self, loc: tuple, o: int, m: int) -> tuple[int, int]:
+        """(address, elements) of slice ``o .. o+m`` of the chunk at ``loc`` (its valid part)."""
+        buf, start, valid = loc
+        n = min(m, valid - o)
+        if n <= 0:
+            return 0, 0
+        return self.call.addrs[buf] + (start + o) * self.call.itemsize, n
+
+    def _emit(self, st: Any, srcs: list | None, dsts: list | None) -> None:
+        call, dev, stream = self.call, self.call.device, self.stream
+        g, isz, k = call.geo, call.itemsize, call.kernels
+        o = self.it * g.n
+        m = min(g.n, g.ce - o)
+        op = st.op
+        rslot = sslot = 0
+        rc, sc = self.recvc, self.sendc
+        if op.receives:
+            dev.wait_value(rc.ready_word, rc.tail + 1, stream)
+            rslot = rc.slot(rc.tail)
+        if op.sends:
+            if sc.head >= sc.nslots:
+                dev.wait_value(sc.released_word, sc.head - sc.nslots + 1, stream)
+            sslot = sc.slot(sc.head)
+        for j in range(st.cnt):
+            lo = j * m * isz
+            if op is Op.SEND:
+                a, n = self._piece(srcs[j], o, m)
+                _copy(dev, sslot + lo, a, n * isz, stream)
+            elif op is Op.RECV:
+                a, n = self._piece(dsts[j], o, m)
+                _copy(dev, a, rslot + lo, n * isz, stream)
+            elif op is Op.RECV_COPY_SEND:
+                a, n = self._piece(dsts[j], o, m)
+                _copy(dev, a, rslot + lo, n * isz, stream)
+                _copy(dev, sslot + lo, rslot + lo, m * isz, stream)
+            elif op is Op.RECV_REDUCE_SEND:
+                a, n = self._piece(srcs[j], o, m)
+                if n:
+                    k.reduce(sslot + lo, rslot + lo, a, n, stream)
+            elif op is Op.RECV_REDUCE_COPY or op is Op.RECV_REDUCE_COPY_SEND:
+                d, nd = self._piece(dsts[j], o, m)
+                s_, ns = self._piece(srcs[j], o, m)
+                n = min(nd, ns)
+                if n:
+                    k.reduce(d, rslot + lo, s_, n, stream)
+                    if op is Op.RECV_REDUCE_COPY_SEND:
+                        _copy(dev, sslot + lo, d, n * isz, stream)
+            elif op is Op.COPY:
+                d, nd = self._piece(dsts[j], o, m)
+                s_, ns = self._piece(srcs[j], o, m)
+                if d != s_:
+                    _copy(dev, d, s_, min(nd, ns) * isz, stream)
+            elif op is Op.REDUCE:
+                d, nd = self._piece(dsts[j], o, m)
+                s_, ns = self._piece(srcs[j], o, m)
+                n = min(nd, ns)
+                if n:
+                    k.reduce(d, d, s_, n, stream)
+            elif op is not Op.NOP:  # pragma: no cover - the IR has no other op
+                raise PyxcclError(f"{call.label}: the device executor cannot run step {op}")
+        if op.receives:
+            rc.tail += 1
+            dev.write_value(rc.released_word, rc.tail, stream)
+        if op.sends:
+            sc.head += 1
+            dev.write_value(sc.ready_word, sc.head, stream)
+
+
+def _copy(dev: Any, dst: int, src: int, nbytes: int, stream: Any) -> None:
+    if nbytes > 0 and dst != src:
+        dev.copy(dst, src, nbytes, stream)

@@ -1,0 +1,59 @@
+"""Jobs that run the collective cases on device memory (emulated or a real GPU): every rank runs
+the same list of :class:`harness.Case` through a :class:`device_mirror.MirrorComm` and reports
+the mismatches it saw (the numpy references of the harness)."""
+
+from __future__ import annotations
+
+import os
+
+from harness import (COLLECTIVES, DTYPE_NAMES, OP_NAMES, REDUCING, ROOTED, Case, op_valid, start_case)
+
+PRIME = 100003
+
+
+def cases(nranks: int, sizes: tuple[int, ...], dtypes=DTYPE_NAMES, colls=COLLECTIVES, ops=OP_NAMES,
+          seed: int = 3) -> list[Case]:
+    """Every collective x dtype x valid op x size, in place and out of place (sync), roots 0 and N-1."""
+    out = []
+    k = 0
+    for coll in colls:
+        roots = sorted({0, nranks - 1}) if coll in ROOTED else [0]
+        for dtype in dtypes:
+            for op in ([o for o in ops if op_valid(o, dtype)] if coll in REDUCING else ["sum"]):
+                for count in sizes:
+                    for inplace in (False, True):
+                        out.append(Case(coll, dtype, count, op, roots[k % len(roots)], inplace, False, seed,
+                                        form=(k >> 1) & 1))
+                        k += 1
+    return out
+
+
+def run_on_device(comm, case_list: list) -> list[str]:
+    """Run ``case_list`` on this rank's device through the mirror; the mismatches."""
+    from device_mirror import MirrorComm
+    from pyxccl.cuda import get_device
+    dev = get_device(os.environ.get("PYXCCL_TEST_DEVICE", "cuda:0"))
+    mirror = MirrorComm(comm, dev)
+    failures: list[str] = []
+    for c in case_list:
+        try:
+            _, ret, verify = start_case(mirror, c)
+        except Exception as exc:  # noqa: BLE001 - reported, and the ranks stop together
+            return failures + [f"{c.label(comm.size, comm.rank)}: raised {type(exc).__name__}: {exc}"]
+        failures += verify(ret)
+        if len(failures) > 20:
+            break
+    return failures
+
+
+def job_cases(comm, nranks: int, sizes: tuple, dtypes=DTYPE_NAMES, colls=COLLECTIVES, ops=OP_NAMES) -> list[str]:
+    return run_on_device(comm, cases(nranks, tuple(sizes), tuple(dtypes), tuple(colls), tuple(ops)))
+
+
+def job_catalogue_on_device(comm, coll: str, host_layouts: list) -> list[str]:
+    """Every algorithm of the catalogue (:func:`_algo_jobs.job_catalogue`) on this rank's device."""
+    from _algo_jobs import job_catalogue
+    from device_mirror import MirrorComm
+    from pyxccl.cuda import get_device
+    dev = get_device(os.environ.get("PYXCCL_TEST_DEVICE", "cuda:0"))
+    return job_catalogue(MirrorComm(comm, dev), coll, host_layouts)

@@ -1,0 +1,80 @@
+"""Run the numpy-based collective cases on device memory: a communicator seen through a mirror.
+
+:class:`MirrorComm` wraps a communicator: each collective's numpy arguments are copied to
+device memory (one device allocation per base array, so views keep their offsets and in-place
+spellings stay in place), the call runs on the device buffers, and after it the device memory
+is copied back into the numpy arrays (the host waits for the device first). Results that are
+device buffers come back as the numpy arrays they mirror. Works for any device keeping the
+contract of :mod:`pyxccl.cuda.device` (a real GPU or the emulated one), with no array library.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pyxccl.dtypes import dtype_of
+from pyxccl.memory import Buffer
+
+COLLECTIVES = ("all_reduce", "broadcast", "reduce", "all_gather", "reduce_scatter", "all_to_all", "gather",
+               "scatter", "all_gatherv", "reduce_scatterv", "all_to_allv", "gatherv", "scatterv")
+
+
+def _base(a: np.ndarray) -> np.ndarray:
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+class MirrorComm:
+    """``comm`` with its collectives run on ``device`` memory mirroring the numpy arguments."""
+
+    def __init__(self, comm: Any, device: Any):
+        self.comm, self.device = comm, device
+        self.rank, self.size = comm.rank, comm.size
+
+    def __getattr__(self, name: str) -> Any:
+        if name in COLLECTIVES:
+            return lambda *a, **kw: self._call(name, a, kw)
+        return getattr(self.comm, name)
+
+    def _call(self, name: str, args: tuple, kwargs: dict) -> Any:
+        if kwargs.get("async_op"):
+            raise NotImplementedError("the mirror runs blocking calls only")
+        dev = self.device
+        bases: dict[int, tuple[np.ndarray, int]] = {}  # id(base) -> (base, device address)
+
+        def to_device(a: Any) -> Any:
+            if not isinstance(a, np.ndarray):
+                return a
+            base = _base(a)
+            if id(base) not in bases:
+                addr = dev.alloc(base.nbytes)
+                dev.write(addr, base.tobytes())
+                bases[id(base)] = (base, addr)
+            addr = bases[id(base)][1] + (a.__array_interface__["data"][0] - base.__array_interface__["data"][0])
+            return Buffer.on_device(a, dev.name, addr, a.nbytes, dtype_of(a.dtype))
+
+        dargs = tuple(to_device(a) for a in args)
+        dkw = {k: to_device(v) for k, v in kwargs.items()}
+        try:
+            ret = getattr(self.comm, name)(*dargs, **dkw)
+            dev.synchronize()
+            for base, addr in bases.values():
+                flat = base.reshape(-1).view(np.uint8)
+                flat[:] = np.frombuffer(dev.read(addr, base.nbytes), np.uint8)
+        finally:
+            for _, addr in bases.values():
+                dev.free_plain(addr)
+        return self._back(ret, bases)
+
+    @staticmethod
+    def _back(ret: Any, bases: dict) -> Any:
+        if isinstance(ret, Buffer):  # a part of a mirrored array (e.g. reduce_scatter in place)
+            for base, addr in bases.values():
+                if addr <= ret.address < addr + max(base.nbytes, 1):
+                    start = (ret.address - addr) // base.itemsize
+                    return base.reshape(-1)[start:start + ret.count]
+            return ret
+        return ret

@@ -1,0 +1,88 @@
+"""The GPU path on a real GPU: 2, 3 and 4 ranks as processes sharing ``cuda:0`` (the cuda_ipc
+transport through VMM file descriptors, copy-engine copies, stream memory-operation flags and
+NVRTC reduction kernels), every collective x dtype x op against the numpy references; torch
+CUDA tensors and CuPy arrays ordered on the caller's current stream. Skipped without CUDA."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from _device_jobs import job_cases
+
+pyxccl_cuda = pytest.importorskip("pyxccl.cuda")
+if not pyxccl_cuda.available():
+    pytest.skip("no CUDA device (or no cuda-python): the GPU path is tested on the emulated device instead",
+                allow_module_level=True)
+
+ENV = {"PYXCCL_DEVICE_BACKEND": "cuda"}
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize("nranks", [2, 3, 4])
+def test_every_collective_dtype_and_op(env_pools, nranks):
+    p = env_pools(nranks, **ENV)
+    p.check(job_cases, nranks=nranks, sizes=(0, 1, 7, 100003), deadline=600)
+
+
+@pytest.mark.parametrize("nranks", [2, 4])
+def test_large_calls_take_many_slices(env_pools, nranks):
+    p = env_pools(nranks, **ENV)
+    p.check(job_cases, nranks=nranks, sizes=(4 * MiB + 3,), dtypes=("float32", "bfloat16"), ops=("sum",),
+            deadline=600)
+
+
+_TENSORS = r"""
+import numpy as np, torch, pyxccl
+comm = pyxccl.init()
+r, N = comm.rank, comm.size
+dev = torch.device("cuda:0")
+s = torch.cuda.Stream(dev)
+with torch.cuda.stream(s):  # ordered on the caller's current stream, not the default one
+    for n in (1, 1000, 3 * 1024 * 1024 + 1):
+        x = torch.full((n,), float(r + 1), device=dev)
+        torch.cuda._sleep(20_000_000)  # work queued before the call: the call must wait for it
+        x.mul_(2)
+        comm.all_reduce(x)
+        y = x * 1  # work queued after the call: it must see the result
+        want = 2.0 * N * (N + 1) / 2
+        assert torch.all(y == want).item(), (n, y[:4])
+        g = torch.empty(N * n, device=dev, dtype=torch.bfloat16)
+        comm.all_gather(torch.full((n,), r, device=dev, dtype=torch.bfloat16), g)
+        assert torch.equal(g.view(N, n)[:, 0].float().cpu(), torch.arange(N).float())
+    w = comm.all_reduce(torch.ones(5, device=dev), async_op=True)
+    w.wait()
+try:
+    import cupy as cp
+    with cp.cuda.Device(0):
+        a = cp.arange(100003, dtype=cp.float64) * (r + 1)
+        comm.all_reduce(a, op="max")
+        assert bool((a == cp.arange(100003, dtype=cp.float64) * N).all())
+except ImportError:
+    pass
+try:
+    comm.all_reduce(torch.ones(4, device=dev), np.ones(4, np.float32))
+except pyxccl.InvalidArgument as e:
+    assert "cpu" in str(e) and "cuda:0" in str(e), e
+else:
+    raise SystemExit("a CPU and a CUDA buffer in one call were taken")
+torch.cuda.synchronize()
+print("OK", r, flush=True)
+comm.destroy()
+"""
+
+
+@pytest.mark.parametrize("nranks", [2, 4])
+def test_torch_and_cupy_on_the_callers_stream(tmp_path, nranks):
+    script = tmp_path / "ranks.py"
+    script.write_text(_TENSORS)
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-m", "pyxccl.cli.run", "-n", str(nranks), sys.executable, str(script)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert sorted(line.split()[-1] for line in out.stdout.splitlines() if "OK" in line) == \
+        [str(r) for r in range(nranks)]
