@@ -8,6 +8,12 @@ device's kernels enqueue on it, the host's ignore it. (Binding it per set instea
 kernel call keeps the host's hot loop calling numpy's functions directly, with no Python
 frame of pyxccl's in between.) ``prescale`` and ``postdivide`` are premul_sum's first step
 and avg's last.
+
+``device_kernels(op, dtype, device)`` serves the GPU path, whose buffers are device addresses:
+``reduce(dst, a, b, count, stream)``, ``scale(dst, src, count, factor, stream)`` and
+``divide(address, count, nranks, stream)``, NVRTC-compiled CUDA on a real GPU (:mod:`.cuda`,
+imported only then: cuda-python is an optional extra) or numpy in stream order on the emulated
+device (:mod:`.emulated`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ...dtypes import DType, ReduceOp
+from ...dtypes import DType, ReduceOp, dtype_of, op_of
 from ...errors import InvalidArgument
 from . import host
 
@@ -42,8 +48,33 @@ def kernels(op: ReduceOp, dtype: DType, device: str = "cpu", stream: Any = None)
     raise InvalidArgument(f"device {device!r} has no kernels (pyxccl has kernels for {', '.join(DEVICES)})")
 
 
+_device_sets: dict[tuple[str, str, str, bool], Any] = {}
+
+
+def device_kernels(op: ReduceOp | str, dtype: DType | str, device: Any) -> Any:
+    """The ``CudaKernels`` or ``EmulatedKernels`` (``device.emulated`` picks) of ``op`` over
+    ``dtype`` on ``device`` (an object keeping :class:`pyxccl.cuda.device.Device`'s contract),
+    made once per (op, dtype, device name, emulated): a real GPU compiles and loads its module
+    then. premul_sum's scalar is not part of the set (``scale`` takes the factor)."""
+    op, dt = op_of(op), dtype_of(dtype)
+    emulated = bool(device.emulated)
+    key = (op.name, dt.name, device.name, emulated)
+    found = _device_sets.get(key)
+    if found is None or found.device is not device:  # a device made anew under the same name
+        if emulated:
+            from .emulated import EmulatedKernels
+
+            found = EmulatedKernels(op, dt, device)
+        else:
+            from .cuda import CudaKernels
+
+            found = CudaKernels(op, dt, device)
+        _device_sets[key] = found
+    return found
+
+
 prescale = host.prescale
 postdivide = host.postdivide
 trim_pair = host.trim_pair
 
-__all__ = ["DEVICES", "Kernels", "kernels", "postdivide", "prescale", "trim_pair"]
+__all__ = ["DEVICES", "Kernels", "device_kernels", "kernels", "postdivide", "prescale", "trim_pair"]
