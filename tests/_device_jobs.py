@@ -57,3 +57,38 @@ def job_catalogue_on_device(comm, coll: str, host_layouts: list) -> list[str]:
     from pyxccl.cuda import get_device
     dev = get_device(os.environ.get("PYXCCL_TEST_DEVICE", "cuda:0"))
     return job_catalogue(MirrorComm(comm, dev), coll, host_layouts)
+
+
+def job_send_recv(comm, sizes=(0, 1, 7, 100003)) -> list[str]:
+    """Ring send/recv of device buffers (staged through host memory), blocking and async_op."""
+    import numpy as np
+    from pyxccl.cuda import get_device
+    from pyxccl.dtypes import dtype_of
+    from pyxccl.memory import Buffer
+    dev = get_device(os.environ.get("PYXCCL_TEST_DEVICE", "cuda:0"))
+    N, r = comm.size, comm.rank
+    failures = []
+    for n in sizes:
+        for async_op in (False, True):
+            src = np.arange(n, dtype=np.float32) + 1000 * r
+            a, b = dev.alloc(src.nbytes), dev.alloc(src.nbytes)
+            dev.write(a, src.tobytes())
+            sb = Buffer.on_device(None, dev.name, a, src.nbytes, dtype_of("float32"))
+            rb = Buffer.on_device(None, dev.name, b, src.nbytes, dtype_of("float32"))
+            if r % 2 == 0:
+                w1 = comm.send(sb, (r + 1) % N, tag=n, async_op=async_op)
+                w2 = comm.recv(rb, (r - 1) % N, tag=n, async_op=async_op)
+            else:
+                w2 = comm.recv(rb, (r - 1) % N, tag=n, async_op=async_op)
+                w1 = comm.send(sb, (r + 1) % N, tag=n, async_op=async_op)
+            if async_op:
+                w1.wait()
+                w2.wait()
+            dev.synchronize()
+            got = np.frombuffer(dev.read(b, src.nbytes), np.float32)
+            want = np.arange(n, dtype=np.float32) + 1000 * ((r - 1) % N)
+            if not np.array_equal(got, want):
+                failures.append(f"send/recv n={n} async={async_op}: got {got[:4]} want {want[:4]}")
+            dev.free_plain(a)
+            dev.free_plain(b)
+    return failures

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from _device_jobs import job_cases, job_catalogue_on_device
+from _device_jobs import job_cases, job_catalogue_on_device, job_send_recv
 from harness import DTYPE_NAMES
 
 ENV = {"PYXCCL_DEVICE_BACKEND": "emulated", "PYXCCL_CUDA_SLOT_BYTES": "16K", "PYXCCL_NSLOTS": "2"}
@@ -35,3 +35,8 @@ LAYOUTS = {2: [((0,), (1,))], 3: [((0, 1), (2,))], 4: [((0, 1), (2, 3)), ((0, 2)
 def test_every_algorithm_of_the_catalogue(env_pools, nranks, coll):
     """Each algorithm forced (one and three channels, host-aware ones for given host layouts)."""
     env_pools(nranks, **ENV).check(job_catalogue_on_device, coll=coll, host_layouts=LAYOUTS[nranks], deadline=300)
+
+
+@pytest.mark.parametrize("nranks", [2, 3])
+def test_send_recv_of_device_buffers(env_pools, nranks):
+    env_pools(nranks, **ENV).check(job_send_recv)

@@ -294,8 +294,8 @@ def test_a_call_on_one_cuda_device_is_laid_out_for_it():
     assert isinstance(call.result, Buffer) and (call.result.count, call.device) == (4, "cuda:0")
     call = checks.plan_elementwise("allreduce", 0, 2, _cuda(0, ptr=0), None, "sum")
     assert (call.count, call.device) == (0, "cuda:0")
-    with pytest.raises(InvalidArgument, match="buf: is on cuda:0, which has no kernels"):
-        checks.plan_p2p(_cuda(4), 1, 2, "buf", writable=False)
+    b = checks.plan_p2p(_cuda(4), 1, 2, "buf", writable=False)  # sent through host memory
+    assert (b.device, b.count) == ("cuda:0", 4)
 
 
 @pytest.mark.parametrize("plan,n_in,n_out", [
@@ -336,7 +336,7 @@ def test_communicator_refuses_device_memory_before_anything_moves():
                         comm.all_reduce(_cuda(8))
                     with pytest.raises(InvalidArgument, match="input is on cpu but output is on cuda:0"):
                         comm.all_reduce(np.zeros(8, np.float32), _cuda(8))
-                    with pytest.raises(InvalidArgument, match="buf: is on cuda:0"):
+                    with pytest.raises(pyxccl.CudaError, match="(?i)cuda"):  # staged through the host: no GPU here
                         comm.send(_cuda(8), 1)
                 x = np.full(4, r + 1, np.float32)
                 comm.all_reduce(x)

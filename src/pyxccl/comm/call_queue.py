@@ -44,6 +44,13 @@ class Work:
         self._exc: BaseException | None = None
         self._result: Any = None
 
+    @classmethod
+    def completed(cls, what: str, result: Any = None) -> "Work":
+        """A Work that is already done with ``result`` (a call that finished before it returned)."""
+        work = cls(what)
+        work._set(result)
+        return work
+
     def _set(self, result: Any = None, exc: BaseException | None = None) -> None:
         """Mark the call finished (waiters wake); the callbacks run later, in :meth:`_run_callbacks`."""
         self._result, self._exc = result, exc

@@ -219,7 +219,7 @@ def plan_p2p(buf: Any, peer: int, nranks: int, name: str, writable: bool) -> Buf
     """send/recv: the buffer and a checked peer."""
     check_rank(peer, nranks, "peer")
     b = as_buffer(buf, name, writable=writable)
-    if b.array is None and b.device not in DEVICES:
+    if b.array is None and b.device not in DEVICES and not b.device.startswith("cuda:"):
         raise InvalidArgument(f"{name}: is on {b.device}, which has no kernels (pyxccl has kernels for "
                               f"{', '.join(DEVICES)})")
     return b

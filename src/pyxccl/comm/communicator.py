@@ -34,7 +34,8 @@ from ..transport import TransportContext, close_doorbell, create_device, open_do
 from . import checks
 from . import membership
 from . import repeat as repeats
-from .call_queue import CallQueue
+from . import staging
+from .call_queue import CallQueue, Work
 from .checks import Call
 from .connections import TAG_DEVICE_CONNECT, Connections, meet_peers
 from .context import CommContext
@@ -343,8 +344,11 @@ class Communicator:
         """
         self._live.check_open()
         b = checks.plan_p2p(buf, peer, self._size, "buf", writable=False)
-        return self._p2p.call("send", int(peer), check_tag(tag), b.array, None,
-                              f"send({b.count} x {b.dtype} to {peer})", async_op, checks.check_timeout(timeout))
+        what, tag, timeout = f"send({b.count} x {b.dtype} to {peer})", check_tag(tag), checks.check_timeout(timeout)
+        if not b.on_host:  # through host memory (:mod:`pyxccl.comm.staging`), complete when it returns
+            staging.send(b, lambda host: self._p2p.call("send", int(peer), tag, host, None, what, False, timeout))
+            return Work.completed(what) if async_op else None
+        return self._p2p.call("send", int(peer), tag, b.array, None, what, async_op, timeout)
 
     def recv(self, buf: Any, peer: int, *, tag: int = 0, async_op: bool = False, timeout: float | None = None) -> Any:
         """Receive into ``buf`` the next message from ``peer`` with ``tag`` (an int, default 0).
@@ -355,8 +359,11 @@ class Communicator:
         """
         self._live.check_open()
         b = checks.plan_p2p(buf, peer, self._size, "buf", writable=True)
-        return self._p2p.call("recv", int(peer), check_tag(tag), b.array, b.owner,
-                              f"recv({b.count} x {b.dtype} from {peer})", async_op, checks.check_timeout(timeout))
+        what, tag, timeout = f"recv({b.count} x {b.dtype} from {peer})", check_tag(tag), checks.check_timeout(timeout)
+        if not b.on_host:  # through host memory (:mod:`pyxccl.comm.staging`), complete when it returns
+            staging.recv(b, lambda host: self._p2p.call("recv", int(peer), tag, host, None, what, False, timeout))
+            return Work.completed(what, b.owner) if async_op else b.owner
+        return self._p2p.call("recv", int(peer), tag, b.array, b.owner, what, async_op, timeout)
 
     # ------------------------------------------------------------------ membership
     def split(self, color: int | None, key: int = 0) -> "Communicator | None":

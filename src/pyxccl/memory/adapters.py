@@ -179,13 +179,17 @@ def tensor_array(t: Any, name: str = "tensor") -> np.ndarray:
     return as_buffer(t, name).host_view()
 
 
-def tensor_bytes(t: Any, name: str = "tensor") -> np.ndarray:
-    """The bytes of a contiguous CPU tensor of any shape and dtype as a flat uint8 numpy view (no copy);
-    InvalidArgument naming ``name`` for a non-contiguous tensor or one outside host memory."""
+def tensor_bytes(t: Any, name: str = "tensor") -> "np.ndarray | Buffer":
+    """The bytes of a contiguous tensor of any shape and dtype: a flat uint8 numpy view (no copy) of a
+    CPU tensor, a uint8 device Buffer of a CUDA one; InvalidArgument naming ``name`` for a
+    non-contiguous tensor or one on another device."""
     if t.requires_grad:
         t = t.detach()
     if not t.is_contiguous():
         raise InvalidArgument(f"{name}: the tensor is not contiguous; pass tensor.contiguous()")
+    if t.is_cuda:
+        return Buffer.on_device(t, f"cuda:{t.device.index}", t.data_ptr(), t.numel() * t.element_size(),
+                                DTYPES["uint8"])
     if t.dtype in (_TORCH_NUMPY or torch_numpy_dtypes()):  # numpy reshapes and views for a fraction of torch's cost
         try:
             return t.numpy().reshape(-1).view(np.uint8)

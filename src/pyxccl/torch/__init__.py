@@ -1,13 +1,13 @@
 """pyxccl as a torch.distributed backend.
 
     import torch.distributed as dist
-    import pyxccl.torch                      # registers the "pyxccl" backend (CPU tensors)
+    import pyxccl.torch                      # registers the "pyxccl" backend (CPU and CUDA tensors)
     dist.init_process_group("pyxccl")        # under torchrun or pyxccl-run
     model = torch.nn.parallel.DistributedDataParallel(model)
 
 Importing this package registers the backend with
 ``torch.distributed.Backend.register_backend("pyxccl", ..., extended_api=True,
-devices=["cpu"])``. Every ``dist.*`` collective, point-to-point call and ``new_group``
+devices=["cpu", "cuda"])``. Every ``dist.*`` collective, point-to-point call and ``new_group``
 then runs on pyxccl communicators; see ``docs/torch.md`` for what is supported.
 torch is an optional dependency of pyxccl (``pip install -e .[torch]``); only this
 package needs it.
@@ -27,7 +27,7 @@ from ._errors import (
 from ._work import Work
 from .process_group import ProcessGroupPyxccl, create_backend
 
-DEVICES = ["cpu"]
+DEVICES = ["cpu", "cuda"]
 
 
 def register() -> None:

@@ -51,9 +51,9 @@ class Movement:
         """allgather of byte blocks of ``sizes`` (bytes per rank) into ``out_flat`` (uint8)."""
         inb = T.np_bytes(inp.contiguous())
         if all(s == sizes[0] for s in sizes):
-            self._comm.all_gather(inb, out_flat.numpy())
+            self._comm.all_gather(inb, T.np_bytes(out_flat))
         else:
-            self._comm.all_gatherv(inb, out_flat.numpy(), sizes)
+            self._comm.all_gatherv(inb, T.np_bytes(out_flat), sizes)
 
     def allgather(self, output_tensors: Any, input_tensors: Any, opts: Any = None) -> Work:
         inp = self._one(input_tensors, "allgather")
@@ -72,7 +72,7 @@ class Movement:
                                         f"{outs[self._rank].numel()} elements, the input {inp.numel()}")
 
         def run() -> None:
-            tmp = torch.empty(sum(sizes), dtype=torch.uint8)
+            tmp = T.scratch(sum(sizes), torch.uint8, inp)
             self._gather_into(tmp, inp, sizes)
             with torch.no_grad():
                 off = 0
@@ -123,9 +123,9 @@ class Movement:
         def run() -> None:
             with torch.no_grad():
                 packed = torch.cat([t.detach().reshape(-1).view(torch.uint8) if t.numel() else
-                                    torch.empty(0, dtype=torch.uint8) for t in ins]) if ins else \
-                    torch.empty(0, dtype=torch.uint8)
-            tmp = torch.empty(sum(sizes), dtype=torch.uint8)
+                                    T.scratch(0, torch.uint8, t) for t in ins]) if ins else \
+                    T.scratch(0, torch.uint8, mine[0] if mine else torch.empty(0))
+            tmp = T.scratch(sum(sizes), torch.uint8, packed)
             self._gather_into(tmp, packed, sizes)
             with torch.no_grad():
                 off = 0
@@ -178,9 +178,9 @@ class Movement:
             if me != root:
                 comm.gather(inb, None, root=root)
                 return
-            tmp = torch.empty(inb.size * size, dtype=torch.uint8)
-            comm.gather(inb, tmp.numpy(), root=root)
-            n = inb.size
+            n = T.nbytes(inp)
+            tmp = T.scratch(n * size, torch.uint8, inp)
+            comm.gather(inb, T.np_bytes(tmp), root=root)
             with torch.no_grad():
                 for q, o in enumerate(outs):
                     o.copy_(tmp[q * n:(q + 1) * n].view(o.dtype).view(o.shape))
@@ -208,8 +208,8 @@ class Movement:
             if me == root:
                 with torch.no_grad():
                     packed = torch.cat([i.detach().reshape(-1).view(torch.uint8) if i.numel() else
-                                        torch.empty(0, dtype=torch.uint8) for i in ins])
-                comm.scatter(packed.numpy(), T.np_bytes(s.flat), root=root)
+                                        T.scratch(0, torch.uint8, i) for i in ins])
+                comm.scatter(T.np_bytes(packed), T.np_bytes(s.flat), root=root)
             else:
                 comm.scatter(None, T.np_bytes(s.flat), root=root)
             s.done()
@@ -227,12 +227,12 @@ class Movement:
         def run() -> None:
             with torch.no_grad():
                 packed = torch.cat([i.detach().reshape(-1).view(torch.uint8) if i.numel() else
-                                    torch.empty(0, dtype=torch.uint8) for i in ins])
-            tmp = torch.empty(sum(recv), dtype=torch.uint8)
+                                    T.scratch(0, torch.uint8, i) for i in ins])
+            tmp = T.scratch(sum(recv), torch.uint8, packed)
             if all(c == send[0] for c in send + recv):
-                self._comm.all_to_all(packed.numpy(), tmp.numpy())
+                self._comm.all_to_all(T.np_bytes(packed), T.np_bytes(tmp))
             else:
-                self._comm.all_to_allv(packed.numpy(), tmp.numpy(), send, recv)
+                self._comm.all_to_allv(T.np_bytes(packed), T.np_bytes(tmp), send, recv)
             with torch.no_grad():
                 off = 0
                 for o, n in zip(outs, recv):

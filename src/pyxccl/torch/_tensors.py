@@ -57,22 +57,28 @@ def plain_any(t: Any) -> bool:
 
 
 def arr(t: torch.Tensor) -> Any:
-    """What pyxccl gets for a contiguous CPU tensor of a pyxccl dtype: a numpy view when numpy has the
-    dtype, else its :class:`pyxccl.memory.Buffer` (bfloat16, fp8: converted once, here)."""
-    if t.dtype in _NUMPY:
+    """What pyxccl gets for a contiguous tensor of a pyxccl dtype: a numpy view of a CPU tensor when
+    numpy has the dtype, else its :class:`pyxccl.memory.Buffer` (bfloat16, fp8, CUDA tensors)."""
+    if t.dtype in _NUMPY and t.is_cpu:
         return tensor_array(t)
     return as_buffer(t, "tensor")
 
 
-#: the bytes of a contiguous CPU tensor of any shape and dtype as a flat uint8 numpy view (no copy)
+#: the bytes of a contiguous tensor of any shape and dtype: a flat uint8 numpy view of a CPU tensor
+#: (no copy), a uint8 device Buffer of a CUDA one
 np_bytes = tensor_bytes
+
+
+def scratch(n: int, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
+    """``n`` uninitialized elements on ``like``'s device (staging buffers live where the data does)."""
+    return torch.empty(n, dtype=dtype, device=like.device)
 
 
 def check_tensor(t: Any, what: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise PyxcclInvalidArgument(f"pyxccl backend: {what}: expected a tensor, got {type(t).__name__}")
-    if not t.is_cpu:
-        raise unsupported(what, f"tensors on {t.device} (the backend moves CPU tensors; CUDA is not supported yet)")
+    if not (t.is_cpu or t.is_cuda):
+        raise unsupported(what, f"tensors on {t.device} (the backend moves CPU and CUDA tensors)")
     if t.layout is not torch.strided:
         raise unsupported(what, f"{t.layout} tensors (only dense tensors)")
     return t
@@ -98,7 +104,7 @@ def staged(t: torch.Tensor, writable: bool = True, load: bool = True) -> Staged:
     t = t.detach()
     if t.is_contiguous():
         return Staged(t, t.view(-1), False)
-    flat = t.contiguous().view(-1) if load else torch.empty(t.numel(), dtype=t.dtype)
+    flat = t.contiguous().view(-1) if load else torch.empty(t.numel(), dtype=t.dtype, device=t.device)
     return Staged(t, flat, writable)
 
 
@@ -147,7 +153,7 @@ class Reducible:
         elif dt == torch.bool:
             self.work = flat.view(torch.uint8)
         elif dt in _WIDEN:
-            self.work = flat.to(_WIDEN[dt]) if load else torch.empty(flat.numel(), dtype=_WIDEN[dt])
+            self.work = flat.to(_WIDEN[dt]) if load else torch.empty(flat.numel(), dtype=_WIDEN[dt], device=flat.device)
             self.narrow = flat
         elif dt.is_complex:
             if op_name not in ("sum", "avg") and not isinstance(op_name, pyxccl.ReduceOp):

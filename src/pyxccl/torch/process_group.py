@@ -105,7 +105,7 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
 
     @property
     def _device_types(self) -> list[torch.device]:
-        return [torch.device("cpu")]
+        return [torch.device("cpu"), torch.device("cuda")]
 
     def get_group_store(self) -> Any:
         return self._store
@@ -153,6 +153,17 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
         if self._closed:
             raise PyxcclInvalidArgument(f"{BACKEND} backend: {what}: the process group was shut down")
         self._seq += 1
+        if outputs and outputs[0].is_cuda and self._coalescing is None:
+            # CUDA tensors: the pyxccl calls only enqueue on the caller's current stream (read on this
+            # thread: streams are per thread), as NCCL's do; the Work is complete for the host at once
+            try:
+                fn()
+            except BaseException as exc:
+                err = wrap_error(exc, what)
+                if err is exc:
+                    raise
+                raise err from exc
+            return completed()
         if opts is not None and not getattr(opts, "asyncOp", True) and self._coalescing is None:
             try:
                 if single:
@@ -176,7 +187,7 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
         """The one tensor of a call (the common ``[tensor]`` form checked cheaply)."""
         if type(tensors) is list and len(tensors) == 1:
             t = tensors[0]
-            if isinstance(t, torch.Tensor) and t.is_cpu and t.layout is torch.strided:
+            if isinstance(t, torch.Tensor) and (t.is_cpu or t.is_cuda) and t.layout is torch.strided:
                 return t
         return self._one(tensors, what)
 
@@ -191,7 +202,7 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
     def _emulated(self, t: torch.Tensor, fn: Any) -> torch.Tensor:
         """Every rank's ``t`` folded with a torch bitwise function (an allgather, then a local fold)."""
         flat = t.detach().contiguous().view(-1)
-        stacked = torch.empty((self._size, flat.numel()), dtype=flat.dtype)
+        stacked = torch.empty((self._size, flat.numel()), dtype=flat.dtype, device=flat.device)
         self._comm.all_gather(T.np_bytes(flat), T.np_bytes(stacked.view(-1)))
         return T.fold(stacked, fn).view(t.shape)
 
