@@ -122,3 +122,118 @@ def test_run_passes_a_clean_exit_through(tmp_path):
     r = _run(RUN + ["-n", "2", sys.executable, script])
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(r.stdout.splitlines()) == ["[0] sum 3.0", "[1] sum 3.0"]
+
+
+# ---------------------------------------------------------------- pyxccl-perf --device cuda
+
+EMULATED = {"PYXCCL_DEVICE_BACKEND": "emulated", "PYXCCL_CUDA_SLOT_BYTES": "16K"}
+
+
+def _env(**changes: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    for k, v in changes.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return env
+
+
+def test_perf_on_device_memory_prints_nccl_tests_columns_and_checks_every_collective():
+    """The brief's command on the emulated device: every collective's rows, 0 wrong, and the
+    same table (sizes, counts, types, ops, roots; 13 columns) as the same sweep on host memory."""
+    t0 = time.monotonic()
+    r = subprocess.run(RUN + ["-n", "2", "--", *PERF, "-c", "all", "-b", "8", "-e", "64K", "--device", "cuda",
+                              "--check"], capture_output=True, text=True, timeout=120, env=_env(**EMULATED))
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = _rows(r.stdout)
+    assert set(rows) == set(COLLECTIVES)
+    sizes = [8 << k for k in range(14)]  # 8 B .. 64 KiB, factor 2
+    for name, table in rows.items():
+        assert [int(t[0]) for t in table] == sizes, (name, table)
+        for t in table:
+            assert len(t) == 13, t
+            assert t[8] == "0" and t[12] == "0", (name, t)  # #wrong, out of place and in place
+            assert float(t[5]) > 0 and float(t[9]) > 0, t
+    assert "device cuda" in r.stdout and "# Using devices" in r.stdout
+    assert sum("device  0 emulated" in line for line in r.stdout.splitlines()) == 2  # both ranks, cuda:0
+    assert "# Out of bounds values : 0 OK" in r.stdout
+    host = _run(RUN + ["-n", "2", "--", *PERF, "-c", "all", "-b", "8", "-e", "64K", "--iters", "1", "-w", "0"])
+    assert host.returncode == 0, host.stderr[-2000:]
+    assert {k: [t[:5] for t in v] for k, v in _rows(host.stdout).items()} == \
+        {k: [t[:5] for t in v] for k, v in rows.items()}
+    heading = [line for line in r.stdout.splitlines() if "(elements)" in line or "out-of-place" in line]
+    assert heading == [line for line in host.stdout.splitlines() if "(elements)" in line or "out-of-place" in line]
+    assert took < 60, took
+
+
+def test_perf_check_reads_the_results_back_from_device_memory(tmp_path):
+    """The check looks at what the device holds: the buffers are device memory, a correct result
+    counts 0 wrong, and a result corrupted on the device is counted."""
+    script = _script(tmp_path, """
+        import numpy as np, pyxccl
+        from pyxccl.cli import perf
+        from pyxccl.cuda import get_device
+        comm = pyxccl.init()
+        dev = get_device("cuda:0")
+        for coll in perf.COLLECTIVES:
+            case = perf.Case(comm, coll, 64, "float32", pyxccl.dtypes.op_of("sum"), 0, None, dev)
+            assert case.input.array is None and case.input.device == "cuda:0"
+            for inplace in (False, True):
+                case.prepare(inplace)
+                got = case.run(inplace)
+                ok = case.wrong(got)
+                dev.write(got.address, np.full(2, 99, np.float32).tobytes())
+                print(coll, inplace, ok, case.wrong(got))
+            case.close()
+        comm.destroy()
+    """)
+    r = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=60, env=_env(**EMULATED))
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 * 8, lines
+    assert all(line.split()[2:] == ["0", "2"] for line in lines), lines
+
+
+def test_perf_device_cuda_without_a_usable_cuda_fails_clearly():
+    """No driver or GPU (and not the emulated backend): exit status 2 and one clear message, before
+    any rank starts a table."""
+    import pyxccl.cuda
+
+    if pyxccl.cuda.available():
+        pytest.skip("this machine has a usable GPU")
+    r = subprocess.run([*PERF, "-n", "2", "-c", "allreduce", "-b", "8", "-e", "64", "--device", "cuda", "--check"],
+                       capture_output=True, text=True, timeout=60, env=_env(PYXCCL_DEVICE_BACKEND=None))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "pyxccl-perf: --device cuda: CUDA is not usable here" in r.stderr
+    assert "PYXCCL_DEVICE_BACKEND=emulated" in r.stderr
+    assert "Traceback" not in r.stderr and "size" not in r.stdout
+
+
+def test_perf_device_cuda_without_cuda_python_names_the_missing_package(tmp_path):
+    """cuda-python missing (simulated, so this runs on GPU machines too): the message says what to install."""
+    script = _script(tmp_path, """
+        from pyxccl.cuda import driver
+        driver.cu = None
+        from pyxccl.cli import perf
+        perf.main(["-c", "allreduce", "-b", "8", "-e", "8", "--device", "cuda"])
+    """)
+    r = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=60,
+                       env=_env(PYXCCL_DEVICE_BACKEND="cuda"))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "--device cuda: CUDA is not usable here" in r.stderr and "cuda-python is not installed" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_perf_checks_premul_sum_against_the_scaled_sum(device):
+    """premul_sum's expected result multiplies every input by the scalar first (host and device)."""
+    r = subprocess.run(PERF + ["-n", "2", "-c", "allreduce,reduce,reducescatter", "-d", "float64", "-o", "premul_sum",
+                               "--premul", "0.25", "-b", "8", "-e", "1K", "-f", "32", "--iters", "2", "-w", "0",
+                               "--check", "--device", device],
+                       capture_output=True, text=True, timeout=60, env=_env(**EMULATED))
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
+    rows = _rows(r.stdout)
+    assert set(rows) == {"all_reduce", "reduce", "reduce_scatter"}
+    assert all(t[3] == "mulsum" and t[8] == "0" and t[12] == "0" for v in rows.values() for t in v)
