@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", help="rank 0 writes the final parameters here (torch.save)")
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the model and data live (cuda: every rank on cuda:LOCAL_RANK %% device count)")
     args = p.parse_args(argv)
 
     if args.backend == "pyxccl":
@@ -63,15 +65,21 @@ def main(argv: list[str] | None = None) -> int:
     dist.init_process_group(args.backend)  # env:// from torchrun / pyxccl-run
     rank, world = dist.get_rank(), dist.get_world_size()
 
+    dev = torch.device("cpu")
+    if args.device == "cuda":
+        import os
+        dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}")
+        torch.cuda.set_device(dev)
     torch.manual_seed(args.seed)  # the same initial model on every rank (DDP also broadcasts rank 0's)
-    model = nn.parallel.DistributedDataParallel(make_model(args.width))
+    model = nn.parallel.DistributedDataParallel(make_model(args.width).to(dev))
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     x, y = make_data(args.seed, rank, world, n=args.batch * 8)
+    x, y = x.to(dev), y.to(dev)
     order = torch.Generator().manual_seed(args.seed + rank)
 
     t0 = time.perf_counter()
     for step in range(args.steps):
-        idx = torch.randint(0, x.shape[0], (args.batch,), generator=order)
+        idx = torch.randint(0, x.shape[0], (args.batch,), generator=order).to(dev)
         loss = nn.functional.mse_loss(model(x[idx]), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()  # DDP all-reduces the gradients here
@@ -86,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{args.backend}] {args.steps} steps on {world} ranks in {secs:.2f} s "
               f"({secs / max(args.steps, 1) * 1e3:.2f} ms/step)", flush=True)
         if args.save:
-            torch.save({k: v.detach().clone() for k, v in model.module.state_dict().items()}, args.save)
+            torch.save({k: v.detach().cpu().clone() for k, v in model.module.state_dict().items()}, args.save)
     dist.barrier()  # nobody tears its process group down while a peer still uses it (gloo aborts then)
     dist.destroy_process_group()
     return 0

@@ -86,3 +86,24 @@ def test_torch_and_cupy_on_the_callers_stream(tmp_path, nranks):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert sorted(line.split()[-1] for line in out.stdout.splitlines() if "OK" in line) == \
         [str(r) for r in range(nranks)]
+
+
+def test_ddp_on_cuda_pyxccl_matches_gloo(tmp_path):
+    """DDP on CUDA tensors, 2 ranks on one GPU: the "pyxccl" backend trains to gloo's parameters."""
+    torch = pytest.importorskip("torch")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    example = os.path.join(root, "examples", "ddp_train.py")
+    env = dict(os.environ, PYTHONPATH=os.path.join(root, "src"), OMP_NUM_THREADS="1")
+    outs = {}
+    for backend in ("pyxccl", "gloo"):
+        out = str(tmp_path / f"{backend}.pt")
+        proc = subprocess.run([sys.executable, "-m", "pyxccl.cli.run", "-n", "2", "--", example, "--backend", backend,
+                               "--device", "cuda", "--steps", "100", "--save", out, "--log-every", "50"],
+                              capture_output=True, text=True, timeout=300, env=env, cwd=root, check=False)
+        assert proc.returncode == 0 and os.path.exists(out), \
+            f"{backend} on cuda failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        outs[backend] = torch.load(out)
+    p, g = outs["pyxccl"], outs["gloo"]
+    assert p.keys() == g.keys()
+    for k in p:
+        torch.testing.assert_close(p[k], g[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")

@@ -40,3 +40,16 @@ def test_every_algorithm_of_the_catalogue(env_pools, nranks, coll):
 @pytest.mark.parametrize("nranks", [2, 3])
 def test_send_recv_of_device_buffers(env_pools, nranks):
     env_pools(nranks, **ENV).check(job_send_recv)
+
+
+@pytest.mark.parametrize("layout", ["AB", "AAB"])
+def test_device_buffers_across_hosts_go_through_host_memory(layout):
+    """Ranks on two (emulated) hosts: device calls run over the socket transport through host copies."""
+    import harness
+    p = harness.Pool(len(layout), f"hosts:{layout}", env=ENV).start()
+    try:
+        p.check(job_cases, nranks=len(layout), sizes=(0, 7, 5003), dtypes=("float32", "bfloat16", "int32"),
+                deadline=300)
+        p.check(job_send_recv, sizes=(1, 5003))
+    finally:
+        p.close()

@@ -472,7 +472,7 @@ def test_register_is_idempotent():
     pyxccl.torch.register()
     assert dist.Backend("pyxccl") == "pyxccl"
     assert "pyxccl" in dist.Backend.backend_list
-    assert dist.Backend.backend_capability["pyxccl"] == ["cpu"]
+    assert dist.Backend.backend_capability["pyxccl"] == ["cpu", "cuda"]
 
 
 # the short subset of PyTorch's own suite that runs by default (a few seconds); all of it: PYXCCL_TORCH_SUITE=1

@@ -31,6 +31,7 @@ from ..runtime.host import path_choice
 from ..runtime.kernels import kernels, postdivide, prescale
 from ..memory import HOST, caller_stream
 from . import group as _group
+from . import staging
 from .call_queue import CallQueue, Work
 from .checks import Call, check_timeout
 from .connections import Connections
@@ -201,12 +202,32 @@ class Engine:
                 raise InvalidArgument(f"{call.describe()}: this communicator cannot run on devices")
             dev = get_device(call.device)
             self.device_side = (devrt.DeviceResources(dev), self.make_device_connections(dev))
+            kinds = self.device_side[1].kinds
+            log.info("device %s%s: transports per peer: %s (copy engines, stream flags, slots of %d B)", dev.name,
+                     " (emulated)" if dev.emulated else "",
+                     " ".join(f"{p}:{k}" for p, k in enumerate(kinds) if k != "self") or "none",
+                     self.ctx.config.cuda_slot_bytes, rank=self.rank)
         res, connections = self.device_side
+        if "socket" in connections.kinds:  # peers on other hosts: the whole call through host memory
+            self.execute_staged(call, program)
+            return
         label = f"{call.describe()} #{self.seq} algorithm {program.name} on {call.device}"
         log.trace("%s", label, rank=self.rank)
         devrt.launch(program, self.rank, self.size, call.input, call.output, call.count, call.dtype.itemsize,
                      call.op, kern, res, lambda needed: connections.get(needed, label, self.call_timeout),
                      self.ctx.config.cuda_slot_bytes, call.stream, call.reduced, label, call.layout)
+
+    def execute_staged(self, call: Call, program: Program) -> None:
+        """Run a device call on the host path over host copies of its buffers
+        (:class:`~pyxccl.comm.staging.StagedCall`), then copy the results back: correct across
+        hosts, not yet pipelined (the socket transport's proxy is later work)."""
+        from dataclasses import replace
+        staged = staging.StagedCall(call.device, call.stream, [call.input, call.output])
+        host_call = replace(call, input=staged.host(call.input), output=staged.host(call.output), device=HOST,
+                            reduced=[staged.host(a) for a in call.reduced])
+        self.seq -= 1  # execute numbers it again
+        self.execute(host_call, program, kernels(call.op, call.dtype))
+        staged.write_back()
 
     def drive_run(self, prun: Any, runners: list, call: Call, label: str) -> None:
         """Run ``runners`` of ``prun`` for ``call`` (by single copy, through the slots or mixed,

@@ -48,3 +48,45 @@ def recv(b: Buffer, run: Callable[[np.ndarray], Any]) -> None:
     host = np.empty(b.count, dtype=b.dtype.np)
     run(host)
     from_host(b, host)
+
+
+# ---------------------------------------------------------------------- whole calls
+
+class StagedCall:
+    """A device call's arrays mirrored in host memory, for peers no device transport reaches (other
+    hosts: the socket transport). Arrays that overlap (in-place calls) share one host copy, so the
+    host path sees the same aliasing; :meth:`write_back` copies the results to the device."""
+
+    def __init__(self, device_name: str, stream: int, arrays: list):
+        from ..cuda import get_device
+        from ..memory import DeviceArray
+        self.dev = get_device(device_name)
+        self.stream = stream
+        self.dev.synchronize(self.dev.external_stream(stream))  # the inputs are written
+        self.spans: list[tuple[int, int, np.ndarray, Any]] = []  # (start, end, host bytes, DeviceArray)
+        for a in sorted((a for a in arrays if isinstance(a, DeviceArray)), key=lambda a: -a.nbytes):
+            if self._find(a) is None:
+                host = np.frombuffer(self.dev.read(a.address, a.nbytes), np.uint8).copy()
+                self.spans.append((a.address, a.address + a.nbytes, host, a))
+
+    def _find(self, a: Any) -> "np.ndarray | None":
+        for start, end, host, _ in self.spans:
+            if start <= a.address and a.address + a.nbytes <= end:
+                off = a.address - start
+                return host[off:off + a.nbytes].view(a.dtype)
+        return None
+
+    def host(self, a: Any) -> Any:
+        """The host view standing for ``a`` (a DeviceArray of this call); anything else as it is."""
+        from ..memory import DeviceArray
+        if not isinstance(a, DeviceArray):
+            return a
+        view = self._find(a)
+        assert view is not None, "every DeviceArray of the call was staged"
+        return view
+
+    def write_back(self) -> None:
+        """Copy every staged span back to the device (ordered before the caller's later work: the
+        copy is synchronous)."""
+        for start, _, host, _ in self.spans:
+            self.dev.write(start, host.tobytes())
