@@ -92,3 +92,26 @@ def job_send_recv(comm, sizes=(0, 1, 7, 100003)) -> list[str]:
             dev.free_plain(a)
             dev.free_plain(b)
     return failures
+
+
+def job_async_work(comm) -> list[str]:
+    """async_op on device buffers: Work.wait() then Work.synchronize() see the result; calls in order."""
+    import numpy as np
+    from pyxccl.cuda import get_device
+    from pyxccl.dtypes import dtype_of
+    from pyxccl.memory import Buffer
+    dev = get_device(os.environ.get("PYXCCL_TEST_DEVICE", "cuda:0"))
+    N, r = comm.size, comm.rank
+    n = 5003
+    x = np.full(n, r + 1, np.float32)
+    a = dev.alloc(x.nbytes)
+    dev.write(a, x.tobytes())
+    b = Buffer.on_device(None, dev.name, a, x.nbytes, dtype_of("float32"))
+    works = [comm.all_reduce(b, async_op=True) for _ in range(3)]
+    for w in works:
+        w.wait()
+    works[-1].synchronize(timeout=30)
+    got = np.frombuffer(dev.read(a, x.nbytes), np.float32)
+    want = (N * (N + 1) / 2) * N * N
+    dev.free_plain(a)
+    return [] if np.all(got == want) else [f"async: got {got[:4]} want {want}"]

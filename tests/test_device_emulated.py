@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from _device_jobs import job_cases, job_catalogue_on_device, job_send_recv
+from _device_jobs import job_async_work, job_cases, job_catalogue_on_device, job_send_recv
 from harness import DTYPE_NAMES
 
 ENV = {"PYXCCL_DEVICE_BACKEND": "emulated", "PYXCCL_CUDA_SLOT_BYTES": "16K", "PYXCCL_NSLOTS": "2"}
@@ -53,3 +53,7 @@ def test_device_buffers_across_hosts_go_through_host_memory(layout):
         p.check(job_send_recv, sizes=(1, 5003))
     finally:
         p.close()
+
+
+def test_async_device_calls_wait_and_synchronize(env_pools):
+    env_pools(3, **ENV).check(job_async_work)

@@ -37,6 +37,7 @@ class Work:
     _queue: CallQueue | None = None  # set while queued: wait() may run the queue up to this call itself
     _via: Work | None = None  # the queued Work that runs this one (a BatchWork's), if not itself
     _event: threading.Event | None = None  # made by the first wait that has to sleep
+    _device: Any = None  # a device call's (order the current stream, block the host) once enqueued
 
     def __init__(self, what: str):
         self.what = what
@@ -135,7 +136,26 @@ class Work:
             raise CollectiveTimeout(f"Work.wait: {self.what} did not complete within {timeout} s")
         if self._exc is not None:
             raise self._exc
+        if self._device is not None:  # a device call: the caller's current stream waits for it (NCCL's wait)
+            self._device[0]()
         return True
+
+    def synchronize(self, timeout: float | None = None) -> bool:
+        """:meth:`wait`, and for a call on a device also block the host until the device finished it
+        (CollectiveTimeout if ``timeout`` s pass first)."""
+        start = time.monotonic()
+        self.wait(timeout)
+        if self._device is not None:
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+            if not self._device[1](left):
+                raise CollectiveTimeout(f"Work.synchronize: {self.what} did not finish on the device within "
+                                        f"{timeout} s")
+        return True
+
+    def on_device(self, order: Callable[[], None], block: Callable[["float | None"], bool]) -> None:
+        """Mark this Work as a device call's: ``order()`` makes the caller's current stream wait for it,
+        ``block(timeout)`` blocks the host until the device finished it (False on timeout)."""
+        self._device = (order, block)
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait, then return what the blocking call would have returned (the output buffer)."""

@@ -92,6 +92,7 @@ class Engine:
                 and call.device == HOST:
             self.repeats.remember(repeat[0], repeat[1], repeat[2], call, program, kern)
         ctx = self.ctx
+        work = Work(call.describe()) if async_op and call.device != HOST else None
 
         def run() -> Any:
             if rec is not None:
@@ -103,6 +104,8 @@ class Engine:
                     if call.agree_count:  # v-collectives where ranks know only their own counts
                         call.count = self.agree_max(call.count)
                     self.execute(call, program, kern)
+                if work is not None and self.device_side is not None:
+                    self.attach_device(work, call)
             except BaseException as exc:
                 flight.failed(ctx, rec, exc)
                 raise
@@ -110,15 +113,16 @@ class Engine:
                 rec.done()
             return call.result
 
-        return self.submit(run if timeout is None else self.timed(run, timeout), call.describe(), async_op)
+        return self.submit(run if timeout is None else self.timed(run, timeout), call.describe(), async_op, work)
 
-    def submit(self, fn: Callable[[], Any], what: str, async_op: bool) -> Any:
-        """Run ``fn`` on the call queue (blocking: its result), queue it (async: a Work), or record it in
-        ``group()``."""
+    def submit(self, fn: Callable[[], Any], what: str, async_op: bool, work: "Work | None" = None) -> Any:
+        """Run ``fn`` on the call queue (blocking: its result), queue it (async: ``work`` or a new Work), or
+        record it in ``group()``."""
+        work = work or Work(what)
         if _group.active():
-            return _group.record(self.ctx, "call", fn, Work(what), not async_op)
+            return _group.record(self.ctx, "call", fn, work, not async_op)
         if async_op:
-            return self.queue.submit(fn, Work(what))
+            return self.queue.submit(fn, work)
         return self.queue.run(fn, what)
 
     def record_repeat(self, rep: Repeat) -> Any:
@@ -216,6 +220,17 @@ class Engine:
         devrt.launch(program, self.rank, self.size, call.input, call.output, call.count, call.dtype.itemsize,
                      call.op, kern, res, lambda needed: connections.get(needed, label, self.call_timeout),
                      self.ctx.config.cuda_slot_bytes, call.stream, call.reduced, label, call.layout)
+
+    def attach_device(self, work: Work, call: Call) -> None:
+        """Give an async device call's ``work`` its device end: an event recorded on the caller's stream
+        after the call; ``wait()`` makes the waiting thread's current stream wait for it,
+        ``synchronize()`` blocks the host on it."""
+        dev = self.device_side[0].device  # type: ignore[index]
+        ev = dev.event()
+        dev.record(ev, dev.external_stream(call.stream))
+        owner, device = call.result, call.device
+        work.on_device(lambda: dev.wait_event(dev.external_stream(caller_stream(owner, device)), ev),
+                       lambda timeout: dev.event_synchronize(ev, timeout))
 
     def execute_staged(self, call: Call, program: Program) -> None:
         """Run a device call on the host path over host copies of its buffers
