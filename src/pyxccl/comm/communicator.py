@@ -104,6 +104,9 @@ class Communicator:
         def on_loss(peer: int, why: str) -> None:  # any thread: fail bootstrap waits, wake the executor
             boot.mark_lost(peer, why)
             loss_bell.ring()
+            engine = getattr(self, "_engine", None)  # release the device waits on the peer (no engine
+            if engine is not None:                   # yet while the communicator is being set up)
+                engine.peer_lost(peer)
 
         health = self._live.health = Health(rank, infos, peers.watch, on_loss, boot.notify_lost)
         boot.on_lost = lambda peer, why, seen_by: health.report(peer, why, seen_by=seen_by, notify=seen_by == rank)
@@ -396,10 +399,15 @@ class Communicator:
 
     # ------------------------------------------------------------------ life
     def abort(self) -> None:
-        """Stop now, locally: fail pending work with Aborted and release resources. Idempotent."""
+        """Stop now, locally: fail pending work with Aborted and release resources. Idempotent.
+
+        Device calls already enqueued are released (no stream waits on a peer any more; their
+        data is garbage, as after NCCL's ncclCommAbort) and drained before their memory is freed.
+        """
         if not self._live.mark_aborted():
             return
         self._live.health.stop()  # type: ignore[union-attr]
+        self._engine.release_device_waits()  # no stream of ours waits on a peer any more
         aborted = Aborted(f"rank {self._rank}: the communicator was aborted")
         self._p2p.close(aborted)
         self._queue.close(aborted, timeout=1.0)

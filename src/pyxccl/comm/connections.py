@@ -166,6 +166,12 @@ class Connections:
             return None
         return self.attach_send(peer, ch, info)
 
+    def towards(self, peers: "Iterable[int] | None" = None) -> list[Any]:
+        """The connectors made so far towards ``peers`` (None: every peer), both directions."""
+        with self._lock:
+            conns = list(self.conns.items())
+        return [c for (peer, _, _), c in conns if peers is None or peer in peers]
+
     def close(self) -> None:
         """Close every connector and transport (best effort; idempotent)."""
         with self._lock:

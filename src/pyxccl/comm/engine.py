@@ -10,12 +10,25 @@ runtime binds the program to this rank, the arrays and the connectors
 (``executor.drive``), by single copy or through the slots as the per-call path choice
 decides (:mod:`pyxccl.runtime.host.path_choice`). Every call into ``pyxccl.runtime``
 is in this module (point-to-point calls do not use the runtime: :mod:`pyxccl.comm.p2p`).
+
+Device calls are only enqueued (:meth:`Engine.execute_device`): their streams wait on flags
+the peers write. When a peer is lost or the communicator is aborted, nothing would ever
+write some of them, so the engine releases those waits from the host (NCCL's abort
+semantics; the data of the abandoned calls is garbage): at once the waits on the lost peer
+(:meth:`Engine.peer_lost`), then, while the device side still has not finished after
+:data:`SURVIVOR_GRACE` s (a survivor that raised PeerLostError instead of issuing its part
+leaves the others waiting on it), the waits on every peer, again every :data:`RELEASE_TICK` s
+(a survivor's stream may still write a flag backwards) until the device side is idle. After
+``abort()``, every peer's at once. ``destroy()``/``abort()`` free the device memory only once
+the device side is idle (a stream must never poll unmapped memory): when it is not within
+:data:`ABORT_DRAIN` s they return, and a thread keeps releasing and frees it once it is.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -41,6 +54,15 @@ from .programs import Programs
 from .repeat import Repeat, Repeats
 
 
+#: seconds after a loss before the device waits on surviving peers are released too
+SURVIVOR_GRACE = 1.0
+#: seconds between two releases while abandoned device work drains
+RELEASE_TICK = 0.02
+#: seconds closing after a loss or ``abort()`` waits for released device work to drain (then a
+#: thread of its own frees the device side once it is idle)
+ABORT_DRAIN = 1.0
+
+
 class Engine:
     """Runs the calls of one communicator (see the module docstring)."""
 
@@ -63,6 +85,10 @@ class Engine:
         self.paths = path_choice.for_host(cfg.cma, self.rank, kinds, doorbell, peer_doorbells)
         self.make_device_connections = device_connections
         self.device_side: "tuple[Any, Connections] | None" = None  # (DeviceResources, Connections)
+        self._release_lock = threading.Lock()  # releasing device waits vs freeing the device side
+        self._watch_lock = threading.Lock()
+        self._watching = False  # a thread releases abandoned device waits until the device side is idle
+        self._watch_gen = 0  # bumped by every request to watch (one that comes as the watch ends restarts it)
 
     # ------------------------------------------------------------------ collectives
     def collective(self, call: Call, algorithm: "str | Program | None", async_op: bool,
@@ -217,9 +243,15 @@ class Engine:
             return
         label = f"{call.describe()} #{self.seq} algorithm {program.name} on {call.device}"
         log.trace("%s", label, rank=self.rank)
-        devrt.launch(program, self.rank, self.size, call.input, call.output, call.count, call.dtype.itemsize,
-                     call.op, kern, res, lambda needed: connections.get(needed, label, self.call_timeout),
-                     self.ctx.config.cuda_slot_bytes, call.stream, call.reduced, label, call.layout)
+        live = self.liveness
+        live.check_running(label)  # a loss (or abort) since the call was issued: enqueue nothing
+        try:
+            devrt.launch(program, self.rank, self.size, call.input, call.output, call.count, call.dtype.itemsize,
+                         call.op, kern, res, lambda needed: connections.get(needed, label, self.call_timeout),
+                         self.ctx.config.cuda_slot_bytes, call.stream, call.reduced, label, call.layout)
+        finally:
+            if live.aborted or live.lost:  # it came while enqueueing: the waits enqueued since need releasing
+                self.watch_device()
 
     def attach_device(self, work: Work, call: Call) -> None:
         """Give an async device call's ``work`` its device end: an event recorded on the caller's stream
@@ -283,20 +315,128 @@ class Engine:
         self.execute(call, self.programs.get(call, None), kernels(MAX, call.dtype))
         return int(buf[0])
 
+    # ------------------------------------------------------------------ device faults
+    def release_device_waits(self, peers: "Iterable[int] | None" = None) -> None:
+        """Let every device wait of this communicator on ``peers`` (None: every peer) pass now: the
+        connectors write, from the host, the flags the peers would have written. Any thread."""
+        with self._release_lock:
+            side = self.device_side
+            if side is None:
+                return
+            for conn in side[1].towards(peers):
+                try:
+                    conn.release_waits()
+                except Exception as exc:  # noqa: BLE001 - the other connectors still get theirs
+                    log.warn("releasing the device waits of %r failed: %r", conn, exc, rank=self.rank)
+
+    def peer_lost(self, peer: int) -> None:
+        """``peer`` is lost (the communicator's on_loss, any thread): release the device waits on it now
+        and watch the device side until it is idle (see the module docstring)."""
+        if self.device_side is None:
+            return
+        self.release_device_waits([peer])
+        self.watch_device()
+
+    def watch_device(self) -> None:
+        """Release abandoned device waits on a thread of its own until the device side is idle (at most
+        the communicator's timeout)."""
+        with self._watch_lock:
+            self._watch_gen += 1
+            if self._watching:
+                return
+            self._watching = True
+        threading.Thread(target=self._watch, name=f"pyxccl-device-release-r{self.rank}", daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            with self._watch_lock:
+                gen = self._watch_gen
+            try:
+                self._settle(self.timeout)
+            except Exception as exc:  # noqa: BLE001 - a watcher thread has nobody to raise to
+                log.warn("releasing abandoned device waits failed: %r", exc, rank=self.rank)
+            with self._watch_lock:
+                if gen == self._watch_gen:
+                    self._watching = False
+                    return
+
+    def _settle(self, seconds: float) -> bool:
+        """Wait (at most ``seconds``) until the device side is idle, releasing abandoned waits every
+        tick (the lost peers', every peer's after :data:`SURVIVOR_GRACE` s or after ``abort()``);
+        whether it became idle."""
+        start = time.monotonic()
+        live = self.liveness
+        while True:
+            side = self.device_side
+            if side is None:
+                return True
+            try:
+                if side[0].drain(0):
+                    return True
+            except Exception:  # noqa: BLE001 - a failed stream waits on nothing any more
+                return True
+            waited = time.monotonic() - start
+            if waited >= seconds:
+                return False
+            lost = live.lost
+            if not lost and not live.aborted:  # nothing abandoned: the work finishes by itself
+                time.sleep(RELEASE_TICK)
+                continue
+            everyone = live.aborted or waited >= SURVIVOR_GRACE
+            self.release_device_waits(None if everyone else list(lost))
+            time.sleep(RELEASE_TICK)
+
     # ------------------------------------------------------------------ life
     def close(self) -> None:
-        """Forget remembered calls (and their arrays); drain and free the device side."""
+        """Forget remembered calls (and their arrays); drain and free the device side (after a loss or
+        abort(): its abandoned waits released, at most :data:`ABORT_DRAIN` s, then freed later by a
+        thread of its own if it is still busy)."""
         self.repeats.clear()
-        if self.device_side is not None:
-            res, connections = self.device_side
+        side = self.device_side
+        if side is None:
+            return
+        live = self.liveness
+        abandoned = live.aborted or bool(live.lost)
+        try:
+            idle = self._settle(ABORT_DRAIN) if abandoned else side[0].drain(self.timeout)
+        except Exception:  # noqa: BLE001 - teardown: a failed stream waits on nothing any more
+            idle = True
+        res, connections = side
+        with self._release_lock:  # no release may write into memory being freed
             self.device_side = None
-            if res.close(0 if self.liveness.aborted else self.timeout):
+            if idle and res.close(0):
                 connections.close()
-            else:
-                log.warn("the device did not finish this communicator's last call; its device memory stays "
-                         "mapped", rank=self.rank)
+                return
+        log.warn("the device did not finish this communicator's last call; its device memory stays mapped "
+                 "until it has", rank=self.rank)
+        threading.Thread(target=_free_when_idle, args=(res, connections), daemon=True,
+                         name=f"pyxccl-device-free-r{self.rank}").start()
 
     def drain_device(self, timeout: float) -> bool:
         """Wait until this communicator's device work finished (destroy: before the closing barrier,
-        so no rank frees memory a peer's copies still target)."""
-        return self.device_side is None or self.device_side[0].drain(timeout)
+        so no rank frees memory a peer's copies still target); after a loss, releasing its abandoned
+        waits meanwhile."""
+        if self.device_side is None:
+            return True
+        if self.liveness.lost or self.liveness.aborted:
+            return self._settle(timeout)
+        return self.device_side[0].drain(timeout)
+
+
+def _free_when_idle(res: Any, connections: Connections) -> None:
+    """Free a closed communicator's device side once its device work finished, releasing its waits
+    meanwhile (this thread holds it: until then its memory stays mapped, since a stream polls it)."""
+    while True:
+        try:
+            if res.drain(0):
+                break
+        except Exception:  # noqa: BLE001 - a failed stream waits on nothing any more
+            break
+        for conn in connections.towards(None):
+            try:
+                conn.release_waits()
+            except Exception:  # noqa: BLE001 - the others still get theirs
+                pass
+        time.sleep(0.1)
+    if res.close(0):
+        connections.close()

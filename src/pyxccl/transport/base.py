@@ -15,9 +15,11 @@ read and write): every connector has ``SLOTS`` (the buffered path above). ``READ
 receiver may copy a step straight from the sender's memory (descriptors, below); ``WRITE_PEER``:
 the sender may write a step straight into the receiver's memory (destination offers, below);
 ``STREAM_ORDERED``: ready/post/release can be enqueued on a device stream instead of polled
-(no transport has it yet). They may grow or shrink during a connector's life (shm gains
-``READ_PEER`` once its probe of the peer succeeded, loses ``WRITE_PEER`` when the kernel
-refuses a write); socket and local connectors have ``SLOTS`` only.
+(cuda_ipc's; their ``release_waits()`` lets every wait already enqueued on them pass: a lost
+peer or ``abort()``, the host writes the flags the peer would have written). They may grow or
+shrink during a connector's life (shm gains ``READ_PEER`` once its probe of the peer
+succeeded, loses ``WRITE_PEER`` when the kernel refuses a write); socket and local connectors
+have ``SLOTS`` only.
 
 Memory: ``slot_region(i)`` says where slot ``i`` (all slots: ``None``) lives, as a
 :class:`~pyxccl.memory.region.Region` (device ``"cpu"`` for host memory).
@@ -151,6 +153,10 @@ class SendConnector(ABC):
         """Tell the receiver the bytes promised for slot ``seq`` are written (``ok``) or never will be."""
         raise NotImplementedError(f"{type(self).__name__} does not write into its receiver")
 
+    def release_waits(self) -> None:
+        """Let every device wait enqueued on this connector pass now (``STREAM_ORDERED`` connectors;
+        the others have none to release)."""
+
     def close(self) -> None:
         """Release local resources (idempotent)."""
 
@@ -213,6 +219,10 @@ class RecvConnector(ABC):
     def put_state(self, seq: int) -> bool | None:
         """Whether the sender wrote what it promised for slot ``seq``: True, False (it could not), None (not yet)."""
         return None
+
+    def release_waits(self) -> None:
+        """Let every device wait enqueued on this connector pass now (``STREAM_ORDERED`` connectors;
+        the others have none to release)."""
 
     def close(self) -> None:
         """Release local resources (idempotent)."""

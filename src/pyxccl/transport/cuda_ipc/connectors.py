@@ -13,6 +13,12 @@ The counters ``head`` (sent) and ``tail`` (received) live on the host and run on
 the words are 32 bits and compared wrap-aware (``cuStreamWaitValue32`` GEQ), so they never need
 resetting. Host-polled use (``ready``/``buffer``) is not offered: these connectors have no host
 view.
+
+Abandoning waits (a lost peer, ``abort()``): ``release_waits()`` writes, from the host, the word
+only the peer writes to the value every wait enqueued so far needs (the counters are advanced
+at enqueue time, so that value is ``tail`` for a receiver's ready word and ``head`` for a
+sender's released word). The block stays mapped in this process whatever became of the peer,
+so the write is safe after the peer died; the data the released steps move is garbage.
 """
 
 from __future__ import annotations
@@ -67,6 +73,11 @@ class CudaIpcSendConnector(_Ends, SendConnector):
 
     ready = buffer = post = _Ends._host_polled  # type: ignore[assignment]
 
+    def release_waits(self) -> None:
+        """Free every slot the receiver would have released: released := head (see the module docstring)."""
+        if self.block is not None:
+            self.device.host_write_value(self.released_word, self.head)
+
 
 class CudaIpcRecvConnector(_Ends, RecvConnector):
     """The receiver's end: ``tail`` slots received so far."""
@@ -76,3 +87,8 @@ class CudaIpcRecvConnector(_Ends, RecvConnector):
         self.tail = 0
 
     ready = buffer = release = _Ends._host_polled  # type: ignore[assignment]
+
+    def release_waits(self) -> None:
+        """Mark every slot the sender would have filled as ready: ready := tail (see the module docstring)."""
+        if self.block is not None:
+            self.device.host_write_value(self.ready_word, self.tail)
