@@ -55,6 +55,19 @@ with torch.cuda.stream(s):  # ordered on the caller's current stream, not the de
         assert torch.equal(g.view(N, n)[:, 0].float().cpu(), torch.arange(N).float())
     w = comm.all_reduce(torch.ones(5, device=dev), async_op=True)
     w.wait()
+# a collective captured in a CUDA graph, replayed 100 times (run once first: connections, scratch)
+xg = torch.empty(100003, device=dev)
+xg.fill_(r + 1)
+comm.all_reduce(xg)
+graph = torch.cuda.CUDAGraph()
+with torch.cuda.graph(graph):
+    comm.all_reduce(xg)
+    xg.mul_(2)
+for i in range(100):
+    xg.fill_(r + 1 + i)
+    graph.replay()
+    want = 2 * sum(q + 1 + i for q in range(N))
+    assert torch.all(xg == want).item(), (i, xg[:4], want)
 try:
     import cupy as cp
     with cp.cuda.Device(0):

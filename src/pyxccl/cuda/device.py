@@ -53,6 +53,8 @@ class Device(Protocol):
         """Block the host until ``event`` completed; False when ``timeout`` seconds passed first."""
     def synchronize(self, stream: Any = None) -> None:
         """Block the host until ``stream`` (None: the whole device) drained."""
+    def is_capturing(self, stream: Any) -> bool:
+        """Whether ``stream`` is being captured into a CUDA graph (its work is recorded, not run)."""
 
     # ---- stream-ordered operations
     def copy(self, dst: int, src: int, nbytes: int, stream: Any) -> None:

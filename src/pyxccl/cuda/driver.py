@@ -146,6 +146,11 @@ class CudaDevice:
         else:
             check(cu.cuStreamSynchronize(stream), "cuStreamSynchronize")
 
+    def is_capturing(self, stream: Any) -> bool:
+        self.current()
+        status = check(cu.cuStreamIsCapturing(stream), "cuStreamIsCapturing")
+        return status != cu.CUstreamCaptureStatus.CU_STREAM_CAPTURE_STATUS_NONE
+
     def destroy_stream(self, stream: Any) -> None:
         self.current()
         cu.cuStreamDestroy(stream)

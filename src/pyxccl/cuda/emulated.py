@@ -146,6 +146,9 @@ class EmulatedDevice:
             s.wait_for(s.enqueued)
             self._raise(s)
 
+    def is_capturing(self, stream: _Stream) -> bool:
+        return False  # the emulated device has no graphs
+
     @staticmethod
     def _raise(stream: _Stream) -> None:
         if stream.error is not None:

@@ -21,6 +21,10 @@ def launch(program: Program, rank: int, nranks: int, inp: Any, out: Any, count: 
     ``inp``/``out``: DeviceArrays (a host array stands for memory a rank does not use, e.g. a
     non-root's gather output: device scratch takes its place); ``op``: premul_sum scales the
     input into scratch first, avg divides each of ``reduced`` at the end.
+
+    Under CUDA graph capture of ``caller_stream`` the call is captured like any stream work (its
+    flags reset themselves, see :mod:`.executor`); run the call once before capturing, so that
+    connections and scratch space exist (they are made on the host, which capture forbids).
     """
     dev = res.device
     user = dev.external_stream(caller_stream)
@@ -36,9 +40,10 @@ def launch(program: Program, rank: int, nranks: int, inp: Any, out: Any, count: 
         arrays[Buf.INPUT] = (scaled, inp.size)
     call = DeviceCall(program, rank, arrays, count, itemsize, kernels, res, slot_bytes, label, layout)
     conns = connect(call.needed())
+    capturing = dev.is_capturing(user)  # a CUDA graph: the graph orders its replays, not res.last
     start = res.event()
     dev.record(start, user)
-    after = [start] if res.last is None else [start, res.last]
+    after = [start] if res.last is None or capturing else [start, res.last]
     ends = call.enqueue(conns, res.streams_for(len(call.plan.tbs)), after)
     for ev in ends:
         dev.wait_event(user, ev)
@@ -46,6 +51,9 @@ def launch(program: Program, rank: int, nranks: int, inp: Any, out: Any, count: 
         for arr in reduced:
             if isinstance(arr, DeviceArray) and arr.size:
                 kernels.divide(arr.address, arr.size, nranks, user)
+    if capturing:
+        res.give_back(after + ends)
+        return None
     last = res.event()
     dev.record(last, user)
     res.give_back(after + ends)

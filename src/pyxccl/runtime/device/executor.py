@@ -16,7 +16,9 @@ work is queued, ordered after the caller's stream and before its later work (NCC
   for by this block's stream.
 
 Connectors are stream-ordered (:mod:`pyxccl.transport.cuda_ipc`): their flags are words in
-device memory, their counters run on across calls. The host enqueues the thread blocks round
+device memory; every call counts its slots from 0 and ends with a handshake that resets the
+words (:meth:`_Runner.close`), so the values a call waits for and writes are the same every time
+it runs: a call captured in a CUDA graph replays correctly. The host enqueues the thread blocks round
 robin, one slice iteration each per round, so no stream's queue runs far ahead of the others.
 """
 
@@ -68,6 +70,10 @@ class DeviceCall:
         used: list[Any] = []
         done = [0] * len(plan.tbs)
         runners = [_Runner(self, tp, streams[tp.index], conns, depended, recorded, used, done) for tp in plan.tbs]
+        for r in runners:  # every call counts its slots from 0 (see _close)
+            for c in (r.sendc, r.recvc):
+                if c is not None:
+                    c.head = c.tail = 0
         active = [r for r in runners if not r.finished]
         while active:
             progressed = False
@@ -77,6 +83,8 @@ class DeviceCall:
             if active and not progressed:
                 raise PyxcclError(f"{self.label}: the program's thread blocks wait on each other "
                                   f"({'; '.join(r.describe() for r in active)})")
+        for r in runners:
+            r.close()
         ends = []
         for s in streams:
             ev = res.event()
@@ -112,6 +120,20 @@ class _Runner:
 
     def describe(self) -> str:
         return f"tb {self.tp.tb.id} step {self.s} slice {self.it + 1}"
+
+    def close(self) -> None:
+        """End the call on this thread block's connectors, so the next call (or the next replay of a
+        captured graph) counts from 0 again: the receiver resets the ready word (nobody writes it
+        before the next call) and then writes released = received + 1, one past any slot's release;
+        the sender waits for that mark (every slot consumed, the ready word reset) and resets the
+        released word. The words thus start every call at 0 whatever the last one did."""
+        dev, stream, rc, sc = self.call.device, self.stream, self.recvc, self.sendc
+        if rc is not None:
+            dev.write_value(rc.ready_word, 0, stream)
+            dev.write_value(rc.released_word, rc.tail + 1, stream)
+        if sc is not None:
+            dev.wait_value(sc.released_word, sc.head + 1, stream)
+            dev.write_value(sc.released_word, 0, stream)
 
     def advance(self) -> bool:
         call, tp, dev, stream = self.call, self.tp, self.call.device, self.stream

@@ -9,15 +9,17 @@ device executor drives them on CUDA streams (``STREAM_ORDERED``), never the host
   then write ready = k + 1;
 - receive slot ``k``: wait until ready >= k + 1, consume the slot, then write released = k + 1.
 
-The counters ``head`` (sent) and ``tail`` (received) live on the host and run on across calls;
-the words are 32 bits and compared wrap-aware (``cuStreamWaitValue32`` GEQ), so they never need
-resetting. Host-polled use (``ready``/``buffer``) is not offered: these connectors have no host
+The counters ``head`` (sent) and ``tail`` (received) live on the host and count one call's slots
+from 0; the executor ends each call with a handshake that resets both words (the receiver:
+ready := 0, then released := tail + 1; the sender waits for that and sets released := 0), so a
+call's values are the same every time (a captured CUDA graph replays). The words are 32 bits,
+compared wrap-aware (``cuStreamWaitValue32`` GEQ). Host-polled use (``ready``/``buffer``) is not offered: these connectors have no host
 view.
 
 Abandoning waits (a lost peer, ``abort()``): ``release_waits()`` writes, from the host, the word
 only the peer writes to the value every wait enqueued so far needs (the counters are advanced
-at enqueue time, so that value is ``tail`` for a receiver's ready word and ``head`` for a
-sender's released word). The block stays mapped in this process whatever became of the peer,
+at enqueue time, so that value is ``tail`` for a receiver's ready word and ``head + 1`` for a
+sender's released word, the closing handshake's mark). The block stays mapped in this process whatever became of the peer,
 so the write is safe after the peer died; the data the released steps move is garbage.
 """
 
@@ -74,9 +76,10 @@ class CudaIpcSendConnector(_Ends, SendConnector):
     ready = buffer = post = _Ends._host_polled  # type: ignore[assignment]
 
     def release_waits(self) -> None:
-        """Free every slot the receiver would have released: released := head (see the module docstring)."""
+        """Free every slot the receiver would have released, and pass the closing handshake:
+        released := head + 1 (see the module docstring)."""
         if self.block is not None:
-            self.device.host_write_value(self.released_word, self.head)
+            self.device.host_write_value(self.released_word, self.head + 1)
 
 
 class CudaIpcRecvConnector(_Ends, RecvConnector):
