@@ -12,17 +12,22 @@ from _device_jobs import job_async_work, job_cases, job_catalogue_on_device, job
 from harness import DTYPE_NAMES
 
 ENV = {"PYXCCL_DEVICE_BACKEND": "emulated", "PYXCCL_CUDA_SLOT_BYTES": "16K", "PYXCCL_NSLOTS": "2"}
+#: single copy on every call (receivers read the senders' buffers through the device's IPC)
+DIRECT = dict(ENV, PYXCCL_CUDA_DIRECT_MIN_BYTES="1")
+MODES = {"slots": ENV, "direct": DIRECT}
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("nranks", [2, 3, 4])
-def test_every_collective_dtype_and_op_small(env_pools, nranks):
-    p = env_pools(nranks, **ENV)
+def test_every_collective_dtype_and_op_small(env_pools, nranks, mode):
+    p = env_pools(nranks, **MODES[mode])
     p.check(job_cases, nranks=nranks, sizes=(0, 1, 7), deadline=300)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("nranks", [2, 3])
-def test_many_slices_and_odd_sizes(env_pools, nranks):
-    p = env_pools(nranks, **ENV)
+def test_many_slices_and_odd_sizes(env_pools, nranks, mode):
+    p = env_pools(nranks, **MODES[mode])
     p.check(job_cases, nranks=nranks, sizes=(5003,), dtypes=("float32", "bfloat16", "int64", "float8_e4m3"),
             deadline=300)
 
@@ -30,11 +35,12 @@ def test_many_slices_and_odd_sizes(env_pools, nranks):
 LAYOUTS = {2: [((0,), (1,))], 3: [((0, 1), (2,))], 4: [((0, 1), (2, 3)), ((0, 2), (1, 3))]}
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("coll", ["allreduce", "allgather", "reducescatter", "broadcast", "reduce", "alltoall"])
 @pytest.mark.parametrize("nranks", [2, 3, 4])
-def test_every_algorithm_of_the_catalogue(env_pools, nranks, coll):
+def test_every_algorithm_of_the_catalogue(env_pools, nranks, coll, mode):
     """Each algorithm forced (one and three channels, host-aware ones for given host layouts)."""
-    env_pools(nranks, **ENV).check(job_catalogue_on_device, coll=coll, host_layouts=LAYOUTS[nranks], deadline=300)
+    env_pools(nranks, **MODES[mode]).check(job_catalogue_on_device, coll=coll, host_layouts=LAYOUTS[nranks], deadline=300)
 
 
 @pytest.mark.parametrize("nranks", [2, 3])

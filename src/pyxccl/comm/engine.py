@@ -48,6 +48,9 @@ from . import staging
 from .call_queue import CallQueue, Work
 from .checks import Call, check_timeout
 from .connections import Connections
+
+#: bootstrap tag of the per-call exchange of device buffer handles (single copy)
+TAG_DEVICE_BUFFERS = 1 << 23
 from .context import CommContext
 from .liveness import Liveness
 from .programs import Programs
@@ -246,12 +249,23 @@ class Engine:
         live = self.liveness
         live.check_running(label)  # a loss (or abort) since the call was issued: enqueue nothing
         try:
+            direct_min = self.ctx.config.cuda_direct_min_bytes
+            single = direct_min and call.layout is None and call.count * call.dtype.itemsize >= direct_min
             devrt.launch(program, self.rank, self.size, call.input, call.output, call.count, call.dtype.itemsize,
                          call.op, kern, res, lambda needed: connections.get(needed, label, self.call_timeout),
-                         self.ctx.config.cuda_slot_bytes, call.stream, call.reduced, label, call.layout)
+                         self.ctx.config.cuda_slot_bytes, call.stream, call.reduced, label, call.layout,
+                         self.swap_buffers if single else None)
         finally:
             if live.aborted or live.lost:  # it came while enqueueing: the waits enqueued since need releasing
                 self.watch_device()
+
+    def swap_buffers(self, data: bytes, send_to: list[int], recv_from: list[int]) -> dict[int, bytes]:
+        """Single copy on a device: send ``data`` (where this rank's buffers are) to the ranks it sends
+        to, and get theirs from the ranks it receives from (over the bootstrap)."""
+        boot, timeout = self.ctx.bootstrap, self.call_timeout or self.timeout
+        for peer in send_to:
+            boot.send(peer, TAG_DEVICE_BUFFERS, data)
+        return {peer: boot.recv(peer, TAG_DEVICE_BUFFERS, timeout=timeout, any_loss=True) for peer in recv_from}
 
     def attach_device(self, work: Work, call: Call) -> None:
         """Give an async device call's ``work`` its device end: an event recorded on the caller's stream

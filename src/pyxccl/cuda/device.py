@@ -83,6 +83,11 @@ class Device(Protocol):
     def import_shared(self, fd: int, nbytes: int) -> SharedBlock:
         """Map another process's block from its fd (the fd is consumed)."""
     def free(self, block: SharedBlock) -> None: ...
+    def export_ipc(self, address: int) -> "tuple[bytes, int] | None":
+        """A handle another process of this host may open to reach the allocation holding ``address``,
+        and ``address``'s offset in it; None when that memory cannot be shared this way."""
+    def open_ipc(self, handle: bytes) -> int:
+        """The base address in this process of a peer's allocation (opened once, then remembered)."""
 
     # ---- kernels
     def load_module(self, image: bytes) -> Any:

@@ -88,6 +88,7 @@ class CudaDevice:
         self._host_stream = self.stream()
         self._staging = ctypes.create_string_buffer(8)
         self._host_lock = threading.Lock()
+        self._ipc: dict[bytes, int] = {}  # peers' allocations opened in this process, by handle
 
     def current(self) -> None:
         """Make this device's primary context current on the calling thread (once per thread)."""
@@ -254,6 +255,30 @@ class CudaDevice:
         if block.fd >= 0:
             os.close(block.fd)
             block.fd = -1
+
+    def export_ipc(self, address: int) -> "tuple[bytes, int] | None":
+        """Legacy CUDA IPC of the allocation holding ``address`` (``cuMemAlloc`` memory, torch's and
+        CuPy's caching allocators); None for memory it cannot export (VMM, host memory)."""
+        self.current()
+        res = cu.cuMemGetAddressRange(address)
+        if res[0] != cu.CUresult.CUDA_SUCCESS:
+            return None
+        base = int(res[1])
+        res = cu.cuIpcGetMemHandle(base)
+        if res[0] != cu.CUresult.CUDA_SUCCESS:
+            return None
+        return ctypes.string_at(res[1].getPtr(), 64), address - base
+
+    def open_ipc(self, handle: bytes) -> int:
+        with self._host_lock:
+            opened = self._ipc.get(handle)
+            if opened is None:
+                self.current()
+                h = cu.CUipcMemHandle()
+                ctypes.memmove(h.getPtr(), handle, 64)
+                flag = cu.CUipcMem_flags.CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS
+                opened = self._ipc[handle] = int(check(cu.cuIpcOpenMemHandle(h, flag), "cuIpcOpenMemHandle"))
+            return opened
 
     # ---- kernels
     def load_module(self, image: bytes) -> Any:

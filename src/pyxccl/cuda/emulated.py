@@ -99,7 +99,8 @@ class EmulatedDevice:
         self.sms = 1
         self._streams: dict[int, _Stream] = {}
         self._ids = itertools.count(1)
-        self._plain: dict[int, mmap.mmap] = {}
+        self._plain: dict[int, tuple] = {}  # address -> (mapping, memfd, size, serial)
+        self._opened: dict[bytes, int] = {}  # peers' allocations mapped here, by handle
         self._lock = threading.Lock()
 
     # ---- streams and events
@@ -198,15 +199,50 @@ class EmulatedDevice:
 
     # ---- memory
     def alloc(self, nbytes: int) -> int:
-        mem = mmap.mmap(-1, max(nbytes, 1))
+        size = -(-max(nbytes, 1) // _PAGE) * _PAGE
+        fd = os.memfd_create("pyxccl-emulated-plain", os.MFD_CLOEXEC)
+        os.ftruncate(fd, size)
+        mem = mmap.mmap(fd, size)
         address = ctypes.addressof(ctypes.c_char.from_buffer(mem))
         with self._lock:
-            self._plain[address] = mem
+            self._plain[address] = (mem, fd, size, next(self._ids))
         return address
 
     def free_plain(self, address: int) -> None:
         with self._lock:
-            self._plain.pop(address, None)  # unmapped once nothing views it
+            entry = self._plain.pop(address, None)
+        if entry is not None:
+            os.close(entry[1])  # the mapping goes with its last view
+
+    def export_ipc(self, address: int) -> "tuple[bytes, int] | None":
+        """(pid and fd of the memfd holding ``address``, offset): a peer opens /proc/<pid>/fd/<fd>."""
+        with self._lock:
+            for base, (_, fd, size, serial) in self._plain.items():
+                if base <= address < base + size:  # the serial: an fd number is reused, a handle never
+                    return f"{os.getpid()}:{fd}:{size}:{serial}".encode(), address - base
+        return None
+
+    def open_ipc(self, handle: bytes) -> int:
+        with self._lock:
+            opened = self._opened.get(handle)
+        if opened is not None:
+            return opened
+        pid, fd, size, _ = (int(v) for v in handle.decode().split(":"))
+        if pid == os.getpid():
+            with self._lock:
+                for base, (_, own, _, _) in self._plain.items():
+                    if own == fd:
+                        return base
+        local = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR)
+        try:
+            mem = mmap.mmap(local, size)
+        finally:
+            os.close(local)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(mem))
+        with self._lock:
+            self._opened[handle] = base
+            _GRAVEYARD.append(mem)
+        return base
 
     def alloc_shared(self, nbytes: int) -> SharedBlock:
         size = -(-max(nbytes, 1) // _PAGE) * _PAGE

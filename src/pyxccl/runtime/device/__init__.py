@@ -14,13 +14,15 @@ from .resources import DeviceResources
 
 def launch(program: Program, rank: int, nranks: int, inp: Any, out: Any, count: int, itemsize: int, op: Any,
            kernels: Any, res: DeviceResources, connect: Callable[[frozenset], dict], slot_bytes: int,
-           caller_stream: int, reduced: list, label: str, layout: dict | None = None) -> Any:
+           caller_stream: int, reduced: list, label: str, layout: dict | None = None,
+           swap: "Callable[[bytes, list, list], dict] | None" = None) -> Any:
     """Enqueue one call: ordered after the work already on ``caller_stream`` and before its later
     work, the host not waiting for the device; the event that ends the call.
 
     ``inp``/``out``: DeviceArrays (a host array stands for memory a rank does not use, e.g. a
     non-root's gather output: device scratch takes its place); ``op``: premul_sum scales the
-    input into scratch first, avg divides each of ``reduced`` at the end.
+    input into scratch first, avg divides each of ``reduced`` at the end. ``swap``: single copy
+    (:mod:`.direct`; given on every rank or on none), how ranks swap where their buffers are.
 
     Under CUDA graph capture of ``caller_stream`` the call is captured like any stream work (its
     flags reset themselves, see :mod:`.executor`); run the call once before capturing, so that
@@ -38,8 +40,11 @@ def launch(program: Program, rank: int, nranks: int, inp: Any, out: Any, count: 
         scaled = res.space("prescaled", inp.size * itemsize)
         kernels.scale(scaled, inp.address, inp.size, op.scalar, user)
         arrays[Buf.INPUT] = (scaled, inp.size)
-    call = DeviceCall(program, rank, arrays, count, itemsize, kernels, res, slot_bytes, label, layout)
+    call = DeviceCall(program, rank, arrays, count, itemsize, kernels, res, slot_bytes, label, layout,
+                      single_copy=swap is not None)
     conns = connect(call.needed())
+    if swap is not None:
+        call.exchange(swap)
     capturing = dev.is_capturing(user)  # a CUDA graph: the graph orders its replays, not res.last
     start = res.event()
     dev.record(start, user)

@@ -29,7 +29,8 @@ from typing import Any
 from ...errors import PyxcclError
 from ...ir.program import Buf, Op, Program
 from .. import plan as plans
-from ..plan import ConnKey, RankPlan, TBPlan
+from ..plan import DIRECT, ConnKey, RankPlan, StepMode, TBPlan
+from . import direct
 from .resources import DeviceResources
 
 
@@ -38,20 +39,58 @@ class DeviceCall:
 
     def __init__(self, program: Program, rank: int, arrays: dict, count: int, itemsize: int, kernels: Any,
                  res: DeviceResources, slot_bytes: int, label: str = "",
-                 layout: dict[Buf, list[tuple[int, int]]] | None = None):
+                 layout: dict[Buf, list[tuple[int, int]]] | None = None, single_copy: bool = False):
         """``arrays``: per buffer, (address, elements) of this call's device memory (the scratch
-        buffer is added here); ``count``: elements per block; ``layout`` as the host's."""
+        buffer is added here); ``count``: elements per block; ``layout`` as the host's;
+        ``single_copy``: receivers may read this call's sends from the senders' buffers
+        (:mod:`.direct`; every rank must pass the same, and then run :meth:`exchange`)."""
         self.program, self.rank, self.kernels, self.res = program, rank, kernels, res
         self.device = res.device
         self.label = label or f"{program.collective}({program.name})"
         self.itemsize = itemsize
+        self.count, self.slot_bytes = count, slot_bytes
         self.geo = plans.geometry(program, count, slot_bytes, itemsize)
         self.addrs = {b: a for b, (a, _) in arrays.items()}
         part = program.ranks[rank]
         if part.s_chunks and self.geo.niters:
             self.addrs[Buf.SCRATCH] = res.space("scratch", part.s_chunks * self.geo.ce * itemsize)
+        self.described: bytes | None = None
+        """single copy: what this rank tells the ranks it sends to (None: slots only)"""
+        self.send_direct = False
+        """this rank's sends that may go by single copy do"""
+        self.recv_direct: dict[ConnKey, list] = {}
+        """per receiving connector: the sender's sends of one slice iteration (by single copy?, from where)"""
+        self.peer_addrs: dict[int, dict] = {}
+        hint, mode = "-", None
+        if single_copy and layout is None and self.geo.niters:
+            hint, mode = direct.aliasing(program, rank, self.geo, arrays, itemsize)
+            self.described, self.send_direct = direct.describe(self.device, self.addrs, hint, mode)
+            if not self.send_direct:
+                hint, mode = "-", None
         self.plan: RankPlan = plans.rank_plan(program, rank, count, itemsize, slot_bytes,
-                                              ((0, 0),) * len(part.tbs), "-", None, layout)
+                                              direct.caps(program, rank, self.send_direct), hint, mode, layout)
+
+    def exchange(self, swap: Any) -> None:
+        """Single copy: tell the ranks this rank sends to where its buffers are and learn where the
+        ranks it receives from keep theirs; ``swap(data, send_to, recv_from)`` -> {peer: data}."""
+        if self.described is None:
+            return
+        needed = self.needed()
+        send_to = sorted({p for p, _, d in needed if d == "send"})
+        recv_from = sorted({p for p, _, d in needed if d == "recv"})
+        got = swap(self.described, send_to, recv_from)
+        for key in needed:
+            peer, ch, d = key
+            if d != "recv":
+                continue
+            bufs = direct.PeerBuffers(self.device, got[peer])
+            if not bufs.ok:
+                continue
+            seq = direct.send_sequence(self.program, peer, self.rank, ch, self.count, self.itemsize,
+                                       self.slot_bytes, bufs)
+            if any(dr for dr, _ in seq):
+                self.recv_direct[key] = seq
+                self.peer_addrs[peer] = bufs.addrs
 
     def needed(self) -> frozenset[ConnKey]:
         return plans.needed(self.program, self.rank)
@@ -149,7 +188,7 @@ class _Runner:
             for dtb, dstep in st.deps:
                 if dtb != index:
                     dev.wait_event(stream, self.recorded[(dtb, self.it, dstep)])
-            self._emit(st, sp.srcs, sp.dsts)
+            self._emit(sp)
             if (index, self.s) in self.depended:
                 ev = call.res.event()
                 dev.record(ev, stream)
@@ -165,52 +204,76 @@ class _Runner:
                     self.finished = True
         return progressed
 
-    def _piece(self, loc: tuple, o: int, m: int) -> tuple[int, int]:
-        """(address, elements) of slice ``o .. o+m`` of the chunk at ``loc`` (its valid part)."""
+    def _piece(self, loc: tuple, o: int, m: int, addrs: "dict | None" = None) -> tuple[int, int]:
+        """(address, elements) of slice ``o .. o+m`` of the chunk at ``loc`` (its valid part), in this
+        rank's buffers or in ``addrs`` (a sender's, mapped here)."""
         buf, start, valid = loc
         n = min(m, valid - o)
         if n <= 0:
             return 0, 0
-        return self.call.addrs[buf] + (start + o) * self.call.itemsize, n
+        return (addrs or self.call.addrs)[buf] + (start + o) * self.call.itemsize, n
 
-    def _emit(self, st: Any, srcs: list | None, dsts: list | None) -> None:
+    def _emit(self, sp: Any) -> None:
+        """One step of the current slice iteration, as stream operations (see the module docstring)."""
         call, dev, stream = self.call, self.call.device, self.stream
+        st, srcs, dsts = sp.step, sp.srcs, sp.dsts
         g, isz, k = call.geo, call.itemsize, call.kernels
         o = self.it * g.n
         m = min(g.n, g.ce - o)
         op = st.op
-        rslot = sslot = 0
         rc, sc = self.recvc, self.sendc
+        peer_locs = None  # the sender's chunk locations when this receive reads its memory
+        rslot = sslot = 0
         if op.receives:
             dev.wait_value(rc.ready_word, rc.tail + 1, stream)
+            seq = call.recv_direct.get(self.tp.recv_key)
+            if seq is not None:
+                by_copy, locs = seq[rc.tail % len(seq)]
+                if by_copy:
+                    peer_locs, peer_addrs = locs, call.peer_addrs[rc.peer]
             rslot = rc.slot(rc.tail)
-        if op.sends:
+        # a send the receiver reads itself moves nothing here: the bytes stay where they are
+        send_slots = op.sends and not (call.send_direct and sp.modes[DIRECT] != StepMode.SLOTS)
+        if send_slots:
             if sc.head >= sc.nslots:
                 dev.wait_value(sc.released_word, sc.head - sc.nslots + 1, stream)
             sslot = sc.slot(sc.head)
+
+        def received(j: int) -> tuple[int, int]:
+            """(address, elements available) of chunk ``j`` of what arrived."""
+            if peer_locs is not None:
+                return self._piece(peer_locs[j], o, m, peer_addrs)
+            return rslot + j * m * isz, m
+
         for j in range(st.cnt):
             lo = j * m * isz
             if op is Op.SEND:
-                a, n = self._piece(srcs[j], o, m)
-                _copy(dev, sslot + lo, a, n * isz, stream)
+                if send_slots:
+                    a, n = self._piece(srcs[j], o, m)
+                    _copy(dev, sslot + lo, a, n * isz, stream)
             elif op is Op.RECV:
-                a, n = self._piece(dsts[j], o, m)
-                _copy(dev, a, rslot + lo, n * isz, stream)
+                d, nd = self._piece(dsts[j], o, m)
+                r, nr = received(j)
+                _copy(dev, d, r, min(nd, nr) * isz, stream)
             elif op is Op.RECV_COPY_SEND:
-                a, n = self._piece(dsts[j], o, m)
-                _copy(dev, a, rslot + lo, n * isz, stream)
-                _copy(dev, sslot + lo, rslot + lo, m * isz, stream)
+                d, nd = self._piece(dsts[j], o, m)
+                r, nr = received(j)
+                _copy(dev, d, r, min(nd, nr) * isz, stream)
+                if send_slots:
+                    _copy(dev, sslot + lo, r, nr * isz, stream)
             elif op is Op.RECV_REDUCE_SEND:
                 a, n = self._piece(srcs[j], o, m)
-                if n:
-                    k.reduce(sslot + lo, rslot + lo, a, n, stream)
+                r, nr = received(j)
+                if min(n, nr):
+                    k.reduce(sslot + lo, r, a, min(n, nr), stream)
             elif op is Op.RECV_REDUCE_COPY or op is Op.RECV_REDUCE_COPY_SEND:
                 d, nd = self._piece(dsts[j], o, m)
                 s_, ns = self._piece(srcs[j], o, m)
-                n = min(nd, ns)
+                r, nr = received(j)
+                n = min(nd, ns, nr)
                 if n:
-                    k.reduce(d, rslot + lo, s_, n, stream)
-                    if op is Op.RECV_REDUCE_COPY_SEND:
+                    k.reduce(d, r, s_, n, stream)
+                    if op is Op.RECV_REDUCE_COPY_SEND and send_slots:
                         _copy(dev, sslot + lo, d, n * isz, stream)
             elif op is Op.COPY:
                 d, nd = self._piece(dsts[j], o, m)
