@@ -115,3 +115,32 @@ def job_async_work(comm) -> list[str]:
     want = (N * (N + 1) / 2) * N * N
     dev.free_plain(a)
     return [] if np.all(got == want) else [f"async: got {got[:4]} want {want}"]
+
+
+def job_repeated_calls(comm, reps: int = 20) -> list[str]:
+    """The same calls on the same device buffers, new data each time (the graph cache replays them)."""
+    import numpy as np
+    from pyxccl.cuda import get_device
+    from pyxccl.dtypes import dtype_of
+    from pyxccl.memory import Buffer
+    dev = get_device(os.environ.get("PYXCCL_TEST_DEVICE", "cuda:0"))
+    N, r = comm.size, comm.rank
+    f32 = dtype_of("float32")
+    failures = []
+    for n in (2, 1000, 300007):
+        a, g = dev.alloc(n * 4), dev.alloc(n * 4 * N)
+        xa = Buffer.on_device(None, dev.name, a, n * 4, f32)
+        xg = Buffer.on_device(None, dev.name, g, n * 4 * N, f32)
+        for i in range(reps):
+            dev.write(a, np.full(n, r + i, np.float32).tobytes())
+            comm.all_reduce(xa)
+            comm.all_gather(xa, xg)
+            dev.synchronize()
+            want = sum(q + i for q in range(N))
+            got = np.frombuffer(dev.read(g, n * 4 * N), np.float32)
+            if not np.all(got == want):
+                failures.append(f"n={n} rep {i}: got {got[:3]} want {want}")
+                break
+        dev.free_plain(a)
+        dev.free_plain(g)
+    return failures

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from _device_jobs import job_cases
+from _device_jobs import job_cases, job_repeated_calls, job_send_recv
 
 pyxccl_cuda = pytest.importorskip("pyxccl.cuda")
 if not pyxccl_cuda.available():
@@ -26,6 +26,20 @@ MiB = 1 << 20
 def test_every_collective_dtype_and_op(env_pools, nranks):
     p = env_pools(nranks, **ENV)
     p.check(job_cases, nranks=nranks, sizes=(0, 1, 7, 100003), deadline=600)
+
+
+@pytest.mark.parametrize("env", [{}, {"PYXCCL_CUDA_GRAPHS": "1"}, {"PYXCCL_CUDA_DIRECT_MIN_BYTES": "1"}],
+                         ids=["eager", "graphs", "single-copy"])
+def test_repeated_calls_and_send_recv(env_pools, env):
+    p = env_pools(2, **ENV, **env)
+    p.check(job_repeated_calls, deadline=300)
+    p.check(job_send_recv, deadline=300)
+
+
+@pytest.mark.parametrize("nranks", [3])
+def test_single_copy_every_collective(env_pools, nranks):
+    p = env_pools(nranks, **ENV, PYXCCL_CUDA_DIRECT_MIN_BYTES="1")
+    p.check(job_cases, nranks=nranks, sizes=(7, 100003), dtypes=("float32", "bfloat16", "int8"), deadline=600)
 
 
 @pytest.mark.parametrize("nranks", [2, 4])

@@ -254,7 +254,7 @@ class Engine:
             devrt.launch(program, self.rank, self.size, call.input, call.output, call.count, call.dtype.itemsize,
                          call.op, kern, res, lambda needed: connections.get(needed, label, self.call_timeout),
                          self.ctx.config.cuda_slot_bytes, call.stream, call.reduced, label, call.layout,
-                         self.swap_buffers if single else None)
+                         self.swap_buffers if single else None, self.ctx.config.cuda_graphs)
         finally:
             if live.aborted or live.lost:  # it came while enqueueing: the waits enqueued since need releasing
                 self.watch_device()

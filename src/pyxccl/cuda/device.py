@@ -55,6 +55,12 @@ class Device(Protocol):
         """Block the host until ``stream`` (None: the whole device) drained."""
     def is_capturing(self, stream: Any) -> bool:
         """Whether ``stream`` is being captured into a CUDA graph (its work is recorded, not run)."""
+    def begin_capture(self, stream: Any) -> None:
+        """Real GPUs only: capture ``stream``'s work (and the streams that join it) into a graph."""
+    def end_capture(self, stream: Any) -> Any:
+        """The captured work as an executable graph."""
+    def launch_graph(self, graph: Any, stream: Any) -> None: ...
+    def destroy_graph(self, graph: Any) -> None: ...
 
     # ---- stream-ordered operations
     def copy(self, dst: int, src: int, nbytes: int, stream: Any) -> None:

@@ -152,6 +152,29 @@ class CudaDevice:
         status = check(cu.cuStreamIsCapturing(stream), "cuStreamIsCapturing")
         return status != cu.CUstreamCaptureStatus.CU_STREAM_CAPTURE_STATUS_NONE
 
+    def begin_capture(self, stream: Any) -> None:
+        """Start capturing ``stream``'s work into a graph (thread-local mode: other threads unaffected)."""
+        self.current()
+        check(cu.cuStreamBeginCapture(stream, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+              "cuStreamBeginCapture")
+
+    def end_capture(self, stream: Any) -> Any:
+        """Stop capturing ``stream``; the instantiated graph, to :meth:`launch_graph`."""
+        self.current()
+        graph = check(cu.cuStreamEndCapture(stream), "cuStreamEndCapture")
+        try:
+            return check(cu.cuGraphInstantiate(graph, 0), "cuGraphInstantiate")
+        finally:
+            cu.cuGraphDestroy(graph)
+
+    def launch_graph(self, graph: Any, stream: Any) -> None:
+        self.current()
+        check(cu.cuGraphLaunch(graph, stream), "cuGraphLaunch")
+
+    def destroy_graph(self, graph: Any) -> None:
+        self.current()
+        cu.cuGraphExecDestroy(graph)
+
     def destroy_stream(self, stream: Any) -> None:
         self.current()
         cu.cuStreamDestroy(stream)

@@ -15,9 +15,9 @@ from .resources import DeviceResources
 def launch(program: Program, rank: int, nranks: int, inp: Any, out: Any, count: int, itemsize: int, op: Any,
            kernels: Any, res: DeviceResources, connect: Callable[[frozenset], dict], slot_bytes: int,
            caller_stream: int, reduced: list, label: str, layout: dict | None = None,
-           swap: "Callable[[bytes, list, list], dict] | None" = None) -> Any:
+           swap: "Callable[[bytes, list, list], dict] | None" = None, graphs: bool = False) -> Any:
     """Enqueue one call: ordered after the work already on ``caller_stream`` and before its later
-    work, the host not waiting for the device; the event that ends the call.
+    work, the host not waiting for the device; the event that ends the call (None under capture).
 
     ``inp``/``out``: DeviceArrays (a host array stands for memory a rank does not use, e.g. a
     non-root's gather output: device scratch takes its place); ``op``: premul_sum scales the
@@ -27,9 +27,49 @@ def launch(program: Program, rank: int, nranks: int, inp: Any, out: Any, count: 
     Under CUDA graph capture of ``caller_stream`` the call is captured like any stream work (its
     flags reset themselves, see :mod:`.executor`); run the call once before capturing, so that
     connections and scratch space exist (they are made on the host, which capture forbids).
+
+    ``graphs``: a call repeated with the same program, size, op and buffers is captured into a
+    CUDA graph at its second run and replayed from then on: one launch instead of a few dozen
+    driver calls (the host path of a repeated call; real GPUs only).
     """
     dev = res.device
     user = dev.external_stream(caller_stream)
+    key = None
+    if graphs and swap is None and layout is None and not dev.emulated and not dev.is_capturing(user):
+        key = (id(program), rank, count, itemsize, op.name, op.scalar, _where(inp), _where(out))
+        graph = res.graph(key, program)
+        if graph is None and res.seen(key, program):  # the second run: capture it once
+            cap = res.capture_stream()
+            dev.begin_capture(cap)
+            try:
+                _enqueue(program, rank, nranks, inp, out, count, itemsize, op, kernels, res, connect, slot_bytes,
+                         cap, reduced, label, layout, None)
+            finally:
+                graph = dev.end_capture(cap)
+            res.keep_graph(key, program, graph)
+        if graph is not None:
+            if res.last is not None:
+                dev.wait_event(user, res.last)
+            dev.launch_graph(graph, user)
+            last = res.event()
+            dev.record(last, user)
+            if res.last is not None:
+                res.give_back([res.last])
+            res.last = last
+            return last
+    return _enqueue(program, rank, nranks, inp, out, count, itemsize, op, kernels, res, connect, slot_bytes, user,
+                    reduced, label, layout, swap)
+
+
+def _where(arr: Any) -> Any:
+    return (arr.address, arr.size) if isinstance(arr, DeviceArray) else None
+
+
+def _enqueue(program: Program, rank: int, nranks: int, inp: Any, out: Any, count: int, itemsize: int, op: Any,
+             kernels: Any, res: DeviceResources, connect: Callable[[frozenset], dict], slot_bytes: int, user: Any,
+             reduced: list, label: str, layout: dict | None, swap: Any) -> Any:
+    """One call's stream work on ``user`` (see :func:`launch`)."""
+    dev = res.device
     arrays: dict[Buf, tuple[int, int]] = {}
     for buf, arr in ((Buf.INPUT, inp), (Buf.OUTPUT, out)):
         if isinstance(arr, DeviceArray):

@@ -22,6 +22,9 @@ class DeviceResources:
         self._spaces: dict[str, tuple[int, int]] = {}
         self.last: Any = None
         """the event recorded at the end of the last call (None before the first)"""
+        self._graphs: dict[tuple, tuple[Any, Any]] = {}  # repeated calls captured: key -> (program, graph)
+        self._seen: dict[tuple, Any] = {}  # calls run once: key -> program
+        self._capture: Any = None
 
     def streams_for(self, n: int) -> list[Any]:
         """Streams for ``n`` thread blocks (made on first need, kept)."""
@@ -37,6 +40,40 @@ class DeviceResources:
     def give_back(self, events: list[Any]) -> None:
         self._events.extend(events)
 
+    # ---- repeated calls as CUDA graphs (:func:`pyxccl.runtime.device.launch`)
+    MAX_GRAPHS = 64
+
+    def graph(self, key: tuple, program: Any) -> Any:
+        hit = self._graphs.get(key)
+        return hit[1] if hit is not None and hit[0] is program else None
+
+    def seen(self, key: tuple, program: Any) -> bool:
+        """Whether this call ran before (remembered now if not)."""
+        if self._seen.get(key) is program:
+            return True
+        if len(self._seen) >= 4 * self.MAX_GRAPHS:
+            self._seen.clear()
+        self._seen[key] = program
+        return False
+
+    def keep_graph(self, key: tuple, program: Any, graph: Any) -> None:
+        if len(self._graphs) >= self.MAX_GRAPHS:
+            old = next(iter(self._graphs))
+            self.device.destroy_graph(self._graphs.pop(old)[1])
+        self._graphs[key] = (program, graph)
+
+    def drop_graphs(self) -> None:
+        """Forget every captured call (their addresses of scratch space are about to go)."""
+        for _, graph in self._graphs.values():
+            self.device.destroy_graph(graph)
+        self._graphs.clear()
+        self._seen.clear()
+
+    def capture_stream(self) -> Any:
+        if self._capture is None:
+            self._capture = self.device.stream()
+        return self._capture
+
     def space(self, name: str, nbytes: int) -> int:
         """The address of scratch space ``name`` of at least ``nbytes`` (grown when too small: the
         device drains first, since earlier calls may still use the old space)."""
@@ -45,6 +82,7 @@ class DeviceResources:
             return have[0]
         if have is not None:
             self.device.synchronize()
+            self.drop_graphs()
             self.device.free_plain(have[0])
         size = max(nbytes, 2 * have[1] if have else 0, 1 << 20)
         address = self.device.alloc(size)
@@ -67,6 +105,7 @@ class DeviceResources:
                 return False
         except Exception:  # noqa: BLE001 - teardown: a failed stream still holds nothing of ours
             pass
+        self.drop_graphs()
         for address, _ in self._spaces.values():
             dev.free_plain(address)
         self._spaces.clear()
