@@ -20,6 +20,7 @@ import ctypes
 import shutil
 import subprocess
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -48,8 +49,8 @@ def _values(name: str, n: int, seed: int) -> np.ndarray:
     if dt.itemsize <= 2:
         return rng.integers(0, 1 << (8 * dt.itemsize), n, dtype=_UINT[dt.itemsize]).view(dt.np)
     x = (rng.standard_normal(n) * 10.0 ** rng.uniform(-6, 6, n)).astype(dt.np)
-    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, np.finfo(dt.np).smallest_subnormal,
-                        np.finfo(dt.np).max, 1.0], dt.np)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, ml_dtypes.finfo(dt.np).smallest_subnormal,
+                        ml_dtypes.finfo(dt.np).max, 1.0], dt.np)
     pick = rng.random(n) < 0.05
     x[pick] = rng.choice(special, int(pick.sum()))
     return x
@@ -193,7 +194,7 @@ def _narrowing_inputs(name: str) -> np.ndarray:
     wide = codes.astype(np.float64)
     wide = np.unique(wide[np.isfinite(wide)])
     ties = ((wide[:-1] + wide[1:]) / 2).astype(np.float32)  # exact: a tie needs a bit or two past the code
-    top = np.finfo(dt.np).max.astype(np.float32)
+    top = ml_dtypes.finfo(dt.np).max.astype(np.float32)
     edges = np.array([0.0, np.finfo(np.float32).smallest_subnormal, np.finfo(np.float32).tiny, top,
                       top * 1.0001, top * 1.5, 3.0e38, np.inf, np.nan], np.float32)
     rng = np.random.default_rng(7)

@@ -48,6 +48,11 @@ def init() -> int:
         raise CudaError("cuda-python is not installed: pip install 'pyxccl[cuda]' (cuda-bindings) for CUDA buffers")
     with _init_lock:
         if not _initialized:
+            # every thread block's stream must have a hardware queue of its own: a stream waiting on
+            # a flag (cuStreamWaitValue32) blocks whatever shares its queue, and the flag may be
+            # written only after that work ran (the default, 8 queues, is too few for a rank's
+            # thread blocks and its callers' streams). Read when the context is made: set it early.
+            os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")
             try:
                 result = cu.cuInit(0)
             except Exception as exc:  # cuda-python raises when it finds no driver library
@@ -290,17 +295,27 @@ class CudaDevice:
         res = cu.cuIpcGetMemHandle(base)
         if res[0] != cu.CUresult.CUDA_SUCCESS:
             return None
-        return ctypes.string_at(res[1].getPtr(), 64), address - base
+        # the allocation's identity leads the handle: a peer opens one allocation once (a second
+        # cuIpcOpenMemHandle of it fails with ALREADY_MAPPED, and its handles differ call to call),
+        # and a new allocation at the same address is a new one
+        ident = cu.cuPointerGetAttribute(cu.CUpointer_attribute.CU_POINTER_ATTRIBUTE_BUFFER_ID, base)
+        buffer_id = int(ident[1]) if ident[0] == cu.CUresult.CUDA_SUCCESS else base
+        key = f"{os.getpid()}:{buffer_id}:{base}".encode().ljust(64, b" ")
+        return key + ctypes.string_at(res[1].getPtr(), 64), address - base
 
     def open_ipc(self, handle: bytes) -> int:
+        key, raw = handle[:64], handle[64:]
+        pid, _, base = key.decode().split(":")
+        if int(pid) == os.getpid():  # a rank of this process: its memory is ours already
+            return int(base)
         with self._host_lock:
-            opened = self._ipc.get(handle)
+            opened = self._ipc.get(key)
             if opened is None:
                 self.current()
                 h = cu.CUipcMemHandle()
-                ctypes.memmove(h.getPtr(), handle, 64)
+                ctypes.memmove(h.getPtr(), raw, 64)
                 flag = cu.CUipcMem_flags.CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS
-                opened = self._ipc[handle] = int(check(cu.cuIpcOpenMemHandle(h, flag), "cuIpcOpenMemHandle"))
+                opened = self._ipc[key] = int(check(cu.cuIpcOpenMemHandle(h, flag), "cuIpcOpenMemHandle"))
             return opened
 
     # ---- kernels

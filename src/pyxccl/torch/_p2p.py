@@ -79,7 +79,7 @@ class P2P:
             return work
         if self._closed:
             raise PyxcclBackendError(f"{BACKEND} backend: the process group was shut down")
-        payload = T.np_bytes(t.contiguous())
+        payload = T.np_bytes(t.contiguous() if t.is_cpu else t.detach().cpu())  # CUDA: through host memory
         hdr = np.array([payload.size, tag], dtype=np.int64)
         comm = self.comm
         try:
@@ -99,7 +99,7 @@ class P2P:
             self._check_peer(src, "recv")
         what = f"recv from {src if src is not None else 'any source'}"
         work = Work(what, [t])
-        r = _Recv(src, tag, T.staged(t, load=False), work)
+        r = _Recv(src, tag, T.staged_on_host(t, load=False), work)
         with self._lock:
             hit = next((i for i, (s, g, _) in enumerate(self._unexpected) if r.accepts(s, g)), None)
             if hit is None:

@@ -108,6 +108,17 @@ def staged(t: torch.Tensor, writable: bool = True, load: bool = True) -> Staged:
     return Staged(t, flat, writable)
 
 
+def staged_on_host(t: torch.Tensor, load: bool = True) -> Staged:
+    """A contiguous flat CPU tensor for ``t``: ``t``'s own view when it is a contiguous CPU tensor, else
+    a host copy written back by ``done()`` (a CUDA tensor's bytes travel through host memory where the
+    peer-to-peer path needs them: point-to-point messages are matched on the host)."""
+    if t.is_cpu:
+        return staged(t, load=load)
+    t = t.detach()
+    flat = t.reshape(-1).cpu() if load else torch.empty(t.numel(), dtype=t.dtype)
+    return Staged(t, flat, True)
+
+
 def nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 

@@ -153,20 +153,12 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
         if self._closed:
             raise PyxcclInvalidArgument(f"{BACKEND} backend: {what}: the process group was shut down")
         self._seq += 1
-        if outputs and outputs[0].is_cuda and self._coalescing is None:
-            # CUDA tensors: the pyxccl calls only enqueue on the caller's current stream (read on this
-            # thread: streams are per thread), as NCCL's do; the Work is complete for the host at once
+        # CUDA tensors: the pyxccl calls only enqueue on the caller's current stream (read on this
+        # thread: streams are per thread), as NCCL's do; the Work is complete for the host at once
+        cuda = bool(outputs) and outputs[0].is_cuda
+        if self._coalescing is None and (cuda or (opts is not None and not getattr(opts, "asyncOp", True))):
             try:
-                fn()
-            except BaseException as exc:
-                err = wrap_error(exc, what)
-                if err is exc:
-                    raise
-                raise err from exc
-            return completed()
-        if opts is not None and not getattr(opts, "asyncOp", True) and self._coalescing is None:
-            try:
-                if single:
+                if single or cuda:
                     fn()
                 else:
                     self._queue.run(fn, what)
