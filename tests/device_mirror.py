@@ -60,7 +60,7 @@ class MirrorComm:
         dkw = {k: to_device(v) for k, v in kwargs.items()}
         try:
             ret = getattr(self.comm, name)(*dargs, **dkw)
-            dev.synchronize()
+            self._synchronize(name)
             for base, addr in bases.values():
                 flat = base.reshape(-1).view(np.uint8)
                 flat[:] = np.frombuffer(dev.read(addr, base.nbytes), np.uint8)
@@ -68,6 +68,22 @@ class MirrorComm:
             for _, addr in bases.values():
                 dev.free_plain(addr)
         return self._back(ret, bases)
+
+    def _synchronize(self, what: str, patience: float = 20.0) -> None:
+        """Wait for the device; when that takes over ``patience`` s, print every device connector's
+        flag words and counters to stderr first (the rank's log: where a stuck call waits)."""
+        import sys
+        dev = self.device
+        ev = dev.event()
+        dev.record(ev, dev.external_stream(0))  # the legacy stream waits for every call's end
+        if not dev.event_synchronize(ev, patience):
+            side = getattr(getattr(self.comm, "_engine", None), "device_side", None)
+            conns = side[1].conns if side is not None else {}
+            for key, c in sorted(conns.items()):
+                words = [int.from_bytes(dev.read(a, 4), "little") for a in (c.ready_word, c.released_word)]
+                print(f"[mirror] {what} stuck > {patience} s: {key} ready={words[0]} released={words[1]} "
+                      f"head={getattr(c, 'head', '-')} tail={getattr(c, 'tail', '-')}", file=sys.stderr, flush=True)
+        dev.synchronize()
 
     @staticmethod
     def _back(ret: Any, bases: dict) -> Any:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ... import log
+
 
 class DeviceResources:
     """Streams (one per thread block index), a pool of events and named scratch spaces on ``device``."""
@@ -26,8 +28,16 @@ class DeviceResources:
         self._seen: dict[tuple, Any] = {}  # calls run once: key -> program
         self._capture: Any = None
 
+    #: streams that still get a hardware queue of their own (CUDA_DEVICE_MAX_CONNECTIONS is at most
+    #: 32; the caller's and the host's streams take some): past it, a stream waiting on a flag may
+    #: hold up another thread block's work queued behind it
+    MAX_OWN_QUEUES = 28
+
     def streams_for(self, n: int) -> list[Any]:
         """Streams for ``n`` thread blocks (made on first need, kept)."""
+        if n > self.MAX_OWN_QUEUES and len(self.streams) <= self.MAX_OWN_QUEUES:
+            log.warn("a device call has %d thread blocks: past %d, their streams share the GPU's hardware "
+                     "queues and a waiting one can hold up another (use fewer channels)", n, self.MAX_OWN_QUEUES)
         while len(self.streams) < n:
             self.streams.append(self.device.stream())
         return self.streams[:n]
