@@ -14,7 +14,15 @@ Or explicitly: ``uid = pyxccl.get_unique_id()`` on one rank, shared out of band,
 
 from __future__ import annotations
 
-from .bootstrap import UniqueId, get_unique_id
+import os as _os
+
+# the GPU path gives every thread block a stream that may wait on a flag (cuStreamWaitValue32); such a
+# stream must not share a hardware queue with work that writes the flag, so ask for the most queues
+# CUDA has (read when a process creates its CUDA context: importing pyxccl before the first CUDA
+# call is enough; a value the user set is kept)
+_os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")
+
+from .bootstrap import UniqueId, get_unique_id  # noqa: E402
 from .comm.communicator import Communicator
 from .dtypes import AVG, DTYPES, MAX, MIN, PROD, SUM, DType, ReduceOp, premul_sum
 from .errors import (Aborted, CollectiveTimeout, ConfigError, CudaError, InvalidArgument, MismatchError, PeerLostError,

@@ -52,7 +52,12 @@ def init() -> int:
             # a flag (cuStreamWaitValue32) blocks whatever shares its queue, and the flag may be
             # written only after that work ran (the default, 8 queues, is too few for a rank's
             # thread blocks and its callers' streams). Read when the context is made: set it early.
-            os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")
+            queues = os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")
+            if queues.isdigit() and int(queues) < 16:
+                from .. import log
+                log.warn("CUDA_DEVICE_MAX_CONNECTIONS=%s: pyxccl's thread-block streams will share hardware "
+                         "queues, and a stream waiting on a peer can hold up the work that would release it "
+                         "(leave it unset, or 32)", queues)
             try:
                 result = cu.cuInit(0)
             except Exception as exc:  # cuda-python raises when it finds no driver library
