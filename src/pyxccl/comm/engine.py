@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -274,6 +275,7 @@ class Engine:
         dev = self.device_side[0].device  # type: ignore[index]
         ev = dev.event()
         dev.record(ev, dev.external_stream(call.stream))
+        weakref.finalize(work, dev.destroy_event, ev)  # the event lives as long as its Work
         owner, device = call.result, call.device
         work.on_device(lambda: dev.wait_event(dev.external_stream(caller_stream(owner, device)), ev),
                        lambda timeout: dev.event_synchronize(ev, timeout))
