@@ -156,7 +156,7 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
         # CUDA tensors: the pyxccl calls only enqueue on the caller's current stream (read on this
         # thread: streams are per thread), as NCCL's do; the Work is complete for the host at once
         cuda = bool(outputs) and outputs[0].is_cuda
-        if self._coalescing is None and (cuda or (opts is not None and not getattr(opts, "asyncOp", True))):
+        if cuda or (self._coalescing is None and opts is not None and not getattr(opts, "asyncOp", True)):
             try:
                 if single or cuda:
                     fn()
@@ -167,6 +167,8 @@ class ProcessGroupPyxccl(Movement, dist.ProcessGroup):
                 if err is exc:
                     raise
                 raise err from exc
+            if self._coalescing is not None:  # coalesced CUDA calls: enqueued already, done for the host
+                self._coalescing.append(completed())
             return completed()
         pw = pyxccl.Work(what)
         work = CallWork(what, outputs, pw)
