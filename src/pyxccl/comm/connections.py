@@ -28,6 +28,8 @@ from .liveness import Liveness
 #: bootstrap tags for connector set-up: + channel (host buffers; device buffers' connectors)
 TAG_CONNECT = 1 << 20
 TAG_DEVICE_CONNECT = (1 << 20) + (1 << 19)
+#: bootstrap tag of the per-call swap of device buffer handles (single copy on a device)
+TAG_DEVICE_BUFFERS = 1 << 23
 
 ConnKey = tuple[int, int, str]  # (peer, channel, "send" | "recv")
 

@@ -42,16 +42,13 @@ from ..reliability import flight
 from ..reliability import mismatch
 from ..runtime.host import executor
 from ..runtime.host import path_choice
-from ..runtime.kernels import kernels, postdivide, prescale
+from ..runtime.kernels import device_kernels, kernels, postdivide, prescale
 from ..memory import HOST, caller_stream
 from . import group as _group
 from . import staging
 from .call_queue import CallQueue, Work
 from .checks import Call, check_timeout
-from .connections import Connections
-
-#: bootstrap tag of the per-call exchange of device buffer handles (single copy)
-TAG_DEVICE_BUFFERS = 1 << 23
+from .connections import TAG_DEVICE_BUFFERS, Connections
 from .context import CommContext
 from .liveness import Liveness
 from .programs import Programs
@@ -148,11 +145,10 @@ class Engine:
     def submit(self, fn: Callable[[], Any], what: str, async_op: bool, work: "Work | None" = None) -> Any:
         """Run ``fn`` on the call queue (blocking: its result), queue it (async: ``work`` or a new Work), or
         record it in ``group()``."""
-        work = work or Work(what)
         if _group.active():
-            return _group.record(self.ctx, "call", fn, work, not async_op)
+            return _group.record(self.ctx, "call", fn, work or Work(what), not async_op)
         if async_op:
-            return self.queue.submit(fn, work)
+            return self.queue.submit(fn, work or Work(what))
         return self.queue.run(fn, what)
 
     def record_repeat(self, rep: Repeat) -> Any:
@@ -204,7 +200,6 @@ class Engine:
         if call.device == HOST:
             return kernels(call.op, call.dtype, call.device)
         from ..cuda import get_device
-        from ..runtime.kernels import device_kernels
         if self.device_side is not None and self.device_side[0].device.name != call.device:
             raise InvalidArgument(f"the buffers are on {call.device} but this communicator runs on "
                                   f"{self.device_side[0].device.name} (one device per communicator, as NCCL's)")
@@ -218,6 +213,10 @@ class Engine:
         if call.device != HOST:
             self.execute_device(call, program, kern)
             return
+        self.execute_host(call, program, kern)
+
+    def execute_host(self, call: Call, program: Program, kern: Any) -> None:
+        """Run ``call`` (host arrays) with ``program``: the host executor over the connectors."""
         inp = prescale(call.input, call.op) if call.op.name == "premul_sum" else call.input
         arrays = {Buf.INPUT: inp, Buf.OUTPUT: call.output}
         label = f"{call.describe()} #{self.seq} algorithm {program.name}"
@@ -288,8 +287,7 @@ class Engine:
         staged = staging.StagedCall(call.device, call.stream, [call.input, call.output])
         host_call = replace(call, input=staged.host(call.input), output=staged.host(call.output), device=HOST,
                             reduced=[staged.host(a) for a in call.reduced])
-        self.seq -= 1  # execute numbers it again
-        self.execute(host_call, program, kernels(call.op, call.dtype))
+        self.execute_host(host_call, program, kernels(call.op, call.dtype))
         staged.write_back()
 
     def drive_run(self, prun: Any, runners: list, call: Call, label: str) -> None:

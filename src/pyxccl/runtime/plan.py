@@ -136,6 +136,15 @@ class RankPlan:
     """the mixed path differs from both others (some descriptor stays and some goes)"""
     put_differs: bool = False
     """some step may write into its receiver on the put path"""
+    waited: "set[tuple[int, int]] | None" = None
+    """(thread block, step) pairs another thread block of this rank waits for (the device executor
+    records an event after those; made at its first call, kept with the plan)"""
+
+    def waited_steps(self) -> "set[tuple[int, int]]":
+        if self.waited is None:
+            self.waited = {(dtb, dstep) for tp in self.tbs for st in tp.tb.steps for dtb, dstep in st.deps
+                           if dtb != tp.index}
+        return self.waited
 
 
 # ---------------------------------------------------------------------------- the one cache

@@ -51,12 +51,7 @@ def launch(program: Program, rank: int, nranks: int, inp: Any, out: Any, count: 
             if res.last is not None:
                 dev.wait_event(user, res.last)
             dev.launch_graph(graph, user)
-            last = res.event()
-            dev.record(last, user)
-            if res.last is not None:
-                res.give_back([res.last])
-            res.last = last
-            return last
+            return _end(res, user, [] if res.last is None else [res.last])
     return _enqueue(program, rank, nranks, inp, out, count, itemsize, op, kernels, res, connect, slot_bytes, user,
                     reduced, label, layout, swap)
 
@@ -99,9 +94,15 @@ def _enqueue(program: Program, rank: int, nranks: int, inp: Any, out: Any, count
     if capturing:
         res.give_back(after + ends)
         return None
+    return _end(res, user, after + ends)
+
+
+def _end(res: DeviceResources, user: Any, done: list) -> Any:
+    """Record the event that ends a call on ``user`` as the communicator's last; the events ``done``
+    (waited for already: a wait keeps the state it saw) go back to the pool."""
     last = res.event()
-    dev.record(last, user)
-    res.give_back(after + ends)
+    res.device.record(last, user)
+    res.give_back(done)
     res.last = last
     return last
 

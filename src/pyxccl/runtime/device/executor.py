@@ -104,7 +104,7 @@ class DeviceCall:
         for s in streams:
             for ev in after:
                 dev.wait_event(s, ev)
-        depended = _depended(plan)
+        depended = plan.waited_steps()
         recorded: dict[tuple[int, int, int], Any] = {}
         used: list[Any] = []
         done = [0] * len(plan.tbs)
@@ -131,17 +131,6 @@ class DeviceCall:
             ends.append(ev)
         res.give_back(used)
         return ends
-
-
-def _depended(plan: RankPlan) -> set[tuple[int, int]]:
-    """(thread block, step) pairs another thread block of this rank waits for."""
-    out = set()
-    for tp in plan.tbs:
-        for st in tp.tb.steps:
-            for dtb, dstep in st.deps:
-                if dtb != tp.index:
-                    out.add((dtb, dstep))
-    return out
 
 
 class _Runner:
