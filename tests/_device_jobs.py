@@ -28,12 +28,19 @@ def cases(nranks: int, sizes: tuple[int, ...], dtypes=DTYPE_NAMES, colls=COLLECT
     return out
 
 
-def run_on_device(comm, case_list: list) -> list[str]:
-    """Run ``case_list`` on this rank's device through the mirror; the mismatches."""
+def run_on_device(comm, case_list: list, registered: int = 0) -> list[str]:
+    """Run ``case_list`` on this rank's device through the mirror; the mismatches. ``registered``:
+    bytes of a buffer of ``pyxccl.cuda.empty`` registered with ``comm``, which every call's
+    buffers are carved from (and then at least one call must have gone by single copy)."""
+    import pyxccl.cuda
     from device_mirror import MirrorComm
-    from pyxccl.cuda import get_device
-    dev = get_device(os.environ.get("PYXCCL_TEST_DEVICE", "cuda:0"))
-    mirror = MirrorComm(comm, dev)
+    dev_name = os.environ.get("PYXCCL_TEST_DEVICE", "cuda:0")
+    dev = pyxccl.cuda.get_device(dev_name)
+    arena = reg = None
+    if registered:
+        arena = pyxccl.cuda.empty(registered, "uint8", dev_name)
+        reg = comm.register(arena)
+    mirror = MirrorComm(comm, dev, None if arena is None else (arena.address, arena.nbytes))
     failures: list[str] = []
     for c in case_list:
         try:
@@ -43,11 +50,18 @@ def run_on_device(comm, case_list: list) -> list[str]:
         failures += verify(ret)
         if len(failures) > 20:
             break
+    if reg is not None:
+        direct = comm._engine.device_side[0].direct_calls
+        reg.deregister()
+        arena.free()
+        if not direct and comm.size > 1:
+            failures.append("no call went by single copy on the registered buffers")
     return failures
 
 
-def job_cases(comm, nranks: int, sizes: tuple, dtypes=DTYPE_NAMES, colls=COLLECTIVES, ops=OP_NAMES) -> list[str]:
-    return run_on_device(comm, cases(nranks, tuple(sizes), tuple(dtypes), tuple(colls), tuple(ops)))
+def job_cases(comm, nranks: int, sizes: tuple, dtypes=DTYPE_NAMES, colls=COLLECTIVES, ops=OP_NAMES,
+              registered: int = 0) -> list[str]:
+    return run_on_device(comm, cases(nranks, tuple(sizes), tuple(dtypes), tuple(colls), tuple(ops)), registered)
 
 
 def job_catalogue_on_device(comm, coll: str, host_layouts: list) -> list[str]:
@@ -143,4 +157,39 @@ def job_repeated_calls(comm, reps: int = 20) -> list[str]:
                 break
         dev.free_plain(a)
         dev.free_plain(g)
+    return failures
+
+
+def job_register_errors(comm) -> list[str]:
+    """A rank that registers what cannot be registered: it raises InvalidArgument saying what, the others
+    raise it naming that rank, nobody hangs, and the communicator goes on (a good registration after)."""
+    import numpy as np
+
+    import pyxccl
+    import pyxccl.cuda
+    failures = []
+    dev_name = os.environ.get("PYXCCL_TEST_DEVICE", "cuda:0")
+    good = pyxccl.cuda.empty(1000, "float32", dev_name)
+    bad_rank = comm.size - 1
+    try:
+        comm.register(np.zeros(4, np.float32) if comm.rank == bad_rank else good)
+        failures.append("a host buffer was registered")
+    except pyxccl.InvalidArgument as exc:
+        want = "host memory" if comm.rank == bad_rank else f"rank {bad_rank} could not register"
+        if want not in str(exc):
+            failures.append(f"rank {comm.rank}: the error does not say {want!r}: {exc}")
+    reg = comm.register(good)
+    x = np.full(5, comm.rank + 1.0, np.float32)
+    comm.all_reduce(x)
+    if not np.all(x == comm.size * (comm.size + 1) / 2):
+        failures.append(f"all_reduce after a failed registration: {x}")
+    if comm._engine.windows is None or len(comm._engine.windows) != 1:
+        failures.append("the failed registration left a window")
+    reg.deregister()
+    try:
+        reg.deregister()
+        failures.append("a second deregister was taken")
+    except pyxccl.InvalidArgument:
+        pass
+    good.free()
     return failures

@@ -30,9 +30,12 @@ def _base(a: np.ndarray) -> np.ndarray:
 class MirrorComm:
     """``comm`` with its collectives run on ``device`` memory mirroring the numpy arguments."""
 
-    def __init__(self, comm: Any, device: Any):
+    def __init__(self, comm: Any, device: Any, arena: "tuple[int, int] | None" = None):
+        """``arena``: (address, bytes) of device memory the mirrors are carved from (e.g. a registered
+        buffer), instead of one allocation each."""
         self.comm, self.device = comm, device
         self.rank, self.size = comm.rank, comm.size
+        self.arena = arena
 
     def __getattr__(self, name: str) -> Any:
         if name in COLLECTIVES:
@@ -44,13 +47,22 @@ class MirrorComm:
             raise NotImplementedError("the mirror runs blocking calls only")
         dev = self.device
         bases: dict[int, tuple[np.ndarray, int]] = {}  # id(base) -> (base, device address)
+        used = [0]  # bytes of the arena handed out
+
+        def alloc(nbytes: int) -> int:
+            if self.arena is None:
+                return dev.alloc(nbytes)
+            at = used[0]
+            used[0] += -(-max(nbytes, 1) // 256) * 256
+            assert used[0] <= self.arena[1], "the arena is too small for this call"
+            return self.arena[0] + at
 
         def to_device(a: Any) -> Any:
             if not isinstance(a, np.ndarray):
                 return a
             base = _base(a)
             if id(base) not in bases:
-                addr = dev.alloc(base.nbytes)
+                addr = alloc(base.nbytes)
                 dev.write(addr, base.tobytes())
                 bases[id(base)] = (base, addr)
             addr = bases[id(base)][1] + (a.__array_interface__["data"][0] - base.__array_interface__["data"][0])
@@ -65,8 +77,9 @@ class MirrorComm:
                 flat = base.reshape(-1).view(np.uint8)
                 flat[:] = np.frombuffer(dev.read(addr, base.nbytes), np.uint8)
         finally:
-            for _, addr in bases.values():
-                dev.free_plain(addr)
+            if self.arena is None:
+                for _, addr in bases.values():
+                    dev.free_plain(addr)
         return self._back(ret, bases)
 
     def _synchronize(self, what: str, patience: float = 20.0) -> None:

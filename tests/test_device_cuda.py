@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from _device_jobs import job_cases, job_repeated_calls, job_send_recv
+from _device_jobs import job_cases, job_register_errors, job_repeated_calls, job_send_recv
 
 pyxccl_cuda = pytest.importorskip("pyxccl.cuda")
 if not pyxccl_cuda.available():
@@ -40,6 +40,16 @@ def test_repeated_calls_and_send_recv(env_pools, env):
 def test_single_copy_every_collective(env_pools, nranks):
     p = env_pools(nranks, **ENV, PYXCCL_CUDA_DIRECT_MIN_BYTES="1")
     p.check(job_cases, nranks=nranks, sizes=(7, 100003), dtypes=("float32", "bfloat16", "int8"), deadline=90)
+
+
+@pytest.mark.parametrize("nranks", [2, 3])
+def test_registered_buffers_go_by_single_copy(env_pools, nranks):
+    """Buffers carved from one pyxccl.cuda.empty allocation registered on every rank (VMM fds mapped
+    once): the calls read the peers' bytes where they are; a bad registration fails on every rank."""
+    p = env_pools(nranks, **ENV, PYXCCL_CUDA_REGISTERED_MIN_BYTES="0")
+    p.check(job_cases, nranks=nranks, sizes=(7, 100003), dtypes=("float32", "bfloat16", "int8"),
+            registered=64 * MiB, deadline=120)
+    p.check(job_register_errors, deadline=60)
 
 
 @pytest.mark.parametrize("nranks", [2, 4])

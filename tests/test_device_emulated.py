@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import pytest
 
-from _device_jobs import job_async_work, job_cases, job_catalogue_on_device, job_send_recv
+from _device_jobs import job_async_work, job_cases, job_catalogue_on_device, job_register_errors, job_send_recv
 from harness import DTYPE_NAMES
 
 ENV = {"PYXCCL_DEVICE_BACKEND": "emulated", "PYXCCL_CUDA_SLOT_BYTES": "16K", "PYXCCL_NSLOTS": "2"}
 #: single copy on every call (receivers read the senders' buffers through the device's IPC)
 DIRECT = dict(ENV, PYXCCL_CUDA_DIRECT_MIN_BYTES="1")
 MODES = {"slots": ENV, "direct": DIRECT}
+#: registered buffers read by single copy at every size
+REGISTERED = dict(ENV, PYXCCL_CUDA_REGISTERED_MIN_BYTES="0")
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -63,3 +65,16 @@ def test_device_buffers_across_hosts_go_through_host_memory(layout):
 
 def test_async_device_calls_wait_and_synchronize(env_pools):
     env_pools(3, **ENV).check(job_async_work)
+
+
+@pytest.mark.parametrize("nranks", [2, 3, 4])
+def test_registered_buffers_go_by_single_copy(env_pools, nranks):
+    """Every call's buffers carved from one pyxccl.cuda.empty buffer registered on every rank: the
+    peers map it once and read each other's bytes where they are (checked: some call did)."""
+    p = env_pools(nranks, **REGISTERED)
+    p.check(job_cases, nranks=nranks, sizes=(0, 7, 5003), dtypes=("float32", "bfloat16", "int32"),
+            registered=8 << 20, deadline=300)
+
+
+def test_registering_what_cannot_be_registered(env_pools):
+    env_pools(3, **REGISTERED).check(job_register_errors)

@@ -28,11 +28,13 @@ from ..bootstrap import Bootstrap, UniqueId
 from ..dtypes import DTYPES, MAX
 from ..errors import Aborted, InvalidArgument, PyxcclError
 from ..ir.program import Program
+from ..memory import as_buffer
 from ..reliability import flight
 from ..reliability.health import Health
 from ..transport import TransportContext, close_doorbell, create_device, open_doorbell, sweep_stale
 from . import checks
 from . import membership
+from . import registration
 from . import repeat as repeats
 from . import staging
 from .call_queue import CallQueue, Work
@@ -396,6 +398,23 @@ class Communicator:
     def _child(self, ranks: list[int], tag: int, agreement: bytes) -> "Communicator":
         uid = membership.child_uid(self._context, self._secret, ranks, tag, agreement)
         return type(self)(len(ranks), uid, ranks.index(self._rank), timeout=self._timeout)
+
+    # ------------------------------------------------------------------ registered buffers
+    def register(self, buffer: Any) -> "registration.Registration":
+        """Register a CUDA buffer for zero copy (NCCL's ``ncclCommWindowRegister``); collective: every
+        rank registers one buffer, in the same order. Its ``.deregister()`` (collective too) forgets it.
+
+        The ranks of a host map each other's registered buffers once; a device call of at least
+        ``PYXCCL_CUDA_REGISTERED_MIN_BYTES`` whose buffers lie in registered buffers then reads the
+        peers' bytes where they are (one copy instead of two through the slots). Memory of
+        :func:`pyxccl.cuda.empty` (NCCL's ``ncclMemAlloc``) and of ``cuMemAlloc`` (torch's and CuPy's
+        default allocators) can be registered; keep the buffer alive and unchanged in place until
+        deregistered. A rank that passes something else raises ``InvalidArgument`` saying what to
+        fix, and the others raise it naming that rank.
+        """
+        self._live.check_open()
+        buf = as_buffer(buffer, "buffer")
+        return registration.register(self._engine, buf, f"register({buf!r})")
 
     # ------------------------------------------------------------------ life
     def abort(self) -> None:

@@ -30,6 +30,8 @@ TAG_CONNECT = 1 << 20
 TAG_DEVICE_CONNECT = (1 << 20) + (1 << 19)
 #: bootstrap tag of the per-call swap of device buffer handles (single copy on a device)
 TAG_DEVICE_BUFFERS = 1 << 23
+#: bootstrap tag of the swap of registered buffers' descriptors (Communicator.register)
+TAG_DEVICE_WINDOWS = (1 << 23) + 1
 
 ConnKey = tuple[int, int, str]  # (peer, channel, "send" | "recv")
 

@@ -86,6 +86,8 @@ class Engine:
         self.paths = path_choice.for_host(cfg.cma, self.rank, kinds, doorbell, peer_doorbells)
         self.make_device_connections = device_connections
         self.device_side: "tuple[Any, Connections] | None" = None  # (DeviceResources, Connections)
+        self.windows: Any = None
+        """registered buffers (:class:`~pyxccl.transport.cuda_ipc.windows.Windows`, made at the first)"""
         self._release_lock = threading.Lock()  # releasing device waits vs freeing the device side
         self._watch_lock = threading.Lock()
         self._watching = False  # a thread releases abandoned device waits until the device side is idle
@@ -201,8 +203,8 @@ class Engine:
             return kernels(call.op, call.dtype, call.device)
         from ..cuda import get_device
         if self.device_side is not None and self.device_side[0].device.name != call.device:
-            raise InvalidArgument(f"the buffers are on {call.device} but this communicator runs on "
-                                  f"{self.device_side[0].device.name} (one device per communicator, as NCCL's)")
+            raise InvalidArgument(f"{call.describe()}: the buffers are on {call.device} but this communicator runs "
+                                  f"on {self.device_side[0].device.name} (one device per communicator, as NCCL's)")
         return device_kernels(call.op, call.dtype, get_device(call.device))
 
     def execute(self, call: Call, program: Program, kern: Any) -> None:
@@ -228,19 +230,8 @@ class Engine:
     def execute_device(self, call: Call, program: Program, kern: Any) -> None:
         """Enqueue ``call`` on its device (:func:`pyxccl.runtime.device.launch`): ordered on the
         caller's stream, the host not waiting for the device."""
-        from ..cuda import get_device
         from ..runtime import device as devrt
-        if self.device_side is None:
-            if self.make_device_connections is None:
-                raise InvalidArgument(f"{call.describe()}: this communicator cannot run on devices")
-            dev = get_device(call.device)
-            self.device_side = (devrt.DeviceResources(dev), self.make_device_connections(dev))
-            kinds = self.device_side[1].kinds
-            log.info("device %s%s: transports per peer: %s (copy engines, stream flags, slots of %d B)", dev.name,
-                     " (emulated)" if dev.emulated else "",
-                     " ".join(f"{p}:{k}" for p, k in enumerate(kinds) if k != "self") or "none",
-                     self.ctx.config.cuda_slot_bytes, rank=self.rank)
-        res, connections = self.device_side
+        res, connections = self.open_device(call.device, call.describe())
         if "socket" in connections.kinds:  # peers on other hosts: the whole call through host memory
             self.execute_staged(call, program)
             return
@@ -249,23 +240,58 @@ class Engine:
         live = self.liveness
         live.check_running(label)  # a loss (or abort) since the call was issued: enqueue nothing
         try:
-            direct_min = self.ctx.config.cuda_direct_min_bytes
-            single = direct_min and call.layout is None and call.count * call.dtype.itemsize >= direct_min
             devrt.launch(program, self.rank, self.size, call.input, call.output, call.count, call.dtype.itemsize,
                          call.op, kern, res, lambda needed: connections.get(needed, label, self.call_timeout),
                          self.ctx.config.cuda_slot_bytes, call.stream, call.reduced, label, call.layout,
-                         self.swap_buffers if single else None, self.ctx.config.cuda_graphs)
+                         self.single_copy(call), self.ctx.config.cuda_graphs)
         finally:
             if live.aborted or live.lost:  # it came while enqueueing: the waits enqueued since need releasing
                 self.watch_device()
 
+    def open_device(self, name: str, what: str) -> "tuple[Any, Connections]":
+        """The device side (resources, connections) on device ``name``, made the first time."""
+        if self.device_side is None:
+            from ..cuda import get_device
+            from ..runtime import device as devrt
+            if self.make_device_connections is None:
+                raise InvalidArgument(f"{what}: this communicator cannot run on devices")
+            dev = get_device(name)
+            self.device_side = (devrt.DeviceResources(dev), self.make_device_connections(dev))
+            kinds = self.device_side[1].kinds
+            log.info("device %s%s: transports per peer: %s (copy engines, stream flags, slots of %d B)", dev.name,
+                     " (emulated)" if dev.emulated else "",
+                     " ".join(f"{p}:{k}" for p, k in enumerate(kinds) if k != "self") or "none",
+                     self.ctx.config.cuda_slot_bytes, rank=self.rank)
+        elif self.device_side[0].device.name != name:
+            raise InvalidArgument(f"{what}: the buffers are on {name} but this communicator runs on "
+                                  f"{self.device_side[0].device.name} (one device per communicator, as NCCL's)")
+        return self.device_side
+
+    def single_copy(self, call: Call) -> Any:
+        """How ``call`` goes by single copy (:class:`~pyxccl.runtime.device.direct.SingleCopy`), or None
+        (through the slots). Every rank decides alike: by the call's size per block (the same on
+        every rank outside v-collectives) and the registrations (collective)."""
+        if call.layout is not None:
+            return None
+        from ..runtime.device.direct import SingleCopy
+        cfg, nbytes = self.ctx.config, call.count * call.dtype.itemsize
+        unregistered = bool(cfg.cuda_direct_min_bytes) and nbytes >= cfg.cuda_direct_min_bytes
+        windows = self.windows if self.windows is not None and len(self.windows) else None
+        if unregistered or (windows is not None and nbytes >= cfg.cuda_registered_min_bytes):
+            return SingleCopy(self.swap_buffers, windows, unregistered)
+        return None
+
+    def swap(self, tag: int, data: bytes, send_to: list[int], recv_from: list[int]) -> dict[int, bytes]:
+        """Send ``data`` to ``send_to`` and get one message from each of ``recv_from`` (bootstrap, ``tag``)."""
+        boot, timeout = self.ctx.bootstrap, self.call_timeout or self.timeout
+        for peer in send_to:
+            boot.send(peer, tag, data)
+        return {peer: boot.recv(peer, tag, timeout=timeout, any_loss=True) for peer in recv_from}
+
     def swap_buffers(self, data: bytes, send_to: list[int], recv_from: list[int]) -> dict[int, bytes]:
         """Single copy on a device: send ``data`` (where this rank's buffers are) to the ranks it sends
         to, and get theirs from the ranks it receives from (over the bootstrap)."""
-        boot, timeout = self.ctx.bootstrap, self.call_timeout or self.timeout
-        for peer in send_to:
-            boot.send(peer, TAG_DEVICE_BUFFERS, data)
-        return {peer: boot.recv(peer, TAG_DEVICE_BUFFERS, timeout=timeout, any_loss=True) for peer in recv_from}
+        return self.swap(TAG_DEVICE_BUFFERS, data, send_to, recv_from)
 
     def attach_device(self, work: Work, call: Call) -> None:
         """Give an async device call's ``work`` its device end: an event recorded on the caller's stream
@@ -418,6 +444,9 @@ class Engine:
         res, connections = side
         with self._release_lock:  # no release may write into memory being freed
             self.device_side = None
+            if idle and self.windows is not None:
+                self.windows.close()
+                self.windows = None
             if idle and res.close(0):
                 connections.close()
                 return

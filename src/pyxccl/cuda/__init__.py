@@ -3,7 +3,8 @@
 ``get_device("cuda:N")`` gives the device object: a real GPU through cuda-python
 (:mod:`.driver`, the optional extra ``cuda``), or the emulated one (:mod:`.emulated`) when
 ``PYXCCL_DEVICE_BACKEND=emulated``. This layer knows no array library and no collective; the
-transports, the runtime and the communicator build on it.
+transports, the runtime and the communicator build on it. ``empty(...)`` allocates arrays the
+ranks of a host can share (:mod:`.memory`, NCCL's ``ncclMemAlloc``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .. import config
 from ..errors import InvalidArgument
 from .device import Device, SharedBlock
 from .driver import CudaError
+from .memory import SharedArray, empty
 
 _devices: dict[tuple[str, str], Any] = {}
 _lock = threading.Lock()
@@ -58,4 +60,4 @@ def available() -> bool:
         return False
 
 
-__all__ = ["CudaError", "Device", "SharedBlock", "available", "device_index", "get_device"]
+__all__ = ["CudaError", "Device", "SharedArray", "SharedBlock", "available", "device_index", "empty", "get_device"]

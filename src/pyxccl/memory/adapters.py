@@ -223,6 +223,8 @@ def _from_cuda_array_interface(obj: Any, name: str, writable: bool) -> Buffer:
         npd = np.dtype(typestr)
     except TypeError:
         raise InvalidArgument(f"{name}: typestr {typestr!r} is not a numpy type string") from None
+    if npd.kind == "V" and isinstance(getattr(obj, "dtype", None), np.dtype) and obj.dtype.itemsize == npd.itemsize:
+        npd = obj.dtype  # bfloat16 and fp8 have no type string of their own: the array's own dtype says
     if not _c_contiguous(shape, None if strides is None else tuple(strides), npd.itemsize):
         raise InvalidArgument(f"{name}: the array is not C-contiguous; pass a contiguous copy")
     if writable and readonly:

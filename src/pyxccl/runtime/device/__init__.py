@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from ...ir.program import Buf, Program
 from ...memory import DeviceArray
+from . import direct
 from .executor import DeviceCall
 from .resources import DeviceResources
 
@@ -15,14 +16,14 @@ from .resources import DeviceResources
 def launch(program: Program, rank: int, nranks: int, inp: Any, out: Any, count: int, itemsize: int, op: Any,
            kernels: Any, res: DeviceResources, connect: Callable[[frozenset], dict], slot_bytes: int,
            caller_stream: int, reduced: list, label: str, layout: dict | None = None,
-           swap: "Callable[[bytes, list, list], dict] | None" = None, graphs: bool = False) -> Any:
+           single: "direct.SingleCopy | None" = None, graphs: bool = False) -> Any:
     """Enqueue one call: ordered after the work already on ``caller_stream`` and before its later
     work, the host not waiting for the device; the event that ends the call (None under capture).
 
     ``inp``/``out``: DeviceArrays (a host array stands for memory a rank does not use, e.g. a
     non-root's gather output: device scratch takes its place); ``op``: premul_sum scales the
-    input into scratch first, avg divides each of ``reduced`` at the end. ``swap``: single copy
-    (:mod:`.direct`; given on every rank or on none), how ranks swap where their buffers are.
+    input into scratch first, avg divides each of ``reduced`` at the end. ``single``: single copy
+    (:mod:`.direct`; given on every rank or on none): how ranks swap where their buffers are.
 
     Under CUDA graph capture of ``caller_stream`` the call is captured like any stream work (its
     flags reset themselves, see :mod:`.executor`); run the call once before capturing, so that
@@ -35,7 +36,7 @@ def launch(program: Program, rank: int, nranks: int, inp: Any, out: Any, count: 
     dev = res.device
     user = dev.external_stream(caller_stream)
     key = None
-    if graphs and swap is None and layout is None and not dev.emulated and not dev.is_capturing(user):
+    if graphs and single is None and layout is None and not dev.emulated and not dev.is_capturing(user):
         key = (id(program), rank, count, itemsize, op.name, op.scalar, _where(inp), _where(out))
         graph = res.graph(key, program)
         if graph is None and res.seen(key, program):  # the second run: capture it once
@@ -53,7 +54,7 @@ def launch(program: Program, rank: int, nranks: int, inp: Any, out: Any, count: 
             dev.launch_graph(graph, user)
             return _end(res, user, [] if res.last is None else [res.last])
     return _enqueue(program, rank, nranks, inp, out, count, itemsize, op, kernels, res, connect, slot_bytes, user,
-                    reduced, label, layout, swap)
+                    reduced, label, layout, single)
 
 
 def _where(arr: Any) -> Any:
@@ -62,24 +63,29 @@ def _where(arr: Any) -> Any:
 
 def _enqueue(program: Program, rank: int, nranks: int, inp: Any, out: Any, count: int, itemsize: int, op: Any,
              kernels: Any, res: DeviceResources, connect: Callable[[frozenset], dict], slot_bytes: int, user: Any,
-             reduced: list, label: str, layout: dict | None, swap: Any) -> Any:
+             reduced: list, label: str, layout: dict | None, single: Any) -> Any:
     """One call's stream work on ``user`` (see :func:`launch`)."""
     dev = res.device
     arrays: dict[Buf, tuple[int, int]] = {}
+    internal: set[Buf] = set()  # buffers of pyxccl's own, not the caller's
     for buf, arr in ((Buf.INPUT, inp), (Buf.OUTPUT, out)):
         if isinstance(arr, DeviceArray):
             arrays[buf] = (arr.address, arr.size)
         else:  # a placeholder the rank never reads back
             arrays[buf] = (res.space(f"unused-{buf.name.lower()}", arr.size * itemsize), arr.size)
+            internal.add(buf)
     if op.name == "premul_sum" and isinstance(inp, DeviceArray) and inp.size:
         scaled = res.space("prescaled", inp.size * itemsize)
         kernels.scale(scaled, inp.address, inp.size, op.scalar, user)
         arrays[Buf.INPUT] = (scaled, inp.size)
+        internal.add(Buf.INPUT)
     call = DeviceCall(program, rank, arrays, count, itemsize, kernels, res, slot_bytes, label, layout,
-                      single_copy=swap is not None)
+                      single_copy=single is not None, windows=single and single.windows,
+                      unregistered=bool(single and single.unregistered), internal=frozenset(internal))
     conns = connect(call.needed())
-    if swap is not None:
-        call.exchange(swap)
+    if single is not None:
+        call.exchange(single.swap)
+        res.direct_calls += call.send_direct
     capturing = dev.is_capturing(user)  # a CUDA graph: the graph orders its replays, not res.last
     start = res.event()
     dev.record(start, user)

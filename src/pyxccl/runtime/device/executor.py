@@ -39,11 +39,14 @@ class DeviceCall:
 
     def __init__(self, program: Program, rank: int, arrays: dict, count: int, itemsize: int, kernels: Any,
                  res: DeviceResources, slot_bytes: int, label: str = "",
-                 layout: dict[Buf, list[tuple[int, int]]] | None = None, single_copy: bool = False):
+                 layout: dict[Buf, list[tuple[int, int]]] | None = None, single_copy: bool = False,
+                 windows: Any = None, unregistered: bool = True, internal: frozenset = frozenset()):
         """``arrays``: per buffer, (address, elements) of this call's device memory (the scratch
         buffer is added here); ``count``: elements per block; ``layout`` as the host's;
         ``single_copy``: receivers may read this call's sends from the senders' buffers
-        (:mod:`.direct`; every rank must pass the same, and then run :meth:`exchange`)."""
+        (:mod:`.direct`; every rank must pass the same, and then run :meth:`exchange`): buffers in
+        ``windows`` (registered), and others too when ``unregistered`` (``internal``: the
+        buffers of ``arrays`` that are pyxccl's own)."""
         self.program, self.rank, self.kernels, self.res = program, rank, kernels, res
         self.device = res.device
         self.label = label or f"{program.collective}({program.name})"
@@ -52,8 +55,11 @@ class DeviceCall:
         self.geo = plans.geometry(program, count, slot_bytes, itemsize)
         self.addrs = {b: a for b, (a, _) in arrays.items()}
         part = program.ranks[rank]
+        sizes = {b: n * itemsize for b, (_, n) in arrays.items()}
         if part.s_chunks and self.geo.niters:
-            self.addrs[Buf.SCRATCH] = res.space("scratch", part.s_chunks * self.geo.ce * itemsize)
+            sizes[Buf.SCRATCH] = part.s_chunks * self.geo.ce * itemsize
+            self.addrs[Buf.SCRATCH] = res.space("scratch", sizes[Buf.SCRATCH])
+        self.windows = windows
         self.described: bytes | None = None
         """single copy: what this rank tells the ranks it sends to (None: slots only)"""
         self.send_direct = False
@@ -64,7 +70,8 @@ class DeviceCall:
         hint, mode = "-", None
         if single_copy and layout is None and self.geo.niters:
             hint, mode = direct.aliasing(program, rank, self.geo, arrays, itemsize)
-            self.described, self.send_direct = direct.describe(self.device, self.addrs, hint, mode)
+            self.described, self.send_direct = direct.describe(self.device, self.addrs, sizes, hint, mode, windows,
+                                                               unregistered, internal | {Buf.SCRATCH})
             if not self.send_direct:
                 hint, mode = "-", None
         self.plan: RankPlan = plans.rank_plan(program, rank, count, itemsize, slot_bytes,
@@ -83,7 +90,7 @@ class DeviceCall:
             peer, ch, d = key
             if d != "recv":
                 continue
-            bufs = direct.PeerBuffers(self.device, got[peer])
+            bufs = direct.PeerBuffers(self.device, got[peer], peer, self.windows)
             if not bufs.ok:
                 continue
             seq = direct.send_sequence(self.program, peer, self.rank, ch, self.count, self.itemsize,

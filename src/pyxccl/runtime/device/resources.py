@@ -27,6 +27,8 @@ class DeviceResources:
         self._graphs: dict[tuple, tuple[Any, Any]] = {}  # repeated calls captured: key -> (program, graph)
         self._seen: dict[tuple, Any] = {}  # calls run once: key -> program
         self._capture: Any = None
+        self.direct_calls = 0
+        """calls where this rank's sends went by single copy (the peers read its buffers)"""
 
     #: streams that still get a hardware queue of their own (CUDA_DEVICE_MAX_CONNECTIONS is at most
     #: 32; the caller's and the host's streams take some): past it, a stream waiting on a flag may
