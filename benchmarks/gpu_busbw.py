@@ -5,7 +5,9 @@ Run under the launcher, e.g. ``pyxccl-run -n 2 python benchmarks/gpu_busbw.py`` 
 rank's buffer, nccl-tests' sizing): median of ``--repeats`` timings of ``--iters`` back-to-back
 calls on torch's current stream, busbw with nccl-tests' factors, and in the same run the copy
 limit: one device-to-device copy of the same bytes (``torch.Tensor.copy_``), its payload rate.
-Rank 0 prints one table (nccl-tests' columns plus the ratio to the copy limit).
+Rank 0 prints one table (nccl-tests' columns plus the ratio to the copy limit). ``--register``:
+the buffers come from ``pyxccl.cuda.empty`` and are registered (single copy at every size above
+``PYXCCL_CUDA_REGISTERED_MIN_BYTES``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--colls", default=",".join(FACTORS))
+    ap.add_argument("--register", action="store_true", help="buffers of pyxccl.cuda.empty, registered")
     args = ap.parse_args()
     comm = pyxccl.init()
     n, r = comm.size, comm.rank
@@ -39,8 +42,16 @@ def main() -> None:
     while size <= args.max:
         count = size // 4
         count -= count % n
-        x = torch.ones(count, device=dev)
-        y = torch.empty_like(x)
+        regs, mems = [], []
+        if args.register:
+            import pyxccl.cuda
+            mems = [pyxccl.cuda.empty(count, "float32", f"cuda:{dev.index}") for _ in range(2)]
+            regs = [comm.register(m) for m in mems]
+            x, y = (torch.as_tensor(m, device=dev) for m in mems)
+            x.fill_(1)
+        else:
+            x = torch.ones(count, device=dev)
+            y = torch.empty_like(x)
 
         def copy_limit() -> None:
             y.copy_(x)
@@ -68,10 +79,16 @@ def main() -> None:
             algbw = size / t / 1e9
             bus = algbw * (FACTORS[name](n) if name in FACTORS else 1.0)
             rows.append((name, size, t, algbw, bus))
+        for reg in regs:
+            reg.deregister()
+        del x, y
+        for m in mems:
+            m.free()
         size *= 4
     if r == 0:
         limits = {s: a for name, s, _, a, _ in rows if name == "copy"}
-        print(f"# {n} ranks, {torch.cuda.get_device_name(dev)}; copy = one device-to-device copy_ (payload rate)")
+        print(f"# {n} ranks, {torch.cuda.get_device_name(dev)}{', registered buffers' if args.register else ''}; "
+              f"copy = one device-to-device copy_ (payload rate)")
         print(f"{'collective':>15} {'size(B)':>12} {'time(us)':>10} {'algbw(GB/s)':>12} {'busbw(GB/s)':>12} "
               f"{'bus/copy':>9}")
         for name, s, t, a, b in rows:

@@ -28,10 +28,11 @@ def cases(nranks: int, sizes: tuple[int, ...], dtypes=DTYPE_NAMES, colls=COLLECT
     return out
 
 
-def run_on_device(comm, case_list: list, registered: int = 0) -> list[str]:
+def run_on_device(comm, case_list: list, registered: int = 0, arrays: str = "raw") -> list[str]:
     """Run ``case_list`` on this rank's device through the mirror; the mismatches. ``registered``:
     bytes of a buffer of ``pyxccl.cuda.empty`` registered with ``comm``, which every call's
-    buffers are carved from (and then at least one call must have gone by single copy)."""
+    buffers are carved from (and then at least one call must have gone by single copy); ``arrays``:
+    "raw", "torch" or "cupy" (:class:`device_mirror.MirrorComm`)."""
     import pyxccl.cuda
     from device_mirror import MirrorComm
     dev_name = os.environ.get("PYXCCL_TEST_DEVICE", "cuda:0")
@@ -40,7 +41,7 @@ def run_on_device(comm, case_list: list, registered: int = 0) -> list[str]:
     if registered:
         arena = pyxccl.cuda.empty(registered, "uint8", dev_name)
         reg = comm.register(arena)
-    mirror = MirrorComm(comm, dev, None if arena is None else (arena.address, arena.nbytes))
+    mirror = MirrorComm(comm, dev, None if arena is None else (arena.address, arena.nbytes), arrays)
     failures: list[str] = []
     for c in case_list:
         try:
@@ -60,8 +61,9 @@ def run_on_device(comm, case_list: list, registered: int = 0) -> list[str]:
 
 
 def job_cases(comm, nranks: int, sizes: tuple, dtypes=DTYPE_NAMES, colls=COLLECTIVES, ops=OP_NAMES,
-              registered: int = 0) -> list[str]:
-    return run_on_device(comm, cases(nranks, tuple(sizes), tuple(dtypes), tuple(colls), tuple(ops)), registered)
+              registered: int = 0, arrays: str = "raw") -> list[str]:
+    return run_on_device(comm, cases(nranks, tuple(sizes), tuple(dtypes), tuple(colls), tuple(ops)), registered,
+                         arrays)
 
 
 def job_catalogue_on_device(comm, coll: str, host_layouts: list) -> list[str]:

@@ -10,6 +10,7 @@ contract of :mod:`pyxccl.cuda.device` (a real GPU or the emulated one), with no 
 
 from __future__ import annotations
 
+from math import prod
 from typing import Any
 
 import numpy as np
@@ -30,12 +31,15 @@ def _base(a: np.ndarray) -> np.ndarray:
 class MirrorComm:
     """``comm`` with its collectives run on ``device`` memory mirroring the numpy arguments."""
 
-    def __init__(self, comm: Any, device: Any, arena: "tuple[int, int] | None" = None):
+    def __init__(self, comm: Any, device: Any, arena: "tuple[int, int] | None" = None, arrays: str = "raw"):
         """``arena``: (address, bytes) of device memory the mirrors are carved from (e.g. a registered
-        buffer), instead of one allocation each."""
+        buffer), instead of one allocation each; ``arrays``: what the communicator is given, "raw"
+        (pyxccl Buffers), "torch" (CUDA tensors) or "cupy" (CuPy arrays) where that library has
+        the dtype (raw otherwise)."""
         self.comm, self.device = comm, device
         self.rank, self.size = comm.rank, comm.size
         self.arena = arena
+        self.arrays = arrays
 
     def __getattr__(self, name: str) -> Any:
         if name in COLLECTIVES:
@@ -66,7 +70,8 @@ class MirrorComm:
                 dev.write(addr, base.tobytes())
                 bases[id(base)] = (base, addr)
             addr = bases[id(base)][1] + (a.__array_interface__["data"][0] - base.__array_interface__["data"][0])
-            return Buffer.on_device(a, dev.name, addr, a.nbytes, dtype_of(a.dtype))
+            wrapped = wrap(self.arrays, dev.name, addr, a)
+            return wrapped if wrapped is not None else Buffer.on_device(a, dev.name, addr, a.nbytes, dtype_of(a.dtype))
 
         dargs = tuple(to_device(a) for a in args)
         dkw = {k: to_device(v) for k, v in kwargs.items()}
@@ -101,9 +106,42 @@ class MirrorComm:
     @staticmethod
     def _back(ret: Any, bases: dict) -> Any:
         if isinstance(ret, Buffer):  # a part of a mirrored array (e.g. reduce_scatter in place)
-            for base, addr in bases.values():
-                if addr <= ret.address < addr + max(base.nbytes, 1):
-                    start = (ret.address - addr) // base.itemsize
-                    return base.reshape(-1)[start:start + ret.count]
+            where = (ret.address, ret.count)
+        elif hasattr(ret, "__cuda_array_interface__"):  # the same as a torch tensor or CuPy array
+            cai = ret.__cuda_array_interface__
+            where = (cai["data"][0], prod(cai["shape"]))
+        else:
             return ret
+        for base, addr in bases.values():
+            if addr <= where[0] < addr + max(base.nbytes, 1):
+                start = (where[0] - addr) // base.itemsize
+                return base.reshape(-1)[start:start + where[1]]
         return ret
+
+
+class _Cai:
+    """``nbytes`` bytes at ``address`` as a CUDA array of uint8 (for torch and CuPy to view)."""
+
+    def __init__(self, address: int, nbytes: int):
+        self.__cuda_array_interface__ = {"version": 3, "shape": (nbytes,), "typestr": "|u1",
+                                         "data": (address, False), "strides": None, "stream": None}
+
+
+_TORCH = {"int8": "int8", "uint8": "uint8", "int32": "int32", "int64": "int64", "float16": "float16",
+          "bfloat16": "bfloat16", "float32": "float32", "float64": "float64", "float8_e5m2": "float8_e5m2"}
+_CUPY = {"int8", "uint8", "int32", "uint32", "int64", "uint64", "float16", "float32", "float64"}
+
+
+def wrap(kind: str, device: str, address: int, a: np.ndarray) -> Any:
+    """The device memory mirroring ``a`` at ``address`` as a ``kind`` array of ``a``'s dtype and shape
+    (None: "raw", or the library lacks the dtype)."""
+    name = a.dtype.name
+    if kind == "torch" and name in _TORCH:
+        import torch
+        raw = torch.as_tensor(_Cai(address, a.nbytes), device=device)
+        return raw.view(getattr(torch, _TORCH[name])).view(a.shape)
+    if kind == "cupy" and name in _CUPY:
+        import cupy
+        with cupy.cuda.Device(int(device.split(":")[1])):
+            return cupy.asarray(_Cai(address, a.nbytes)).view(a.dtype).reshape(a.shape)
+    return None

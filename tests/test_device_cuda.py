@@ -22,10 +22,13 @@ ENV = {"PYXCCL_DEVICE_BACKEND": "cuda"}
 MiB = 1 << 20
 
 
+@pytest.mark.parametrize("arrays", ["torch", "cupy"])
 @pytest.mark.parametrize("nranks", [2, 3, 4])
-def test_every_collective_dtype_and_op(env_pools, nranks):
+def test_every_collective_dtype_and_op(env_pools, nranks, arrays):
+    """Torch CUDA tensors or CuPy arrays (pyxccl Buffers for the dtypes the library lacks)."""
+    pytest.importorskip(arrays)
     p = env_pools(nranks, **ENV)
-    p.check(job_cases, nranks=nranks, sizes=(0, 1, 7, 100003), deadline=120)
+    p.check(job_cases, nranks=nranks, sizes=(0, 1, 7, 100003), arrays=arrays, deadline=120)
 
 
 @pytest.mark.parametrize("env", [{}, {"PYXCCL_CUDA_GRAPHS": "1"}, {"PYXCCL_CUDA_DIRECT_MIN_BYTES": "1"}],
