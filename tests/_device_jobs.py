@@ -195,3 +195,34 @@ def job_register_errors(comm) -> list[str]:
         pass
     good.free()
     return failures
+
+
+def job_oneshot(comm, expect: bool) -> list[str]:
+    """Small device all-reduces (in place, out of place, premul_sum, avg, bfloat16): correct, and they took
+    the one-shot path (``expect``) or not (PYXCCL_ALGO names an all-reduce algorithm, a large call)."""
+    import numpy as np
+    from device_mirror import MirrorComm
+
+    import pyxccl
+    from pyxccl.cuda import get_device
+    mirror = MirrorComm(comm, get_device(os.environ.get("PYXCCL_TEST_DEVICE", "cuda:0")))
+    N, r = comm.size, comm.rank
+    failures = []
+    for n in (1, 7, 1000):
+        x = np.arange(n, dtype=np.float32) + r
+        mirror.all_reduce(x)
+        want = N * np.arange(n, dtype=np.float32) + N * (N - 1) / 2
+        if not np.array_equal(x, want):
+            failures.append(f"in place n={n}: {x[:4]} != {want[:4]}")
+        y = np.empty(n, np.float32)
+        mirror.all_reduce(np.full(n, r + 1.0, np.float32), y, op=pyxccl.premul_sum(0.5))
+        if not np.all(y == 0.5 * N * (N + 1) / 2):
+            failures.append(f"premul_sum n={n}: {y[:4]}")
+        z = np.full(n, 2.0 * r, np.float32)
+        mirror.all_reduce(z, op="avg")
+        if not np.allclose(z, N - 1.0):
+            failures.append(f"avg n={n}: {z[:4]}")
+    epoch = comm._engine.oneshot.epoch
+    if expect != (epoch == 9):
+        failures.append(f"one-shot calls: {epoch} (expected {'9' if expect else 'none'})")
+    return failures

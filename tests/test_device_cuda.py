@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from _device_jobs import job_cases, job_register_errors, job_repeated_calls, job_send_recv
+from _device_jobs import job_cases, job_oneshot, job_register_errors, job_repeated_calls, job_send_recv
 
 pyxccl_cuda = pytest.importorskip("pyxccl.cuda")
 if not pyxccl_cuda.available():
@@ -43,6 +43,11 @@ def test_repeated_calls_and_send_recv(env_pools, env):
 def test_single_copy_every_collective(env_pools, nranks):
     p = env_pools(nranks, **ENV, PYXCCL_CUDA_DIRECT_MIN_BYTES="1")
     p.check(job_cases, nranks=nranks, sizes=(7, 100003), dtypes=("float32", "bfloat16", "int8"), deadline=90)
+
+
+@pytest.mark.parametrize("nranks", [2, 4])
+def test_small_all_reduces_take_the_one_shot_path(env_pools, nranks):
+    env_pools(nranks, **ENV).check(job_oneshot, expect=True, deadline=60)
 
 
 @pytest.mark.parametrize("nranks", [2, 3])

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from _device_jobs import job_async_work, job_cases, job_catalogue_on_device, job_register_errors, job_send_recv
+from _device_jobs import (job_async_work, job_cases, job_catalogue_on_device, job_oneshot, job_register_errors,
+                          job_send_recv)
 from harness import DTYPE_NAMES
 
 ENV = {"PYXCCL_DEVICE_BACKEND": "emulated", "PYXCCL_CUDA_SLOT_BYTES": "16K", "PYXCCL_NSLOTS": "2"}
@@ -78,3 +79,13 @@ def test_registered_buffers_go_by_single_copy(env_pools, nranks):
 
 def test_registering_what_cannot_be_registered(env_pools):
     env_pools(3, **REGISTERED).check(job_register_errors)
+
+
+@pytest.mark.parametrize("nranks", [2, 3])
+def test_small_all_reduces_take_the_one_shot_path(env_pools, nranks):
+    env_pools(nranks, **ENV).check(job_oneshot, expect=True)
+
+
+def test_the_one_shot_path_stays_out_when_an_algorithm_is_named_or_the_call_is_large(env_pools):
+    env_pools(2, **ENV, PYXCCL_ALGO="allreduce:ring").check(job_oneshot, expect=False)
+    env_pools(2, **ENV, PYXCCL_CUDA_ONESHOT_MAX_BYTES="0").check(job_oneshot, expect=False)

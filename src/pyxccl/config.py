@@ -157,6 +157,8 @@ class Config:
     """PYXCCL_CUDA_DIRECT_MIN_BYTES: device calls of at least this many bytes per block go by single copy where the IR allows (a receiver reads straight from the sender's buffer through CUDA IPC: one copy instead of two); 0 (the default): never. Such a call first swaps buffer handles with its peers on the host, so it returns only once they issued it too (a host rendezvous NCCL's calls do not have): opt in where calls are in lockstep anyway."""
     cuda_registered_min_bytes: int = 256 * 1024
     """PYXCCL_CUDA_REGISTERED_MIN_BYTES: device calls on registered buffers (``Communicator.register``) of at least this many bytes per block go by single copy (the receivers read the senders' buffers where they are); smaller ones go through the slots, since a single-copy call first swaps (window, offset) with its peers on the host. 0: every size."""
+    cuda_oneshot_max_bytes: int = 256 * 1024
+    """PYXCCL_CUDA_ONESHOT_MAX_BYTES: device all-reduces of at most this many bytes among the ranks of one host take the one-shot path (every rank copies its input to every peer, one flag hand-off, the reduction in rank order, all on the caller's stream) instead of a ring or tree; 0: never."""
     cuda_graphs: bool = False
     """PYXCCL_CUDA_GRAPHS: 1 to capture a device call repeated with the same buffers into a CUDA graph at its second run and replay it after (one launch instead of a few dozen driver calls)."""
     cache_dir: str = ""
@@ -192,6 +194,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "cuda_slot_bytes": ("PYXCCL_CUDA_SLOT_BYTES", _parse_bytes),
     "cuda_direct_min_bytes": ("PYXCCL_CUDA_DIRECT_MIN_BYTES", _bytes_or_zero),
     "cuda_registered_min_bytes": ("PYXCCL_CUDA_REGISTERED_MIN_BYTES", _bytes_or_zero),
+    "cuda_oneshot_max_bytes": ("PYXCCL_CUDA_ONESHOT_MAX_BYTES", _bytes_or_zero),
     "cuda_graphs": ("PYXCCL_CUDA_GRAPHS", _parse_bool),
     "cache_dir": ("PYXCCL_CACHE_DIR", str),
     "device_backend": ("PYXCCL_DEVICE_BACKEND", _parse_device_backend),

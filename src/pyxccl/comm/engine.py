@@ -41,6 +41,7 @@ from ..ir.program import Buf, Program
 from ..reliability import flight
 from ..reliability import mismatch
 from ..runtime.host import executor
+from ..runtime.device.oneshot import OneShot
 from ..runtime.host import path_choice
 from ..runtime.kernels import device_kernels, kernels, postdivide, prescale
 from ..memory import HOST, caller_stream
@@ -86,6 +87,7 @@ class Engine:
         self.paths = path_choice.for_host(cfg.cma, self.rank, kinds, doorbell, peer_doorbells)
         self.make_device_connections = device_connections
         self.device_side: "tuple[Any, Connections] | None" = None  # (DeviceResources, Connections)
+        self.oneshot = OneShot()  # the epoch of the one-shot all-reduces on the device
         self.windows: Any = None
         """registered buffers (:class:`~pyxccl.transport.cuda_ipc.windows.Windows`, made at the first)"""
         self._release_lock = threading.Lock()  # releasing device waits vs freeing the device side
@@ -132,7 +134,7 @@ class Engine:
                 if program is not None:
                     if call.agree_count:  # v-collectives where ranks know only their own counts
                         call.count = self.agree_max(call.count)
-                    self.execute(call, program, kern)
+                    self.execute(call, program, kern, tuned=algorithm is None)
                 if work is not None and self.device_side is not None:
                     self.attach_device(work, call)
             except BaseException as exc:
@@ -207,13 +209,14 @@ class Engine:
                                   f"on {self.device_side[0].device.name} (one device per communicator, as NCCL's)")
         return device_kernels(call.op, call.dtype, get_device(call.device))
 
-    def execute(self, call: Call, program: Program, kern: Any) -> None:
-        """Run ``call`` with ``program`` on this thread (inside the call queue)."""
+    def execute(self, call: Call, program: Program, kern: Any, tuned: bool = False) -> None:
+        """Run ``call`` with ``program`` on this thread (inside the call queue); ``tuned``: the call
+        left the choice to pyxccl (no ``algorithm=``), so a device call may take the one-shot path."""
         self.seq += 1
         if call.count == 0:
             return
         if call.device != HOST:
-            self.execute_device(call, program, kern)
+            self.execute_device(call, program, kern, tuned)
             return
         self.execute_host(call, program, kern)
 
@@ -227,7 +230,7 @@ class Engine:
         log.trace("%s", label, rank=self.rank)
         self.drive_run(prun, prun.runners(self.connect(prun.needed(), label)), call, label)
 
-    def execute_device(self, call: Call, program: Program, kern: Any) -> None:
+    def execute_device(self, call: Call, program: Program, kern: Any, tuned: bool = False) -> None:
         """Enqueue ``call`` on its device (:func:`pyxccl.runtime.device.launch`): ordered on the
         caller's stream, the host not waiting for the device."""
         from ..runtime import device as devrt
@@ -240,6 +243,11 @@ class Engine:
         live = self.liveness
         live.check_running(label)  # a loss (or abort) since the call was issued: enqueue nothing
         try:
+            if tuned and self.oneshot_fits(call, connections.kinds) and devrt.launch_oneshot(
+                    self.oneshot, self.rank, self.size, call.input, call.output, call.count, call.dtype.itemsize,
+                    call.op, kern, res, lambda needed: connections.get(needed, label, self.call_timeout),
+                    call.stream) is not None:
+                return
             devrt.launch(program, self.rank, self.size, call.input, call.output, call.count, call.dtype.itemsize,
                          call.op, kern, res, lambda needed: connections.get(needed, label, self.call_timeout),
                          self.ctx.config.cuda_slot_bytes, call.stream, call.reduced, label, call.layout,
@@ -266,6 +274,16 @@ class Engine:
             raise InvalidArgument(f"{what}: the buffers are on {name} but this communicator runs on "
                                   f"{self.device_side[0].device.name} (one device per communicator, as NCCL's)")
         return self.device_side
+
+    def oneshot_fits(self, call: Call, kinds: list[str]) -> bool:
+        """Whether ``call`` takes the one-shot all-reduce (:mod:`pyxccl.runtime.device.oneshot`): a small
+        all-reduce, every peer on this host, PYXCCL_ALGO silent about all-reduce. The same answer on
+        every rank (the epochs count these calls)."""
+        cfg = self.ctx.config
+        nbytes = call.count * call.dtype.itemsize
+        return (call.collective == "allreduce" and self.size > 1 and call.layout is None
+                and nbytes <= min(cfg.cuda_oneshot_max_bytes, cfg.cuda_slot_bytes)
+                and all(k in ("self", "cuda_ipc") for k in kinds) and not self.programs.forced(call.collective))
 
     def single_copy(self, call: Call) -> Any:
         """How ``call`` goes by single copy (:class:`~pyxccl.runtime.device.direct.SingleCopy`), or None

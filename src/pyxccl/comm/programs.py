@@ -65,6 +65,10 @@ class Programs:
         self._cache[key] = program
         return program
 
+    def forced(self, collective: str) -> bool:
+        """Whether PYXCCL_ALGO names algorithms for ``collective`` (then the tuner's other paths stay out)."""
+        return bool(tuner.spec.parse(self.cfg.algo).get(collective)) if self.cfg.algo else False
+
     def _own(self, call: Call, program: Program, root: int) -> Program:
         """Check a user's program (e.g. loaded from MSCCL XML) against the call; verify it once."""
         if program.collective != call.collective or program.nranks != self.size:

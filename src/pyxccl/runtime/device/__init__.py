@@ -10,6 +10,8 @@ from ...ir.program import Buf, Program
 from ...memory import DeviceArray
 from . import direct
 from .executor import DeviceCall
+from .oneshot import OneShot
+from .oneshot import needed as oneshot_needed
 from .resources import DeviceResources
 
 
@@ -52,9 +54,9 @@ def launch(program: Program, rank: int, nranks: int, inp: Any, out: Any, count: 
             if res.last is not None:
                 dev.wait_event(user, res.last)
             dev.launch_graph(graph, user)
-            return _end(res, user, [] if res.last is None else [res.last])
+            return _end(res, user, [] if res.last is None else [res.last], caller_stream)
     return _enqueue(program, rank, nranks, inp, out, count, itemsize, op, kernels, res, connect, slot_bytes, user,
-                    reduced, label, layout, single)
+                    reduced, label, layout, single, caller_stream)
 
 
 def _where(arr: Any) -> Any:
@@ -63,7 +65,7 @@ def _where(arr: Any) -> Any:
 
 def _enqueue(program: Program, rank: int, nranks: int, inp: Any, out: Any, count: int, itemsize: int, op: Any,
              kernels: Any, res: DeviceResources, connect: Callable[[frozenset], dict], slot_bytes: int, user: Any,
-             reduced: list, label: str, layout: dict | None, single: Any) -> Any:
+             reduced: list, label: str, layout: dict | None, single: Any, caller_stream: "int | None" = None) -> Any:
     """One call's stream work on ``user`` (see :func:`launch`)."""
     dev = res.device
     arrays: dict[Buf, tuple[int, int]] = {}
@@ -89,7 +91,8 @@ def _enqueue(program: Program, rank: int, nranks: int, inp: Any, out: Any, count
     capturing = dev.is_capturing(user)  # a CUDA graph: the graph orders its replays, not res.last
     start = res.event()
     dev.record(start, user)
-    after = [start] if res.last is None or capturing else [start, res.last]
+    # the last call ended on this stream (before ``start``) or elsewhere (its end event is waited for)
+    after = [start] if res.last is None or capturing or _after_last(res, caller_stream) else [start, res.last]
     ends = call.enqueue(conns, res.streams_for(len(call.plan.tbs)), after)
     for ev in ends:
         dev.wait_event(user, ev)
@@ -100,17 +103,45 @@ def _enqueue(program: Program, rank: int, nranks: int, inp: Any, out: Any, count
     if capturing:
         res.give_back(after + ends)
         return None
-    return _end(res, user, after + ends)
+    done = after + ends
+    if res.last is not None and res.last not in after:  # on this stream: nothing waited for it
+        done.append(res.last)
+    return _end(res, user, done, caller_stream)
 
 
-def _end(res: DeviceResources, user: Any, done: list) -> Any:
+def launch_oneshot(shot: OneShot, rank: int, nranks: int, inp: DeviceArray, out: DeviceArray, count: int,
+                   itemsize: int, op: Any, kernels: Any, res: DeviceResources,
+                   connect: Callable[[frozenset], dict], caller_stream: int) -> Any:
+    """Enqueue a one-shot all-reduce (:mod:`.oneshot`) on ``caller_stream``, after the communicator's
+    last call; the event that ends it, or None when the stream is being captured into a CUDA graph
+    (nothing enqueued: the call takes the plan's path)."""
+    dev = res.device
+    user = dev.external_stream(caller_stream)
+    if dev.is_capturing(user):
+        return None
+    conns = connect(oneshot_needed(rank, nranks))
+    if res.last is not None and not _after_last(res, caller_stream):
+        dev.wait_event(user, res.last)
+    shot.enqueue(rank, nranks, inp, out, count, itemsize, op, kernels, res, conns, user)
+    return _end(res, user, [] if res.last is None else [res.last], caller_stream)
+
+
+def _after_last(res: DeviceResources, caller_stream: "int | None") -> bool:
+    """Whether work on ``caller_stream`` is ordered after the last call already: it ended on that
+    stream (not the per-thread default stream, handle 2, which is a different stream per thread)."""
+    return caller_stream is not None and caller_stream != 2 and res.last_stream == caller_stream
+
+
+def _end(res: DeviceResources, user: Any, done: list, caller_stream: "int | None" = None) -> Any:
     """Record the event that ends a call on ``user`` as the communicator's last; the events ``done``
-    (waited for already: a wait keeps the state it saw) go back to the pool."""
+    (waited for already: a wait keeps the state it saw) go back to the pool. ``caller_stream``: the
+    handle of ``user`` (a later call on it needs no wait for this one)."""
     last = res.event()
     res.device.record(last, user)
     res.give_back(done)
     res.last = last
+    res.last_stream = caller_stream
     return last
 
 
-__all__ = ["DeviceCall", "DeviceResources", "launch"]
+__all__ = ["DeviceCall", "DeviceResources", "OneShot", "launch", "launch_oneshot"]

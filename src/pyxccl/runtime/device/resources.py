@@ -24,6 +24,8 @@ class DeviceResources:
         self._spaces: dict[str, tuple[int, int]] = {}
         self.last: Any = None
         """the event recorded at the end of the last call (None before the first)"""
+        self.last_stream: "int | None" = None
+        """the caller's stream the last call ended on (a call on the same stream is ordered after it)"""
         self._graphs: dict[tuple, tuple[Any, Any]] = {}  # repeated calls captured: key -> (program, graph)
         self._seen: dict[tuple, Any] = {}  # calls run once: key -> program
         self._capture: Any = None
