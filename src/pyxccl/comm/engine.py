@@ -324,10 +324,24 @@ class Engine:
                        lambda timeout: dev.event_synchronize(ev, timeout))
 
     def execute_staged(self, call: Call, program: Program) -> None:
-        """Run a device call on the host path over host copies of its buffers
-        (:class:`~pyxccl.comm.staging.StagedCall`), then copy the results back: correct across
-        hosts, not yet pipelined (the socket transport's proxy is later work)."""
+        """Run a device call on the host path over host copies of its buffers: an all-reduce, broadcast
+        or reduce piece by piece, its copies to and from the host overlapping the wire
+        (:mod:`pyxccl.runtime.device.staged`); the other collectives whole
+        (:class:`~pyxccl.comm.staging.StagedCall`), the results then copied back."""
         from dataclasses import replace
+        if staging.pipelines(call):
+            from ..runtime.device.staged import run_pieces
+            kern = kernels(call.op, call.dtype)
+            reduced = any(getattr(a, "address", None) == getattr(call.output, "address", 0) for a in call.reduced)
+
+            def run_host(hin: Any, hout: Any, a: int, b: int) -> None:
+                self.execute_host(replace(call, count=b - a, input=hin, output=hout, device=HOST,
+                                          reduced=[hout] if reduced else []), program, kern)
+
+            run_pieces(self.device_side[0], call.stream, call.input, call.output, call.count, call.dtype.np,
+                       max(1, self.ctx.config.cuda_slot_bytes // call.dtype.itemsize), run_host,
+                       self.call_timeout or self.timeout)
+            return
         staged = staging.StagedCall(call.device, call.stream, [call.input, call.output])
         host_call = replace(call, input=staged.host(call.input), output=staged.host(call.output), device=HOST,
                             reduced=[staged.host(a) for a in call.reduced])

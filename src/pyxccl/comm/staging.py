@@ -52,6 +52,22 @@ def recv(b: Buffer, run: Callable[[np.ndarray], Any]) -> None:
 
 # ---------------------------------------------------------------------- whole calls
 
+ELEMENT_WISE = ("allreduce", "broadcast", "reduce")
+"""collectives whose every piece of the buffer is a call of its own (staged piece by piece)"""
+
+
+def pipelines(call: Any) -> bool:
+    """Whether a device call may be staged piece by piece (:mod:`pyxccl.runtime.device.staged`): an
+    element-wise collective whose input and output are the same buffer or do not overlap."""
+    from ..memory import DeviceArray
+    if call.collective not in ELEMENT_WISE or call.layout is not None:
+        return False
+    a, b = call.input, call.output
+    if isinstance(a, DeviceArray) and isinstance(b, DeviceArray) and a.address != b.address:
+        return a.address + a.nbytes <= b.address or b.address + b.nbytes <= a.address
+    return True
+
+
 class StagedCall:
     """A device call's arrays mirrored in host memory, for peers no device transport reaches (other
     hosts: the socket transport). Arrays that overlap (in-place calls) share one host copy, so the

@@ -84,6 +84,10 @@ class Device(Protocol):
     def alloc(self, nbytes: int) -> int:
         """Plain device memory (not shareable); free with :meth:`free_plain`."""
     def free_plain(self, address: int) -> None: ...
+    def host_alloc(self, nbytes: int) -> int:
+        """Page-locked host memory the device copies to and from asynchronously (``cuMemHostAlloc``);
+        free with :meth:`free_host`."""
+    def free_host(self, address: int) -> None: ...
     def alloc_shared(self, nbytes: int) -> SharedBlock:
         """Shareable memory (VMM ``cuMemCreate`` with a POSIX fd), mapped here, zeroed."""
     def import_shared(self, fd: int, nbytes: int) -> SharedBlock:

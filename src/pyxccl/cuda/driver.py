@@ -239,6 +239,14 @@ class CudaDevice:
         self.current()
         cu.cuMemFree(address)
 
+    def host_alloc(self, nbytes: int) -> int:
+        self.current()
+        return int(check(cu.cuMemHostAlloc(max(nbytes, 1), 0), f"cuMemHostAlloc({nbytes})"))
+
+    def free_host(self, address: int) -> None:
+        self.current()
+        cu.cuMemFreeHost(address)
+
     def _prop(self) -> Any:
         prop = cu.CUmemAllocationProp()
         prop.type = cu.CUmemAllocationType.CU_MEM_ALLOCATION_TYPE_PINNED

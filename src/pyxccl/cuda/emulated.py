@@ -214,6 +214,12 @@ class EmulatedDevice:
         if entry is not None:
             os.close(entry[1])  # the mapping goes with its last view
 
+    def host_alloc(self, nbytes: int) -> int:
+        return self.alloc(nbytes)  # host memory is all the emulated device has
+
+    def free_host(self, address: int) -> None:
+        self.free_plain(address)
+
     def export_ipc(self, address: int) -> "tuple[bytes, int] | None":
         """(pid and fd of the memfd holding ``address``, offset): a peer opens /proc/<pid>/fd/<fd>."""
         with self._lock:

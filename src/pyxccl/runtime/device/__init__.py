@@ -54,7 +54,7 @@ def launch(program: Program, rank: int, nranks: int, inp: Any, out: Any, count: 
             if res.last is not None:
                 dev.wait_event(user, res.last)
             dev.launch_graph(graph, user)
-            return _end(res, user, [] if res.last is None else [res.last], caller_stream)
+            return end_call(res, user, [] if res.last is None else [res.last], caller_stream)
     return _enqueue(program, rank, nranks, inp, out, count, itemsize, op, kernels, res, connect, slot_bytes, user,
                     reduced, label, layout, single, caller_stream)
 
@@ -106,7 +106,7 @@ def _enqueue(program: Program, rank: int, nranks: int, inp: Any, out: Any, count
     done = after + ends
     if res.last is not None and res.last not in after:  # on this stream: nothing waited for it
         done.append(res.last)
-    return _end(res, user, done, caller_stream)
+    return end_call(res, user, done, caller_stream)
 
 
 def launch_oneshot(shot: OneShot, rank: int, nranks: int, inp: DeviceArray, out: DeviceArray, count: int,
@@ -123,7 +123,7 @@ def launch_oneshot(shot: OneShot, rank: int, nranks: int, inp: DeviceArray, out:
     if res.last is not None and not _after_last(res, caller_stream):
         dev.wait_event(user, res.last)
     shot.enqueue(rank, nranks, inp, out, count, itemsize, op, kernels, res, conns, user)
-    return _end(res, user, [] if res.last is None else [res.last], caller_stream)
+    return end_call(res, user, [] if res.last is None else [res.last], caller_stream)
 
 
 def _after_last(res: DeviceResources, caller_stream: "int | None") -> bool:
@@ -132,7 +132,7 @@ def _after_last(res: DeviceResources, caller_stream: "int | None") -> bool:
     return caller_stream is not None and caller_stream != 2 and res.last_stream == caller_stream
 
 
-def _end(res: DeviceResources, user: Any, done: list, caller_stream: "int | None" = None) -> Any:
+def end_call(res: DeviceResources, user: Any, done: list, caller_stream: "int | None" = None) -> Any:
     """Record the event that ends a call on ``user`` as the communicator's last; the events ``done``
     (waited for already: a wait keeps the state it saw) go back to the pool. ``caller_stream``: the
     handle of ``user`` (a later call on it needs no wait for this one)."""
@@ -144,4 +144,4 @@ def _end(res: DeviceResources, user: Any, done: list, caller_stream: "int | None
     return last
 
 
-__all__ = ["DeviceCall", "DeviceResources", "OneShot", "launch", "launch_oneshot"]
+__all__ = ["DeviceCall", "DeviceResources", "OneShot", "end_call", "launch", "launch_oneshot"]

@@ -29,6 +29,8 @@ class DeviceResources:
         self._graphs: dict[tuple, tuple[Any, Any]] = {}  # repeated calls captured: key -> (program, graph)
         self._seen: dict[tuple, Any] = {}  # calls run once: key -> program
         self._capture: Any = None
+        self._staging: Any = None
+        self._host_spaces: dict[str, tuple[int, int]] = {}
         self.direct_calls = 0
         """calls where this rank's sends went by single copy (the peers read its buffers)"""
 
@@ -103,6 +105,26 @@ class DeviceResources:
         self._spaces[name] = (address, size)
         return address
 
+    def host_space(self, name: str, nbytes: int) -> int:
+        """The address of page-locked host memory ``name`` of at least ``nbytes`` (staging through the
+        host; grown like :meth:`space`)."""
+        have = self._host_spaces.get(name)
+        if have is not None and have[1] >= nbytes:
+            return have[0]
+        if have is not None:
+            self.device.synchronize()
+            self.device.free_host(have[0])
+        size = max(nbytes, 2 * have[1] if have else 0, 1 << 20)
+        address = self.device.host_alloc(size)
+        self._host_spaces[name] = (address, size)
+        return address
+
+    def staging_stream(self) -> Any:
+        """The stream of copies between device and host memory (staging)."""
+        if self._staging is None:
+            self._staging = self.device.stream()
+        return self._staging
+
     def drain(self, timeout: float) -> bool:
         """Wait (at most ``timeout`` s) until the last call finished on the device; False if it did not."""
         if self.last is None:
@@ -123,6 +145,12 @@ class DeviceResources:
         for address, _ in self._spaces.values():
             dev.free_plain(address)
         self._spaces.clear()
+        for address, _ in self._host_spaces.values():
+            dev.free_host(address)
+        self._host_spaces.clear()
+        for s in ([self._staging] if self._staging is not None else []) + ([self._capture] if self._capture is not None else []):
+            dev.destroy_stream(s)
+        self._staging = self._capture = None
         for s in self.streams:
             dev.destroy_stream(s)
         for e in self._events:
