@@ -237,3 +237,90 @@ def test_perf_checks_premul_sum_against_the_scaled_sum(device):
     rows = _rows(r.stdout)
     assert set(rows) == {"all_reduce", "reduce", "reduce_scatter"}
     assert all(t[3] == "mulsum" and t[8] == "0" and t[12] == "0" for v in rows.values() for t in v)
+
+
+# ---------------------------------------------------------------- bad input: one line, exit status 2
+
+MASTER = [sys.executable, "-c", "import sys; from pyxccl.rpc.master import main; sys.exit(main())"]
+TOOLS = {
+    "pyxccl-run": RUN + ["-n", "2", "--", sys.executable, "-c", "print('rank ran')"],
+    "pyxccl-perf": PERF + ["-c", "allreduce", "-b", "8", "-e", "64"],
+    "pyxccl-perf -n": PERF + ["-n", "2", "-c", "allreduce", "-b", "8", "-e", "64"],
+    "pyxccl-topo": [sys.executable, "-m", "pyxccl.cli.topo", "-q"],
+    "pyxccl-master": MASTER,
+}
+
+
+@pytest.mark.parametrize("bad", [{"PYXCCL_SLOT_BYTES": "7"}, {"PYXCCL_DEBUG": "loud"}], ids=["slot7", "debug"])
+@pytest.mark.parametrize("tool", list(TOOLS))
+def test_tools_print_one_line_for_a_bad_variable(tool, bad):
+    """A PYXCCL_* value the engine cannot use: ``pyxccl-<tool>: error: <var>=<value> ...`` and exit
+    status 2, no traceback, before any rank starts (before: PYXCCL_SLOT_BYTES=7 was taken, and a bad
+    PYXCCL_DEBUG raised at import with a traceback)."""
+    (var, value), = bad.items()
+    r = subprocess.run(TOOLS[tool], capture_output=True, text=True, timeout=60, env=_env(**bad))
+    assert r.returncode == 2, (r.returncode, r.stdout[-1000:], r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    name = tool.split()[0]
+    assert len(lines) == 1 and lines[0].startswith(f"{name}: error: {var}={value!r} is not usable: "), r.stderr
+    assert "allowed: " in lines[0] and "rank ran" not in r.stdout and "size" not in r.stdout
+
+
+def test_perf_names_a_bad_type_in_one_line_before_starting_ranks():
+    r = _run(PERF + ["-n", "2", "-c", "allreduce", "-b", "8", "-e", "64", "-d", "complex64"], timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "pyxccl-perf: error: dtype 'complex64'" in r.stderr
+
+
+def test_perf_plot_without_matplotlib_fails_before_running(tmp_path):
+    """--plot where matplotlib cannot be imported: one line, exit status 2, no benchmark run (before: the
+    whole benchmark ran and it exited 0 with no picture)."""
+    fake = tmp_path / "fake" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named matplotlib (hidden by the test)')\n")
+    env = _env(PYTHONPATH=os.pathsep.join([str(tmp_path / "fake"), os.environ.get("PYTHONPATH", "")]))
+    out = tmp_path / "busbw.png"
+    t0 = time.monotonic()
+    r = subprocess.run(PERF + ["-n", "2", "-c", "allreduce", "-b", "8", "-e", "1M", "--plot", str(out)],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 2, (r.stdout[-1000:], r.stderr[-2000:])
+    assert r.stderr.startswith("pyxccl-perf: error: --plot needs matplotlib") and len(r.stderr.splitlines()) == 1
+    assert "size" not in r.stdout and not out.exists() and time.monotonic() - t0 < 20
+
+
+def test_perf_plot_draws_out_of_place_and_in_place(tmp_path):
+    pytest.importorskip("matplotlib")
+    from pyxccl.cli import perf, perf_plot
+
+    rows = [perf.Row(c, s, s // 4, "float", "sum", -1, 1.0, 1.0, b, 0, 2.0, 0.5, b / 2, 0)
+            for c in ("all_reduce", "broadcast") for s, b in ((8, 0.1), (1024, 1.0), (1 << 20, 5.0))]
+    lines = perf_plot.series(rows)
+    assert [(c, w) for c, w, _, _ in lines] == [("all_reduce", "out of place"), ("all_reduce", "in place"),
+                                                ("broadcast", "out of place"), ("broadcast", "in place")]
+    assert lines[0][3] == [0.1, 1.0, 5.0] and lines[1][3] == [0.05, 0.5, 2.5] and lines[1][2] == [8, 1024, 1 << 20]
+    path = tmp_path / "busbw.png"
+    labels = perf_plot.plot(rows, str(path))
+    assert labels == ["all_reduce, out of place", "all_reduce, in place", "broadcast, out of place",
+                      "broadcast, in place"]
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_perf_sizes_end_at_the_end_size(tmp_path):
+    """-b 8 -e 16M -f 4 (the README's quick start) measures 16M last; nccl-tests would stop at 8M."""
+    from pyxccl.cli.perf import sizes
+
+    quick = sizes(8, 16 << 20, 4)
+    assert quick[0] == 8 and quick[-2:] == [8 << 20, 16 << 20] and len(quick) == 12
+    assert sizes(8, 256 << 10, 32) == [8, 256, 8192, 256 << 10]   # reached exactly: nothing added
+    assert sizes(0, 64, 4) == [0, 1, 4, 16, 64] and sizes(8, 40, 1, 16) == [8, 24, 40]
+    assert sizes(100, 50, 2) == []
+    out, png = tmp_path / "rows.json", tmp_path / "busbw.png"
+    r = _run(PERF + ["-n", "2", "-c", "allreduce", "-b", "8", "-e", "1K", "-f", "4", "--iters", "1", "-w", "0",
+                     "--check", "-J", str(out), "--plot", str(png)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [row["size"] for row in json.loads(out.read_text())] == [8, 32, 128, 512, 1024]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert png.read_bytes()[:4] == b"\x89PNG"

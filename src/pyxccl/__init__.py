@@ -22,24 +22,59 @@ import os as _os
 # call is enough; a value the user set is kept)
 _os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")
 
-from .bootstrap import UniqueId, get_unique_id  # noqa: E402
-from .comm.communicator import Communicator
-from .dtypes import AVG, DTYPES, MAX, MIN, PROD, SUM, DType, ReduceOp, premul_sum
-from .errors import (Aborted, CollectiveTimeout, ConfigError, CudaError, InvalidArgument, MismatchError, PeerLostError,
-                     PyxcclError, TransportError, VerificationError)
-from .comm.group import group
-from .comm.call_queue import Work
+import importlib as _importlib
+
+from .dtypes import AVG, DTYPES, MAX, MIN, PROD, SUM, DType, ReduceOp, premul_sum  # noqa: E402
+from .errors import (Aborted, CollectiveTimeout, ConfigError, CudaError, InvalidArgument, MismatchError,  # noqa: E402
+                     PeerLostError, PyxcclError, TransportError, VerificationError)
 
 __version__ = "0.1.0"
 
+#: public names imported at their first use (``import pyxccl`` stays light: errors, dtypes and numpy;
+#: the communicator, its runtime, transports and topology load with the first ``pyxccl.Communicator``,
+#: ``pyxccl.init()`` or ``pyxccl.get_unique_id()``)
+_LAZY = {
+    "Communicator": ".comm.communicator",
+    "UniqueId": ".bootstrap.uid",
+    "get_unique_id": ".bootstrap.uid",
+    "group": ".comm.group",
+    "Work": ".comm.call_queue",
+}
 
-def init(*, timeout: float | None = None) -> Communicator:
+
+def __getattr__(name: str):
+    """The public names of :data:`_LAZY`, and any submodule (``pyxccl.config``, ``pyxccl.cuda``, ...),
+    imported on first access."""
+    where = _LAZY.get(name)
+    if where is not None:
+        value = getattr(_importlib.import_module(where, __name__), name)
+        globals()[name] = value
+        return value
+    if name.startswith("__"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        return _importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+def init(*, timeout: float | None = None) -> "Communicator":  # noqa: F821
     """The world communicator, from the launcher's environment (torchrun, Open MPI, MPICH/PMI, Slurm).
 
     Needs ``MASTER_ADDR``/``MASTER_PORT`` for more than one rank (torchrun and pyxccl-run set them).
+    A bad ``PYXCCL_*`` value raises :class:`ConfigError` here, before anything connects.
     """
+    from . import config
     from .bootstrap import exchange_unique_id, from_environment
+    from .comm.communicator import Communicator
 
+    config.get()
     info = from_environment()
     uid = exchange_unique_id(info, timeout=timeout)
     return Communicator(info.world_size, uid, info.rank, timeout=timeout)

@@ -1,103 +1,206 @@
-"""Every ``PYXCCL_*`` environment variable, typed, defaulted and documented in one place.
+"""Every ``PYXCCL_*`` environment variable, typed, defaulted, checked and documented in one place.
 
 Nothing else in pyxccl reads ``os.environ`` for a ``PYXCCL_*`` variable: call
 :func:`get` for the process-wide configuration (read once, then cached) or
 :func:`load` with an explicit mapping.
+
+Every value the engine cannot use is refused with :class:`~pyxccl.errors.ConfigError`
+naming the variable, the value and what is allowed (:data:`RULES`: each variable's
+range). ``import pyxccl`` reads nothing: the first :func:`get` does (creating a
+communicator, ``pyxccl.init()``, ``get_unique_id()``, the tools). That first read also
+warns once about every ``PYXCCL_*`` variable of the environment that pyxccl does not know
+(a misspelling), naming the closest known name.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
+import math
 import os
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
 from .errors import ConfigError
 
+_K, _M, _G = 1 << 10, 1 << 20, 1 << 30
+#: slots are cut at 64-byte boundaries (a cache line; every dtype's size divides it)
+SLOT_ALIGN = 64
+#: the smallest slot: one page, which holds a single-copy descriptor of the most regions a step
+#: may send by descriptor (transport/shm/connectors.py: 24 + 128 x 24 bytes), a point-to-point
+#: header, and one 8-byte element of every chunk of a built-in step up to 1024 ranks (the most
+#: chunks a built-in step moves is nranks / 2)
+MIN_SLOT_BYTES = 4 * _K
+#: the largest slot: a slot's length travels in 31 bits (transport/ring.py: the top bit marks a descriptor)
+MAX_SLOT_BYTES = 1 * _G
+#: the ring header holds one 32-bit length per slot between offsets 256 and 3712 (transport/ring.py)
+MAX_NSLOTS = (4096 - 384 - 256) // 4
+#: NCCL's MAXCHANNELS: a channel is a ring of connectors per peer (and CUDA streams on a GPU)
+MAX_NCHANNELS = 64
+#: the socket transport's hello carries the number of lanes (TCP streams) in one byte
+MAX_SOCKET_NSTREAMS = 255
+#: longer timeouts overflow the system's waits (a select or futex deadline); 1e9 s is 31 years
+MAX_SECONDS = 1e9
+
+#: ``PYXCCL_*`` variables that are not configuration but are read elsewhere (tests, benchmarks):
+#: never warned about as unknown. tests/test_config_errors.py keeps this list complete.
+OTHER_VARIABLES = frozenset({
+    "PYXCCL_TEST_DEVICE",        # tests/_device_jobs.py: the device the GPU jobs use
+    "PYXCCL_TEST_SRC",           # tests/harness.py: import pyxccl from another tree
+    "PYXCCL_FAULT_TRIALS",       # tests/test_faults.py: trials of the fault test
+    "PYXCCL_TORCH_SUITE",        # tests/test_torch_backend.py: the whole torch.distributed suite
+    "PYXCCL_SUITE_AS",           # tests/torch_distributed_suite.py: the backend it poses as
+    "PYXCCL_SUITE_START",        # tests/torch_distributed_suite.py: start method of its ranks
+    "PYXCCL_TORCH_BENCH_RANK",   # benchmarks/torch_backend.py: marks its second rank
+})
+
+
+class _Invalid(ValueError):
+    """What is wrong with a value (the message says it; the rule's ``allowed`` says what is right)."""
+
+
+def _number(text: str, kind: type = float) -> float:
+    t = text.strip()
+    try:
+        value = kind(t)
+    except ValueError:
+        raise _Invalid(f"not {'a whole number' if kind is int else 'a number'}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Invalid("not a finite number")
+    return value
+
 
 def _parse_bytes(text: str) -> int:
-    """Parse ``4096``, ``64K``, ``1M``, ``2G`` (powers of 1024) into bytes."""
+    """Parse ``4096``, ``64K``, ``1M``, ``2G`` (powers of 1024; ``KB``, ``KiB`` too) into bytes."""
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     mult = 1
     if t and t[-1] in "KMG":
         mult = 1024 ** ("KMG".index(t[-1]) + 1)
         t = t[:-1]
-    value = int(float(t) * mult)
-    if value <= 0:
-        raise ValueError("must be positive")
-    return value
-
-
-def _bytes_or_zero(text: str) -> int:
-    """Like :func:`_parse_bytes`, and ``0`` (or ``off``) for never."""
-    return 0 if text.strip().lower() in ("0", "off") else _parse_bytes(text)
-
-
-def _parse_level(text: str) -> str:
-    level = text.strip().upper()
-    if level not in ("WARN", "INFO", "TRACE"):
-        raise ValueError("one of WARN, INFO, TRACE")
-    return level
-
-
-def _parse_transport(text: str) -> str:
-    value = text.strip().lower()
-    if value not in ("auto", "socket", "shm", "local"):
-        raise ValueError("one of auto, socket, shm, local")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise ValueError("must be positive")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise ValueError("must be positive")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
-
-
-def _parse_cma(text: str) -> str:
-    if text.strip().lower() in ("auto", "mixed", "put"):
-        return text.strip().lower()
     try:
-        return "on" if _parse_bool(text) else "off"
+        value = float(t) * mult
     except ValueError:
-        raise ValueError("auto, 1, 0, mixed or put") from None
+        raise _Invalid("not a byte count (like 4096, 64K, 1M or 2G)") from None
+    if not math.isfinite(value):
+        raise _Invalid("not a finite number")
+    if value != int(value):
+        raise _Invalid(f"{value:g} is not a whole number of bytes")
+    return int(value)
 
 
-def _parse_device_backend(text: str) -> str:
-    value = text.strip().lower()
-    if value not in ("cuda", "emulated"):
-        raise ValueError("cuda or emulated")
-    return value
+@dataclass(frozen=True)
+class Rule:
+    """How one variable is read: its parser (raises ValueError saying what is wrong) and, in words,
+    what it allows (ConfigError messages, ``pyxccl.config.variables()``)."""
+
+    variable: str
+    parse: Callable[[str], Any]
+    allowed: str
 
 
-def _parse_bool(text: str) -> bool:
+def _choice(*names: str, aliases: Mapping[str, str] | None = None) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        value = (aliases or {}).get(value, value)
+        if value not in names:
+            raise _Invalid("not one of the choices")
+        return value
+    return parse
+
+
+def _bool(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
     if value in ("0", "false", "no", "off"):
         return False
-    raise ValueError("one of 1, 0 (or true/false, yes/no, on/off)")
+    raise _Invalid("not a yes/no value")
 
+
+def _seconds(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise _Invalid("must be positive")
+    if value > MAX_SECONDS:
+        raise _Invalid(f"more than {MAX_SECONDS:g} s overflows the system's waits")
+    return value
+
+
+def _count(lo: int, hi: int | None = None, why_hi: str = "") -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(_number(text, int))
+        if value < lo:
+            raise _Invalid(f"must be at least {lo}")
+        if hi is not None and value > hi:
+            raise _Invalid(f"at most {hi}: {why_hi}")
+        return value
+    return parse
+
+
+def _bytes(*, zero: bool = False) -> Callable[[str], int]:
+    """A positive byte count (``zero``: or 0/off for never)."""
+    def parse(text: str) -> int:
+        if zero and text.strip().lower() in ("0", "off"):
+            return 0
+        value = _parse_bytes(text)
+        if value <= 0:
+            raise _Invalid("must be positive" + (" (or 0 for never)" if zero else ""))
+        return value
+    return parse
+
+
+def _slot_bytes(text: str) -> int:
+    value = _parse_bytes(text)
+    if value % SLOT_ALIGN:
+        raise _Invalid(f"{value} is not a multiple of {SLOT_ALIGN} bytes (slots are cut into 64-byte lines, "
+                       f"so every element type, up to 8-byte float64, fits whole)")
+    if value < MIN_SLOT_BYTES:
+        raise _Invalid(f"{value} bytes is too small: a slot must hold a single-copy descriptor and "
+                       f"slices of every collective's steps")
+    if value > MAX_SLOT_BYTES:
+        raise _Invalid(f"{value} bytes is too large: a slot's length travels in 31 bits")
+    return value
+
+
+def _parse_cma(text: str) -> str:
+    value = text.strip().lower()
+    if value in ("auto", "mixed", "put"):
+        return value
+    try:
+        return "on" if _bool(text) else "off"
+    except ValueError:
+        raise _Invalid("not one of the choices") from None
+
+
+def _spin_us(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise _Invalid("must be >= 0")
+    return value
+
+
+def _host_port(text: str) -> str:
+    """``host:port`` or ``[v6]:port`` with a port in 1..65535 (kept as written)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or host in ("[]",) or not port.isdigit():
+        raise _Invalid("not host:port")
+    if not 0 < int(port) <= 0xFFFF:
+        raise _Invalid(f"port {port} is out of range")
+    return text.strip()
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _level(text: str) -> str:
+    return _choice("warn", "info", "trace")(text).upper()
+
+
+_BYTES = "a byte count like 4096, 64K, 1M or 2G"
+_SLOTS = (f"a multiple of {SLOT_ALIGN} bytes from {MIN_SLOT_BYTES // _K}K to {MAX_SLOT_BYTES // _G}G "
+          "(like 64K, 1M, 8M)")
+_BOOL = "1 or 0 (true/false, yes/no, on/off)"
 
 @dataclass(frozen=True)
 class Config:
@@ -167,66 +270,126 @@ class Config:
     """PYXCCL_DEVICE_BACKEND: what serves ``cuda:N`` buffers: ``cuda`` (the CUDA driver through cuda-python) or ``emulated`` (host memory posing as a device, streams as threads: the GPU path's lowering tested on machines without a GPU)."""
 
 
-_PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "debug": ("PYXCCL_DEBUG", _parse_level),
-    "timeout": ("PYXCCL_TIMEOUT", _positive_float),
-    "transport": ("PYXCCL_TRANSPORT", _parse_transport),
-    "slot_bytes": ("PYXCCL_SLOT_BYTES", _parse_bytes),
-    "nslots": ("PYXCCL_NSLOTS", _positive_int),
-    "nchannels": ("PYXCCL_NCHANNELS", _positive_int),
-    "cma": ("PYXCCL_CMA", _parse_cma),
-    "cma_min_bytes": ("PYXCCL_CMA_MIN_BYTES", _parse_bytes),
-    "stream_min_bytes": ("PYXCCL_STREAM_MIN_BYTES", _bytes_or_zero),
-    "spin_us": ("PYXCCL_SPIN_US", _non_negative_float),
-    "socket_ifname": ("PYXCCL_SOCKET_IFNAME", str),
-    "socket_nstreams": ("PYXCCL_SOCKET_NSTREAMS", _positive_int),
-    "comm_id": ("PYXCCL_COMM_ID", str),
-    "hostid": ("PYXCCL_HOSTID", str),
-    "algo": ("PYXCCL_ALGO", str),
-    "topo_file": ("PYXCCL_TOPO_FILE", str),
-    "topo_dump_file": ("PYXCCL_TOPO_DUMP_FILE", str),
-    "graph_dump_file": ("PYXCCL_GRAPH_DUMP_FILE", str),
-    "rpc_master": ("PYXCCL_RPC_MASTER", str),
-    "rpc_timeout": ("PYXCCL_RPC_TIMEOUT", _positive_float),
-    "trace_dir": ("PYXCCL_TRACE_DIR", str),
-    "trace_size": ("PYXCCL_TRACE_SIZE", _non_negative_int),
-    "check": ("PYXCCL_CHECK", _parse_bool),
-    "cuda_slot_bytes": ("PYXCCL_CUDA_SLOT_BYTES", _parse_bytes),
-    "cuda_direct_min_bytes": ("PYXCCL_CUDA_DIRECT_MIN_BYTES", _bytes_or_zero),
-    "cuda_registered_min_bytes": ("PYXCCL_CUDA_REGISTERED_MIN_BYTES", _bytes_or_zero),
-    "cuda_oneshot_max_bytes": ("PYXCCL_CUDA_ONESHOT_MAX_BYTES", _bytes_or_zero),
-    "cuda_graphs": ("PYXCCL_CUDA_GRAPHS", _parse_bool),
-    "cache_dir": ("PYXCCL_CACHE_DIR", str),
-    "device_backend": ("PYXCCL_DEVICE_BACKEND", _parse_device_backend),
+#: every field's variable, parser and allowed values
+RULES: dict[str, Rule] = {
+    "debug": Rule("PYXCCL_DEBUG", _level, "WARN, INFO or TRACE"),
+    "timeout": Rule("PYXCCL_TIMEOUT", _seconds, f"seconds, a number > 0 and <= {MAX_SECONDS:g}"),
+    "transport": Rule("PYXCCL_TRANSPORT", _choice("auto", "socket", "shm", "local"), "auto, socket, shm or local"),
+    "slot_bytes": Rule("PYXCCL_SLOT_BYTES", _slot_bytes, _SLOTS),
+    "nslots": Rule("PYXCCL_NSLOTS", _count(1, MAX_NSLOTS, "the ring header holds that many slot lengths"),
+                   f"a whole number from 1 to {MAX_NSLOTS}"),
+    "nchannels": Rule("PYXCCL_NCHANNELS", _count(1, MAX_NCHANNELS, "NCCL's MAXCHANNELS"),
+                      f"a whole number from 1 to {MAX_NCHANNELS}"),
+    "cma": Rule("PYXCCL_CMA", _parse_cma, "auto, 1, 0, mixed or put"),
+    "cma_min_bytes": Rule("PYXCCL_CMA_MIN_BYTES", _bytes(), f"{_BYTES}, > 0"),
+    "stream_min_bytes": Rule("PYXCCL_STREAM_MIN_BYTES", _bytes(zero=True), f"{_BYTES}, or 0 (never)"),
+    "spin_us": Rule("PYXCCL_SPIN_US", _spin_us, "microseconds, a number >= 0"),
+    "socket_ifname": Rule("PYXCCL_SOCKET_IFNAME", _text, "interface names, NCCL syntax (eth0, ^docker,lo, =eth0)"),
+    "socket_nstreams": Rule("PYXCCL_SOCKET_NSTREAMS",
+                            _count(1, MAX_SOCKET_NSTREAMS, "the socket transport's hello carries it in one byte"),
+                            f"a whole number from 1 to {MAX_SOCKET_NSTREAMS}"),
+    "comm_id": Rule("PYXCCL_COMM_ID", _host_port, "host:port (or [v6]:port), port 1..65535"),
+    "hostid": Rule("PYXCCL_HOSTID", _text, "any text"),
+    "algo": Rule("PYXCCL_ALGO", _text, "algorithm choices (checked at the first call): "
+                 "allreduce:tree;allgather:ring, allreduce=ring:0-64K,tree:64K-max, ^allpairs"),
+    "topo_file": Rule("PYXCCL_TOPO_FILE", _text, "a readable NCCL topology XML file (checked at init)"),
+    "topo_dump_file": Rule("PYXCCL_TOPO_DUMP_FILE", _text, "a writable path (checked at init)"),
+    "graph_dump_file": Rule("PYXCCL_GRAPH_DUMP_FILE", _text, "a writable path (checked at init)"),
+    "rpc_master": Rule("PYXCCL_RPC_MASTER", _host_port, "host:port (or [v6]:port), port 1..65535"),
+    "rpc_timeout": Rule("PYXCCL_RPC_TIMEOUT", _seconds, f"seconds, a number > 0 and <= {MAX_SECONDS:g}"),
+    "trace_dir": Rule("PYXCCL_TRACE_DIR", _text, "a folder (made when a dump is written)"),
+    "trace_size": Rule("PYXCCL_TRACE_SIZE", _count(0), "a whole number >= 0 (0: record nothing)"),
+    "check": Rule("PYXCCL_CHECK", _bool, _BOOL),
+    "cuda_slot_bytes": Rule("PYXCCL_CUDA_SLOT_BYTES", _slot_bytes, _SLOTS),
+    "cuda_direct_min_bytes": Rule("PYXCCL_CUDA_DIRECT_MIN_BYTES", _bytes(zero=True), f"{_BYTES}, or 0 (never)"),
+    "cuda_registered_min_bytes": Rule("PYXCCL_CUDA_REGISTERED_MIN_BYTES", _bytes(zero=True),
+                                      f"{_BYTES}, or 0 (every size)"),
+    "cuda_oneshot_max_bytes": Rule("PYXCCL_CUDA_ONESHOT_MAX_BYTES", _bytes(zero=True), f"{_BYTES}, or 0 (never)"),
+    "cuda_graphs": Rule("PYXCCL_CUDA_GRAPHS", _bool, _BOOL),
+    "cache_dir": Rule("PYXCCL_CACHE_DIR", _text, "a folder (made at the first compile)"),
+    "device_backend": Rule("PYXCCL_DEVICE_BACKEND", _choice("cuda", "emulated"), "cuda or emulated"),
 }
 
-assert set(_PARSERS) == {f.name for f in fields(Config)}
+assert set(RULES) == {f.name for f in fields(Config)}
+#: field -> (variable, parser), as before RULES (kept for callers of the old name)
+_PARSERS = {name: (r.variable, r.parse) for name, r in RULES.items()}
+#: every variable pyxccl reads as configuration
+KNOWN = frozenset(r.variable for r in RULES.values())
+
+
+def _default(name: str) -> Any:
+    return next(f.default for f in fields(Config) if f.name == name)
 
 
 def load(env: Mapping[str, str] | None = None) -> Config:
-    """Build a :class:`Config` from ``env`` (default ``os.environ``); bad values raise ConfigError."""
+    """Build a :class:`Config` from ``env`` (default ``os.environ``); a value the engine cannot use
+    raises ConfigError naming the variable, the value and what is allowed."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
-    for name, (var, parse) in _PARSERS.items():
-        raw = env.get(var)
+    for name, rule in RULES.items():
+        raw = env.get(rule.variable)
         if raw is None or raw == "":
             continue
         try:
-            values[name] = parse(raw)
-        except ValueError as exc:
-            raise ConfigError(f"{var}={raw!r} is invalid: {exc}") from None
+            values[name] = rule.parse(raw)
+        except (ValueError, OverflowError) as exc:
+            raise ConfigError(f"{rule.variable}={raw!r} is not usable: {exc}; allowed: {rule.allowed} "
+                              f"(default {_show(_default(name))})") from None
     return Config(**values)
 
 
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int) and value >= _K and value % _K == 0:
+        return next(f"{value // m}{u}" for m, u in ((_G, "G"), (_M, "M"), (_K, "K")) if value % m == 0)
+    return repr(value) if value == "" else str(value)
+
+
+def unknown_variables(env: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """``PYXCCL_*`` names in ``env`` that pyxccl does not read, each with the closest known name (or None)."""
+    env = os.environ if env is None else env
+    out = []
+    for var in sorted(env):
+        if var.startswith("PYXCCL_") and var not in KNOWN and var not in OTHER_VARIABLES:
+            known = {k.removeprefix("PYXCCL_"): k for k in KNOWN}  # compared without the common prefix
+            close = difflib.get_close_matches(var.removeprefix("PYXCCL_"), sorted(known), n=1, cutoff=0.6)
+            out.append((var, known[close[0]] if close else None))
+    return out
+
+
 _cached: Config | None = None
+_warned: set[str] = set()
 
 
 def get() -> Config:
-    """The process-wide configuration, read from the environment on first use."""
+    """The process-wide configuration, read from the environment on first use (ConfigError for a bad
+    value, every time it is asked for until the value is fixed)."""
     global _cached
     if _cached is None:
+        _warn_unknown()
         _cached = load()
     return _cached
+
+
+def _warn_unknown() -> None:
+    """One WARN per unknown ``PYXCCL_*`` variable, per process (through pyxccl's logger)."""
+    for var, close in unknown_variables():
+        if var in _warned:
+            continue
+        _warned.add(var)
+        hint = f"did you mean {close}?" if close else "pyxccl.config.variables() lists the known ones"
+        logging.getLogger("pyxccl").warning("%s is not a pyxccl variable (ignored); %s", var, hint,
+                                            extra={"rank": None})
+
+
+def debug_level() -> str:
+    """PYXCCL_DEBUG alone, for the logger at import (WARN when it is unset or bad: a bad value raises at
+    the first :func:`get`, not at ``import pyxccl``)."""
+    try:
+        return _level(os.environ.get("PYXCCL_DEBUG") or "WARN")
+    except ValueError:
+        return "WARN"
 
 
 def reset() -> None:
@@ -240,7 +403,7 @@ def variables() -> list[tuple[str, str, Any]]:
     out = []
     docs = _field_docs()
     for f in fields(Config):
-        out.append((_PARSERS[f.name][0], docs.get(f.name, ""), f.default))
+        out.append((RULES[f.name].variable, docs.get(f.name, ""), f.default))
     return out
 
 

@@ -36,7 +36,7 @@ def setup() -> None:
         handler._pyxccl = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.propagate = False
-    logger.setLevel(_LEVELS[config.get().debug])
+    logger.setLevel(_LEVELS[config.debug_level()])
 
 
 def warn(msg: str, *args: object, rank: int | None = None) -> None:

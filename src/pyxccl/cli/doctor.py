@@ -38,6 +38,8 @@ import sys
 import time
 from typing import Any
 
+from .errors import one_line_errors
+
 _NAME = re.compile(r"pyxccl-trace-(?P<tag>[0-9A-Za-z_.-]+)-rank(?P<rank>\d+)\.json$")
 _COMPARED = ("op", "dtype", "count", "root", "reduce_op")
 _SHOW_MAX = 10  # stuck / failed records shown per rank
@@ -252,6 +254,7 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+@one_line_errors("pyxccl-doctor")
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``pyxccl-doctor``; returns the exit status (0 consistent, 1 problem, 2 bad input)."""
     ap = _parser()
@@ -266,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             if not comms:
                 raise BadInput(f"{args.dir}: no dumps of a communicator whose tag starts with {args.comm!r}")
     except BadInput as exc:
-        print(f"pyxccl-doctor: {exc}", file=sys.stderr)
+        print(f"pyxccl-doctor: error: {exc}", file=sys.stderr)
         return 2
     ndumps = sum(len(d) for d in comms.values())
     print(f"pyxccl-doctor: {ndumps} dump(s) of {len(comms)} communicator(s) in {args.dir}")

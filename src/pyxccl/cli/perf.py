@@ -6,9 +6,13 @@
 
 Prints nccl-tests' columns (size, count, type, redop, root, then time / algbw /
 busbw / #wrong out of place and in place) with nccl-tests' size convention and
-busbw factors, and ends with the average bus bandwidth. ``-J out.json`` writes the
-rows as JSON, ``--plot out.png`` draws busbw against size (matplotlib). With ``-n``
-and no launcher around it, it starts the ranks itself (through pyxccl-run).
+busbw factors, and ends with the average bus bandwidth. Sizes go from ``-b`` to ``-e``
+by ``-f`` (or ``-i``), and ``-e`` itself is always measured last (``-b 8 -e 16M -f 4``
+ends 2M, 8M, 16M; nccl-tests would stop at 8M). ``-J out.json`` writes the rows as JSON,
+``--plot out.png`` draws busbw against size, out of place and in place (matplotlib,
+checked before anything runs). With ``-n`` and no launcher around it, it starts the
+ranks itself (through pyxccl-run). A bad ``PYXCCL_*`` value or argument ends it with one
+line ``pyxccl-perf: error: ...`` and exit status 2.
 
 ``--device cuda`` puts every buffer in device memory of ``cuda:<local rank % device count>``
 (allocated through :mod:`pyxccl.cuda`: neither torch nor CuPy is needed); the clock stops once
@@ -27,6 +31,8 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from .errors import check_config, fail, one_line_errors
 
 #: collective -> (nccl-tests name, rooted, reducing, total = count * n, busbw factor)
 COLLECTIVES = {
@@ -47,6 +53,19 @@ def parse_size(text: str) -> int:
     t = text.strip().upper().removesuffix("B")
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
     return int(float(t[:-1] if mult > 1 else t) * mult)
+
+
+def sizes(min_bytes: int, max_bytes: int, factor: int = 2, increment: int = 0) -> list[int]:
+    """The message sizes of a sweep: ``min_bytes`` times ``factor`` (or plus ``increment`` when the
+    factor is 1) while at most ``max_bytes``, then ``max_bytes`` itself when the steps passed over it
+    (``-b 8 -e 16M -f 4``: ..., 2M, 8M, 16M), so the sweep always ends at the size asked for."""
+    out, size = [], min_bytes
+    while size <= max_bytes:
+        out.append(size)
+        size = size * factor if factor > 1 and size else size + max(1, increment)  # 0 B: then 1 B on
+    if out and out[-1] < max_bytes:
+        out.append(max_bytes)
+    return out
 
 
 @dataclass
@@ -389,8 +408,7 @@ def run_perf(comm, args: argparse.Namespace, out=sys.stdout) -> list[Row]:
         name, rooted, reducing, _, factor = COLLECTIVES[coll]
         if lead and len(args.collectives) > 1:
             print(f"# Collective test: {name}", file=out)
-        size = args.min_bytes
-        while size <= args.max_bytes:
+        for size in sizes(args.min_bytes, args.max_bytes, args.factor, args.increment):
             case = Case(comm, coll, size, args.datatype, op, args.root, args.algo, dev)
             res = []
             try:
@@ -419,7 +437,6 @@ def run_perf(comm, args: argparse.Namespace, out=sys.stdout) -> list[Row]:
                       f"{row.ip_time:9.1f}{row.ip_algbw:8.3f}{row.ip_busbw:8.3f}{chk(row.ip_wrong)}", file=out, flush=True)
                 if time.monotonic() - started > 10:
                     print(f"pyxccl-perf: {coll} {size} B done ({time.monotonic() - started:.0f} s)", file=sys.stderr)
-            size = size * args.factor if args.factor > 1 else size + max(1, args.increment)
     if lead:
         busbws = [b for r in rows for b in (r.oop_busbw, r.ip_busbw)]
         wrong = sum(r.oop_wrong + r.ip_wrong for r in rows)
@@ -429,32 +446,10 @@ def run_perf(comm, args: argparse.Namespace, out=sys.stdout) -> list[Row]:
             with open(args.json, "w") as f:
                 json.dump([asdict(r) for r in rows], f, indent=1)
         if args.plot:
+            from .perf_plot import plot
+
             plot(rows, args.plot)
     return rows
-
-
-def plot(rows: list[Row], path: str) -> None:
-    """Draw busbw (out of place) against size, one line per collective (needs matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("pyxccl-perf: --plot needs matplotlib (pip install 'pyxccl[plot]')", file=sys.stderr)
-        return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for coll in dict.fromkeys(r.collective for r in rows):
-        pts = [(r.size, r.oop_busbw) for r in rows if r.collective == coll]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=coll)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("size (bytes)")
-    ax.set_ylabel("bus bandwidth (GB/s)")
-    ax.set_title("pyxccl-perf, out of place")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -486,14 +481,16 @@ def _parser() -> argparse.ArgumentParser:
                         "cuda:<local rank %% device count> (cuda: needs cuda-python and a driver, or "
                         "PYXCCL_DEVICE_BACKEND=emulated); the time includes waiting for the device")
     p.add_argument("-J", "--json", help="write the rows as JSON")
-    p.add_argument("--plot", help="write a PNG of busbw against size (matplotlib)")
+    p.add_argument("--plot", help="write a PNG of busbw against size, out of place and in place (matplotlib)")
     return p
 
 
+@one_line_errors("pyxccl-perf")
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``pyxccl-perf``."""
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    _check_args(args)
     if args.collective == "all":
         args.collectives = list(COLLECTIVES)
     else:
@@ -501,7 +498,7 @@ def main(argv: list[str] | None = None) -> None:
         for c in args.collective.split(","):
             key = ALIASES.get(c.strip().lower().replace("-", "_"), ALIASES.get(c.strip().lower().replace("_", "")))
             if key is None:
-                raise SystemExit(f"pyxccl-perf: unknown collective {c!r}; use one of {', '.join(COLLECTIVES)} or all")
+                fail("pyxccl-perf", f"unknown collective {c!r}; use one of {', '.join(COLLECTIVES)} or all")
             args.collectives.append(key)
     if args.device == "cuda":  # fail before starting ranks or a communicator
         try:
@@ -528,6 +525,24 @@ def main(argv: list[str] | None = None) -> None:
         comm.destroy()
     if comm.rank == 0 and any(r.oop_wrong or r.ip_wrong for r in rows):
         sys.exit(1)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """What can be wrong before anything runs: the configuration, the type and op, the sizes, --plot."""
+    from pyxccl.dtypes import dtype_of, op_of
+
+    check_config("pyxccl-perf", algo=True)
+    dtype_of(args.datatype)
+    if args.op != "premul_sum":
+        op_of(args.op)
+    if args.min_bytes < 0 or args.max_bytes < args.min_bytes:
+        fail("pyxccl-perf", f"sizes: -b {args.min_bytes} -e {args.max_bytes}: need 0 <= -b <= -e")
+    if args.factor < 1:
+        fail("pyxccl-perf", f"-f {args.factor}: the step factor must be >= 1 (1: step by -i bytes)")
+    if args.plot:
+        from .perf_plot import require_matplotlib
+
+        require_matplotlib()
 
 
 def _is_n_flag(argv: list[str], i: int) -> bool:

@@ -25,6 +25,8 @@ import threading
 import time
 from typing import IO
 
+from .errors import check_config
+
 GRACE = 3.0  # seconds between SIGTERM and SIGKILL
 
 
@@ -145,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--master-addr", default="127.0.0.1", help="MASTER_ADDR (default 127.0.0.1)")
     p.add_argument("args", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
+    check_config("pyxccl-run")  # a bad PYXCCL_* value: one line and exit 2, before any rank starts
     if args.args and args.args[0] == "--":
         args.args = args.args[1:]
     if args.n < 1:

@@ -21,6 +21,7 @@ from ..errors import PyxcclError
 from .. import topo
 from ..topo import graph as tgraph
 from ..topo import xml as txml
+from .errors import check_config, one_line_errors
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,13 +56,15 @@ def _write(text: str, path: str) -> None:
             f.write(text)
 
 
+@one_line_errors("pyxccl-topo")
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``pyxccl-topo``; returns the exit status."""
+    """Entry point of ``pyxccl-topo``; returns the exit status (a bad ``PYXCCL_*`` value: one line, 2)."""
     args = _parser().parse_args(argv)
+    check_config("pyxccl-topo")
     try:
         system = _system(args)
     except PyxcclError as exc:
-        print(f"pyxccl-topo: {exc}", file=sys.stderr)
+        print(f"pyxccl-topo: error: {exc}", file=sys.stderr)
         return 2
     out = sys.stderr if "-" in (args.xml, args.graph_xml) else sys.stdout
     hosts = max(1, len(system.hosts))

@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from ..dtypes import DTYPES, DType, dtype_of
+from ..dtypes import BY_NUMPY, DTYPES, DType, dtype_of
 from ..errors import InvalidArgument
 from . import cuda_pointers, dlpack
 from .buffer import Buffer
 
-_NP_FAST = {t.np: t for t in DTYPES.values()}
+_NP_FAST = BY_NUMPY  # numpy dtype -> DType (ml_dtypes' types join once loaded)
 _SUPPORTED = ", ".join(DTYPES)
 
 

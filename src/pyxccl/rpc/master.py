@@ -185,11 +185,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="file whose bytes are the namespace secret (default: none, open)")
     args = p.parse_args(argv)
     host, port = "127.0.0.1", 0
-    if config.get().rpc_master:
-        try:
-            host, port = net.split_host_port(config.get().rpc_master)
-        except ValueError as exc:
-            raise ConfigError(f"PYXCCL_RPC_MASTER: {exc}") from None
+    try:  # a bad PYXCCL_* value: one line and exit status 2, like the other tools
+        if config.get().rpc_master:
+            try:
+                host, port = net.split_host_port(config.get().rpc_master)
+            except ValueError as exc:
+                raise ConfigError(f"PYXCCL_RPC_MASTER: {exc}") from None
+    except ConfigError as exc:
+        print(f"pyxccl-master: error: {exc}", file=sys.stderr)
+        return 2
     host = args.host or host
     port = port if args.port is None else args.port
     secret = b""
