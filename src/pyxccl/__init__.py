@@ -23,10 +23,17 @@ import os as _os
 _os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")
 
 import importlib as _importlib
+from typing import TYPE_CHECKING
 
 from .dtypes import AVG, DTYPES, MAX, MIN, PROD, SUM, DType, ReduceOp, premul_sum  # noqa: E402
 from .errors import (Aborted, CollectiveTimeout, ConfigError, CudaError, InvalidArgument, MismatchError,  # noqa: E402
                      PeerLostError, PyxcclError, TransportError, VerificationError)
+
+if TYPE_CHECKING:  # what __getattr__ loads, for type checkers and editors
+    from .bootstrap.uid import UniqueId, get_unique_id
+    from .comm.call_queue import Work
+    from .comm.communicator import Communicator
+    from .comm.group import group
 
 __version__ = "0.1.0"
 
@@ -64,7 +71,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-def init(*, timeout: float | None = None) -> "Communicator":  # noqa: F821
+def init(*, timeout: float | None = None) -> Communicator:
     """The world communicator, from the launcher's environment (torchrun, Open MPI, MPICH/PMI, Slurm).
 
     Needs ``MASTER_ADDR``/``MASTER_PORT`` for more than one rank (torchrun and pyxccl-run set them).
