@@ -100,6 +100,17 @@ for i in range(100):
     graph.replay()
     want = 2 * sum(q + 1 + i for q in range(N))
     assert torch.all(xg == want).item(), (i, xg[:4], want)
+# registered memory of pyxccl.cuda.empty seen as a torch tensor: single copy through the mapping
+buf = pyxccl.cuda.empty(1 << 20, "float32")
+t = torch.as_tensor(buf, device=dev)
+reg = comm.register(buf)
+t.fill_(r + 1)
+comm.all_reduce(t[: 1 << 19])
+assert torch.all(t[: 1 << 19] == N * (N + 1) / 2).item() and torch.all(t[1 << 19:] == r + 1).item()
+torch.cuda.synchronize()
+reg.deregister()
+del t
+buf.free()
 try:
     import cupy as cp
     with cp.cuda.Device(0):
