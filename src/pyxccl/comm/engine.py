@@ -88,6 +88,7 @@ class Engine:
         self.make_device_connections = device_connections
         self.device_side: "tuple[Any, Connections] | None" = None  # (DeviceResources, Connections)
         self.oneshot = OneShot()  # the epoch of the one-shot all-reduces on the device
+        self._paths_said: set[tuple[str, str]] = set()
         self.windows: Any = None
         """registered buffers (:class:`~pyxccl.transport.cuda_ipc.windows.Windows`, made at the first)"""
         self._release_lock = threading.Lock()  # releasing device waits vs freeing the device side
@@ -236,6 +237,8 @@ class Engine:
         from ..runtime import device as devrt
         res, connections = self.open_device(call.device, call.describe())
         if "socket" in connections.kinds:  # peers on other hosts: the whole call through host memory
+            self.say_path(call, f"{program.name} through host memory"
+                                f"{', piece by piece' if staging.pipelines(call) else ''} (peers on other hosts)")
             self.execute_staged(call, program)
             return
         label = f"{call.describe()} #{self.seq} algorithm {program.name} on {call.device}"
@@ -247,14 +250,26 @@ class Engine:
                     self.oneshot, self.rank, self.size, call.input, call.output, call.count, call.dtype.itemsize,
                     call.op, kern, res, lambda needed: connections.get(needed, label, self.call_timeout),
                     call.stream) is not None:
+                self.say_path(call, "one-shot on the caller's stream")
                 return
+            single = self.single_copy(call)
+            self.say_path(call, f"{program.name}, " + ("slots" if single is None else "single copy where the peers' "
+                                 + ("buffers are registered" if not single.unregistered else "buffers open by IPC")))
             devrt.launch(program, self.rank, self.size, call.input, call.output, call.count, call.dtype.itemsize,
                          call.op, kern, res, lambda needed: connections.get(needed, label, self.call_timeout),
                          self.ctx.config.cuda_slot_bytes, call.stream, call.reduced, label, call.layout,
-                         self.single_copy(call), self.ctx.config.cuda_graphs)
+                         single, self.ctx.config.cuda_graphs)
         finally:
             if live.aborted or live.lost:  # it came while enqueueing: the waits enqueued since need releasing
                 self.watch_device()
+
+    def say_path(self, call: Call, path: str) -> None:
+        """PYXCCL_DEBUG=INFO: the path a kind of device call takes, said the first time it does."""
+        key = (call.collective, path)
+        if key not in self._paths_said:
+            self._paths_said.add(key)
+            log.info("device %s of %d B per block: %s", call.collective, call.count * call.dtype.itemsize, path,
+                     rank=self.rank)
 
     def open_device(self, name: str, what: str) -> "tuple[Any, Connections]":
         """The device side (resources, connections) on device ``name``, made the first time."""
