@@ -90,6 +90,16 @@ def _parse_device_backend(text: str) -> str:
     return value
 
 
+def _parse_port_range(text: str) -> tuple[int, int]:
+    lo_s, sep, hi_s = text.strip().partition("-")
+    if not sep or not lo_s.strip().isdigit() or not hi_s.strip().isdigit():
+        raise ValueError("lo-hi, e.g. 50000-50100")
+    lo, hi = int(lo_s), int(hi_s)
+    if not 1 <= lo <= hi <= 0xFFFF:
+        raise ValueError("ports 1..65535 with lo <= hi")
+    return lo, hi
+
+
 def _parse_bool(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -129,6 +139,8 @@ class Config:
     """PYXCCL_SOCKET_IFNAME: interface(s) for sockets, NCCL syntax (``eth0``, ``^docker,lo``, ``=eth0``)."""
     socket_nstreams: int = 1
     """PYXCCL_SOCKET_NSTREAMS: TCP streams per peer and channel."""
+    port_range: tuple[int, int] | None = None
+    """PYXCCL_PORT_RANGE: ``lo-hi``: every socket pyxccl listens on with a port of its choosing (the unique id's root, the bootstrap ring, the socket transport, a store on port 0) takes the first free port of this range instead of an ephemeral one, for firewalls between hosts; unset: ephemeral ports."""
     comm_id: str = ""
     """PYXCCL_COMM_ID: ``host:port`` for the bootstrap root (like NCCL_COMM_ID)."""
     hostid: str = ""
@@ -178,6 +190,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "spin_us": ("PYXCCL_SPIN_US", _non_negative_float),
     "socket_ifname": ("PYXCCL_SOCKET_IFNAME", str),
     "socket_nstreams": ("PYXCCL_SOCKET_NSTREAMS", _positive_int),
+    "port_range": ("PYXCCL_PORT_RANGE", _parse_port_range),
     "comm_id": ("PYXCCL_COMM_ID", str),
     "hostid": ("PYXCCL_HOSTID", str),
     "algo": ("PYXCCL_ALGO", str),
