@@ -193,6 +193,16 @@ def _text(text: str) -> str:
     return text
 
 
+def _port_range(text: str) -> tuple[int, int]:
+    lo_s, sep, hi_s = text.strip().partition("-")
+    if not sep or not lo_s.strip().isdigit() or not hi_s.strip().isdigit():
+        raise _Invalid("not lo-hi")
+    lo, hi = int(lo_s), int(hi_s)
+    if not 1 <= lo <= hi <= 0xFFFF:
+        raise _Invalid("not ports 1..65535 with lo <= hi")
+    return lo, hi
+
+
 def _level(text: str) -> str:
     return _choice("warn", "info", "trace")(text).upper()
 
@@ -230,6 +240,8 @@ class Config:
     """PYXCCL_SPIN_US: microseconds a waiter spins before it sleeps in the kernel."""
     socket_ifname: str = ""
     """PYXCCL_SOCKET_IFNAME: interface(s) for sockets, NCCL syntax (``eth0``, ``^docker,lo``, ``=eth0``)."""
+    port_range: tuple[int, int] | None = None
+    """PYXCCL_PORT_RANGE: ``lo-hi``: every socket pyxccl listens on with a port of its choosing (the unique id's root, the bootstrap ring, the socket transport, a store on port 0) takes the first free port of this range instead of an ephemeral one, for firewalls between hosts; unset: ephemeral ports."""
     socket_nstreams: int = 1
     """PYXCCL_SOCKET_NSTREAMS: TCP streams per peer and channel."""
     comm_id: str = ""
@@ -285,6 +297,7 @@ RULES: dict[str, Rule] = {
     "stream_min_bytes": Rule("PYXCCL_STREAM_MIN_BYTES", _bytes(zero=True), f"{_BYTES}, or 0 (never)"),
     "spin_us": Rule("PYXCCL_SPIN_US", _spin_us, "microseconds, a number >= 0"),
     "socket_ifname": Rule("PYXCCL_SOCKET_IFNAME", _text, "interface names, NCCL syntax (eth0, ^docker,lo, =eth0)"),
+    "port_range": Rule("PYXCCL_PORT_RANGE", _port_range, "lo-hi, e.g. 50000-50100 (ports 1..65535, lo <= hi)"),
     "socket_nstreams": Rule("PYXCCL_SOCKET_NSTREAMS",
                             _count(1, MAX_SOCKET_NSTREAMS, "the socket transport's hello carries it in one byte"),
                             f"a whole number from 1 to {MAX_SOCKET_NSTREAMS}"),

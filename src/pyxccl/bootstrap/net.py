@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from .. import config
 from ..errors import CollectiveTimeout, ConfigError, PeerLostError, TransportError
 
 _SIOCGIFFLAGS = 0x8913
@@ -211,18 +212,52 @@ def tune(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def listen(host: str, port: int = 0, backlog: int = 128) -> socket.socket:
-    """A listening TCP socket bound to ``host:port`` (port 0: ephemeral)."""
+def listen(host: str, port: int = 0, backlog: int = 128,
+           prepare: Callable[[socket.socket], None] | None = None) -> socket.socket:
+    """A listening TCP socket bound to ``host:port``.
+
+    Port 0 takes an ephemeral port, or the first free port of PYXCCL_PORT_RANGE when it is
+    set (every listening socket pyxccl picks the port of goes through here). ``prepare``
+    runs on the socket before it is bound (buffer sizes that accepted sockets inherit).
+    """
+    if port == 0 and config.get().port_range is not None:
+        return _listen_in_range(host, backlog, prepare, config.get().port_range)
+    try:
+        return _bind_listen(host, port, backlog, prepare)
+    except OSError as exc:
+        raise TransportError(f"cannot listen on {fmt_addr(host, port)}: {exc}") from None
+
+
+def _bind_listen(host: str, port: int, backlog: int,
+                 prepare: Callable[[socket.socket], None] | None) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if prepare is not None:
+            prepare(s)
         s.bind((host, port))
         s.listen(backlog)
-    except OSError as exc:
+    except BaseException:
         s.close()
-        raise TransportError(f"cannot listen on {fmt_addr(host, port)}: {exc}") from None
+        raise
     return s
+
+
+def _listen_in_range(host: str, backlog: int, prepare: Callable[[socket.socket], None] | None,
+                     span: tuple[int, int]) -> socket.socket:
+    """The first port of ``span`` free on ``host`` (a port taken between bind and listen by a
+    process racing for the same one is skipped too)."""
+    lo, hi = span
+    for port in range(lo, hi + 1):
+        try:
+            return _bind_listen(host, port, backlog, prepare)
+        except OSError as exc:
+            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                raise TransportError(f"cannot listen on {fmt_addr(host, port)}: {exc}") from None
+    raise TransportError(f"cannot listen on {host}: every port of PYXCCL_PORT_RANGE={lo}-{hi} is in "
+                         f"use ({hi - lo + 1} ports); widen the range (each rank needs about 2 per "
+                         f"communicator, see docs/multihost.md)")
 
 
 _RETRY_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.EHOSTUNREACH,

@@ -103,11 +103,12 @@ class UniqueId:
 def get_unique_id(timeout: float | None = None, *, host: str | None = None) -> UniqueId:
     """Create a unique id and start its root rendezvous in a daemon thread of this process.
 
-    The root listens on an ephemeral port of, in order: the ``host:port`` of PYXCCL_COMM_ID,
-    the interface PYXCCL_SOCKET_IFNAME selects, ``host``, else loopback (ranks on one host;
-    for several hosts set one of the first three; ``pyxccl.init()`` passes the address on
-    the route to MASTER_ADDR). It serves exactly one communicator and gives up ``timeout``
-    seconds (default PYXCCL_TIMEOUT) after this call.
+    The root listens on, in order: the ``host:port`` of PYXCCL_COMM_ID; else an ephemeral
+    port (or one of PYXCCL_PORT_RANGE) of the address of the interface PYXCCL_SOCKET_IFNAME
+    selects, of ``host``, of this host's address on the route to MASTER_ADDR when that is
+    set (torchrun, pyxccl-run; ``pyxccl.init()`` and the torch backend rely on it), else of
+    loopback (ranks on one host only). It serves exactly one communicator and gives up
+    ``timeout`` seconds (default PYXCCL_TIMEOUT) after this call.
     """
     from .root import start_root
 
@@ -122,6 +123,8 @@ def get_unique_id(timeout: float | None = None, *, host: str | None = None) -> U
     else:
         if cfg.socket_ifname:
             host = net.select_address(cfg.socket_ifname)
+        elif not host and os.environ.get("MASTER_ADDR", "").strip():
+            host = net.route_address(os.environ["MASTER_ADDR"].strip())
         host = bind_host = host or "127.0.0.1"
         port = 0
     secret = os.urandom(SECRET_BYTES)

@@ -77,17 +77,12 @@ class SocketTransport(Transport):
     def _listen(self, progress: Progress) -> int:
         with self._lock:
             if self._listener is None:
-                family = socket.AF_INET6 if ":" in self.ctx.address else socket.AF_INET
-                sock = socket.socket(family, socket.SOCK_STREAM)
-                try:
-                    tune(sock, self._bufbytes)  # accepted connections inherit the buffer sizes
-                    sock.bind((self.ctx.address, 0))
-                    sock.listen(socket.SOMAXCONN)
-                    sock.setblocking(False)
-                except OSError as exc:
-                    sock.close()
-                    raise TransportError(f"socket: cannot listen on {self.ctx.address}: {exc}; "
-                                         "check PYXCCL_SOCKET_IFNAME") from exc
+                try:  # an ephemeral port, or one of PYXCCL_PORT_RANGE; accepted connections
+                    # inherit the buffer sizes tune() sets before the bind
+                    sock = net.listen(self.ctx.address, 0, socket.SOMAXCONN, lambda s: tune(s, self._bufbytes))
+                except TransportError as exc:
+                    raise TransportError(f"socket: {exc}; check PYXCCL_SOCKET_IFNAME") from exc
+                sock.setblocking(False)
                 host, self._port = sock.getsockname()[:2]
                 if ipaddress.ip_address(host).is_unspecified:
                     sock.close()
