@@ -306,8 +306,8 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=1 << 18)
     ap.add_argument("--out", default="")
     args = ap.parse_args()
-    if pyxccl.config.get().device_backend != "emulated":
-        raise SystemExit("run with PYXCCL_DEVICE_BACKEND=emulated")
+    if pyxccl.config.get().device_backend not in ("emulated", "cuda"):  # cuda: a real GPU (ranks forked
+        raise SystemExit("run with PYXCCL_DEVICE_BACKEND=emulated or cuda")  # before any touches it)
     t0 = time.monotonic()
     summary = run(args.scenario, args.count)
     summary["seconds"] = round(time.monotonic() - t0, 1)

@@ -227,3 +227,14 @@ def job_oneshot(comm, expect: bool) -> list[str]:
     if expect != (epoch == 9):
         failures.append(f"one-shot calls: {epoch} (expected {'9' if expect else 'none'})")
     return failures
+
+
+def job_msccl_file(comm, path: str) -> list[str]:
+    """An MSCCL XML program (:func:`_msccl_check.runs_right`) on this rank's device buffers."""
+    from _msccl_check import runs_right
+    from device_mirror import MirrorComm
+    from pyxccl.cuda import get_device
+    from pyxccl.ir import msccl_xml
+    prog = msccl_xml.load(path)
+    ok = runs_right(MirrorComm(comm, get_device(os.environ.get("PYXCCL_TEST_DEVICE", "cuda:0"))), prog)
+    return [] if ok else [f"{os.path.basename(path)} gave a wrong result on the device"]

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from _device_jobs import job_cases, job_oneshot, job_register_errors, job_repeated_calls, job_send_recv
+from _device_jobs import (job_cases, job_catalogue_on_device, job_msccl_file, job_oneshot, job_register_errors,
+                          job_repeated_calls, job_send_recv)
 
 pyxccl_cuda = pytest.importorskip("pyxccl.cuda")
 if not pyxccl_cuda.available():
@@ -65,6 +66,39 @@ def test_large_calls_take_many_slices(env_pools, nranks):
     p = env_pools(nranks, **ENV)
     p.check(job_cases, nranks=nranks, sizes=(4 * MiB + 3,), dtypes=("float32", "bfloat16"), ops=("sum",),
             deadline=120)
+
+
+@pytest.mark.parametrize("coll", ["allreduce", "allgather", "reducescatter", "broadcast", "reduce", "alltoall"])
+def test_every_algorithm_of_the_catalogue(env_pools, coll):
+    """Each algorithm of the catalogue forced, on 4 ranks sharing the GPU (host-aware ones on 2 x 2)."""
+    env_pools(4, **ENV).check(job_catalogue_on_device, coll=coll, host_layouts=[((0, 1), (2, 3))], deadline=120)
+
+
+MSCCL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "msccl-xml")
+
+
+@pytest.mark.skipif(not os.path.isdir(MSCCL), reason="no MSCCL XML files (shared data absent)")
+def test_msccl_programs_run_on_the_gpu(env_pools):
+    p = env_pools(4, **ENV)
+    for name in ("ag_hier_4_LL.xml", "ar_hier_12_Simple.xml", "ar_tree_12_LL.xml"):
+        if os.path.exists(os.path.join(MSCCL, name)):
+            p.check(job_msccl_file, path=os.path.join(MSCCL, name), deadline=60)
+
+
+@pytest.mark.parametrize("scenario", ["absent", "midway", "abort"])
+def test_a_lost_peer_releases_the_gpu_streams(tmp_path, scenario):
+    """tests/_device_fault_runner.py on the real GPU: survivors' streams run through within 5 s of the
+    death, the next call raises PeerLostError, shrink gives a correct all-reduce on the same GPU."""
+    import json
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = tmp_path / "summary.json"
+    env = dict(os.environ, PYXCCL_DEVICE_BACKEND="cuda", PYXCCL_TIMEOUT="10")
+    proc = subprocess.run([sys.executable, os.path.join(here, "_device_fault_runner.py"), "--scenario", scenario,
+                           "--count", str(1 << 20 if scenario == "midway" else 1 << 18), "--out", str(out)],
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0 and out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert not summary["problems"], json.dumps(summary["problems"], indent=1) + proc.stderr[-3000:]
 
 
 _TENSORS = r"""

@@ -6,10 +6,12 @@ that calls take many slices. No GPU needed: this is what CI runs of the GPU path
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from _device_jobs import (job_async_work, job_cases, job_catalogue_on_device, job_oneshot, job_register_errors,
-                          job_send_recv)
+from _device_jobs import (job_async_work, job_cases, job_catalogue_on_device, job_msccl_file, job_oneshot,
+                          job_register_errors, job_send_recv)
 from harness import DTYPE_NAMES
 
 ENV = {"PYXCCL_DEVICE_BACKEND": "emulated", "PYXCCL_CUDA_SLOT_BYTES": "16K", "PYXCCL_NSLOTS": "2"}
@@ -89,3 +91,17 @@ def test_small_all_reduces_take_the_one_shot_path(env_pools, nranks):
 def test_the_one_shot_path_stays_out_when_an_algorithm_is_named_or_the_call_is_large(env_pools):
     env_pools(2, **ENV, PYXCCL_ALGO="allreduce:ring").check(job_oneshot, expect=False)
     env_pools(2, **ENV, PYXCCL_CUDA_ONESHOT_MAX_BYTES="0").check(job_oneshot, expect=False)
+
+
+MSCCL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "msccl-xml")
+MSCCL_4 = ["ag_hier_4_LL.xml", "ar_hier_12_Simple.xml", "ar_tree_12_LL.xml"]  # the 4-rank files
+
+
+@pytest.mark.skipif(not os.path.isdir(MSCCL), reason=f"no MSCCL XML files at {MSCCL} (shared data absent)")
+def test_msccl_programs_run_on_device_buffers(env_pools):
+    """Real MSCCL XML programs lowered onto the (emulated) device's streams, 4 ranks as processes."""
+    p = env_pools(4, **ENV)
+    for name in MSCCL_4:
+        path = os.path.join(MSCCL, name)
+        if os.path.exists(path):
+            p.check(job_msccl_file, path=path, deadline=120)
