@@ -10,6 +10,9 @@ range). ``import pyxccl`` reads nothing: the first :func:`get` does (creating a
 communicator, ``pyxccl.init()``, ``get_unique_id()``, the tools). That first read also
 warns once about every ``PYXCCL_*`` variable of the environment that pyxccl does not know
 (a misspelling), naming the closest known name.
+
+``python -m pyxccl.config --markdown`` prints every variable as a Markdown table (the README's,
+kept equal by tests/test_docs.py; ``--write README.md`` puts it there).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import difflib
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
@@ -239,7 +243,7 @@ class Config:
     spin_us: float = 1000.0
     """PYXCCL_SPIN_US: microseconds a waiter spins before it sleeps in the kernel."""
     socket_ifname: str = ""
-    """PYXCCL_SOCKET_IFNAME: interface(s) for sockets, NCCL syntax (``eth0``, ``^docker,lo``, ``=eth0``)."""
+    """PYXCCL_SOCKET_IFNAME: interface for the bootstrap, the socket transport and the unique id's root, NCCL syntax (``eth0``, ``^docker,lo``, ``=eth0``); default: the one on the route to the root / ``MASTER_ADDR`` (``docs/multihost.md``)."""
     port_range: tuple[int, int] | None = None
     """PYXCCL_PORT_RANGE: ``lo-hi``: every socket pyxccl listens on with a port of its choosing (the unique id's root, the bootstrap ring, the socket transport, a store on port 0) takes the first free port of this range instead of an ephemeral one, for firewalls between hosts; unset: ephemeral ports."""
     socket_nstreams: int = 1
@@ -431,3 +435,74 @@ def _field_docs() -> dict[str, str]:
         if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
             docs[node.target.id] = nxt.value.value.split(": ", 1)[-1]  # type: ignore[union-attr]
     return docs
+
+
+# ---------------------------------------------------------------- the README's table of variables
+
+#: the README holds :func:`markdown_table`'s output between these two lines (tests/test_docs.py)
+TABLE_BEGIN, TABLE_END = "<!-- config-table -->", "<!-- /config-table -->"
+
+
+def _cell(text: str) -> str:
+    """Text as one Markdown table cell: one line, reST literals and roles as `code`, pipes escaped."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"`\1`", " ".join(text.split()))
+    return text.replace("``", "`").replace("|", "\\|")
+
+
+def _default_cell(name: str, value: Any) -> str:
+    if value is None or value == "":
+        return "unset"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and "byte" not in RULES[name].allowed:
+        return str(value)
+    return _show(value)
+
+
+def markdown_table() -> str:
+    """Every ``PYXCCL_*`` variable as a Markdown table: name, default, allowed values, meaning (the
+    field's docstring). ``python -m pyxccl.config --markdown`` prints it; the README holds it."""
+    docs = _field_docs()
+    rows = ["| variable | default | allowed | meaning |", "|---|---|---|---|"]
+    for f in fields(Config):
+        rule = RULES[f.name]
+        rows.append(f"| `{rule.variable}` | {_default_cell(f.name, f.default)} | {_cell(rule.allowed)} "
+                    f"| {_cell(docs.get(f.name, ''))} |")
+    return "\n".join(rows) + "\n"
+
+
+def with_table(text: str) -> str:
+    """``text`` (a Markdown file) with what lies between :data:`TABLE_BEGIN` and :data:`TABLE_END`
+    replaced by :func:`markdown_table`."""
+    if TABLE_BEGIN not in text or TABLE_END not in text:
+        raise ValueError(f"no {TABLE_BEGIN} ... {TABLE_END} lines to put the table between")
+    head, rest = text.split(TABLE_BEGIN, 1)
+    return f"{head}{TABLE_BEGIN}\n{markdown_table()}{TABLE_END}{rest.split(TABLE_END, 1)[1]}"
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m pyxccl.config",
+                                 description="Every PYXCCL_* variable: name, default, allowed values, meaning.")
+    ap.add_argument("--markdown", action="store_true", help="print the variables as a Markdown table")
+    ap.add_argument("--write", metavar="FILE", help="put the table between the config-table lines of FILE "
+                    "(the README) instead of printing it")
+    args = ap.parse_args(argv)
+    if args.write:
+        with open(args.write, encoding="utf-8") as f:
+            text = f.read()
+        try:
+            new = with_table(text)
+        except ValueError as exc:
+            ap.error(f"{args.write}: {exc}")
+        if new != text:
+            with open(args.write, "w", encoding="utf-8") as f:
+                f.write(new)
+        return 0
+    print(markdown_table(), end="")  # --markdown, the one format so far (and the default)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -4,7 +4,7 @@ Each rank used to choose its path (:mod:`pyxccl.runtime.host.path_choice`) alone
 call's time depends on the pair of paths, the rank's and its peers': in 200 2-rank
 all-gathers of 16 MiB, rank 0 settled on single copy and rank 1 on the put, and each
 measured the other's choice as noise. ``auto`` then ran 7-12 % slower than the best fixed
-path on the 2-rank exchanges (``docs/performance.md``).
+path on the 2-rank exchanges (``docs/history/performance-log.md``).
 
 So on each host one rank measures and decides (the *leader*, the host's lowest rank) and
 publishes every choice on its board: the spare bytes of its doorbell's shared page

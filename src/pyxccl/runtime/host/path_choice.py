@@ -13,7 +13,7 @@ straight into its destination (forwards of final data, plain receives), the slot
 reduction consumes what arrives. The reduction reads its input once either way; through a
 slot the sender does the copy and the receiver reads it from the shared cache, where by
 descriptor the receiver does both. A 2-rank allreduce of 16 MiB ran 3-5 % faster mixed than
-through the slots, 64 MiB 6 % (``docs/performance.md``); on 4 ranks on the 2 vCPUs the three
+through the slots, 64 MiB 6 % (``docs/history/performance-log.md``); on 4 ranks on the 2 vCPUs the three
 paths sit within the noise. It is only a candidate where it differs from both others.
 
 A fourth path writes instead of reading (:data:`PUT`): single copy everywhere, and where a
@@ -23,7 +23,7 @@ it writes each slice into the receiver's destination itself with ``process_vm_wr
 after its own earlier steps of that slice, instead of posting them to be read. An all-gather
 copies its own block locally and writes the same bytes to the peer while they are in the
 cache. Within one 2-rank job it ran 8-15 % faster than reading in some jobs and 7-14 % slower
-in others (``docs/performance.md``), so the chooser measures it like the others, where it
+in others (``docs/history/performance-log.md``), so the chooser measures it like the others, where it
 differs from single copy.
 
 So the sender measures. Per (program, size class) it keeps each path's time per byte:
@@ -37,7 +37,7 @@ than its lag behind the best allows (:data:`TRY_BUDGET`: a path 2.5x slower is t
 150 calls, not every 8). With one interval shared by all paths, a close second (the put, a
 few % from single copy, winning some tries) kept resetting it, and every other try went to
 the slots at 2.5x the time: ``auto`` ran 5-10 % behind the best fixed path on the 2-rank
-exchanges (``docs/performance.md``). A try, and a path's first measurement, is
+exchanges (``docs/history/performance-log.md``). A try, and a path's first measurement, is
 :data:`TRY_CALLS` calls in a row of which only the last counts: the first call of a path after
 calls of another runs cold (its slots and their cache lines idle: a 2-rank all-gather of 1 MiB
 through the slots took 71 µs on the first call after single copy, 66-68 on the next), and

@@ -13,7 +13,7 @@ This module JIT-compiles one loop of 64-byte loads and non-temporal stores with 
 on x86-64) and calls it through ctypes. Measured on the 2-core VM: 128 MiB in
 6.9-7.3 ms against 10.3-12.3 ms for ``np.copyto``; the bare 2-rank all-to-all of 256 MiB
 (copy the own half, read the peer's with ``process_vm_readv``) in 21-23 ms against 27-35 ms
-(``docs/performance.md``).
+(``docs/history/performance-log.md``).
 
 :func:`bulk_copy` is the executor's kernel for local copies that move every slice of a call at
 once: a streaming copy where the block is at least ``PYXCCL_STREAM_MIN_BYTES``, both sides are
