@@ -164,7 +164,11 @@ class Communicator:
         flight.register(self._context)  # for SIGUSR1 dumps (PYXCCL_TRACE_DIR)
         # the last step: no rank returns before every rank opened what it needs of the others (their
         # doorbells and boards), so a rank that exits right after init() is a lost peer, never a missing file
-        boot.barrier()
+        try:
+            boot.barrier()
+        except CollectiveTimeout as exc:
+            raise CollectiveTimeout(f"rank {rank}: init timed out in its closing barrier, waiting for the other "
+                                    f"ranks to finish their set-up: {exc}") from None
         if rank == 0:
             log.info("init: %d ranks on %d host(s) %s, slot %d B x %d, channels %d, timeout %.0f s",
                      size, self._layout.nhosts, self._layout.hosts, peers.slot_bytes, peers.nslots,
