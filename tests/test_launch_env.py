@@ -136,7 +136,8 @@ def test_exchange_unique_id_three_ranks_then_bootstrap():
     before = len(store_threads())
     uids = run_threads(n, lambda r: exchange_unique_id(infos[r], timeout=10.0))
     assert all(isinstance(u, UniqueId) for u in uids) and uids[0] == uids[1] == uids[2]
-    assert len(store_threads()) == before  # rank 0's server is gone
+    join_uid_servers(5.0)
+    assert len(store_threads()) == before  # rank 0's server is gone once every rank fetched the id
     bs = run_threads(n, lambda r: Bootstrap(uids[r], r, n, timeout=10.0))
     assert run_threads(n, lambda r: bs[r].allgather(bytes([r]))) == [[b"\0", b"\1", b"\2"]] * n
     for b in bs:
@@ -151,14 +152,25 @@ def test_exchange_world_size_one():
     assert isinstance(uid, UniqueId)
 
 
+def join_uid_servers(seconds: float) -> None:
+    """Wait for rank 0's background store servers (they end once every rank fetched the id, or time out)."""
+    for t in threading.enumerate():
+        if t.name == "pyxccl-uid-store":
+            t.join(seconds)
+
+
 def test_exchange_timeouts():
     port = free_port()
     t0 = time.monotonic()
-    with pytest.raises(CollectiveTimeout, match="1 ranks to fetch"):
-        exchange_unique_id(LaunchInfo(0, 2, 0, 2, "127.0.0.1", port, "slurm"), timeout=0.3)
+    # rank 0 does not wait for the others to fetch the id (it joins the root at once, which names the
+    # ranks that never came); its store serves the id in the background until the timeout
+    uid = exchange_unique_id(LaunchInfo(0, 2, 0, 2, "127.0.0.1", port, "slurm"), timeout=0.3)
+    with pytest.raises(CollectiveTimeout, match=r"ranks \[1\] of 2"):
+        Bootstrap(uid, 0, 2, timeout=0.3)
     with pytest.raises(CollectiveTimeout, match="TCP store 127.0.0.1"):
         exchange_unique_id(LaunchInfo(1, 2, 1, 2, "127.0.0.1", free_port(), "slurm"), timeout=0.3)
     assert time.monotonic() - t0 < 3.0
+    join_uid_servers(3.0)
     assert not store_threads()
 
 

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .. import config, log
-from ..errors import CollectiveTimeout, ConfigError, InvalidArgument
+from ..errors import CollectiveTimeout, ConfigError, InvalidArgument, PyxcclError
 from .store import TCPStore
 from . import net
+from .patience import Patience
 from .uid import UniqueId, get_unique_id
 
 # launcher, rank var, size var, local rank var, local size var
@@ -147,8 +148,8 @@ def exchange_unique_id(info: LaunchInfo, timeout: float | None = None) -> Unique
     Collective over the job: every rank calls it, in the same order as its other calls.
     The id travels through a key-value store at MASTER_ADDR:MASTER_PORT: torchrun's agent
     store when TORCHELASTIC_USE_AGENT_STORE=True and torch is importable, else a
-    :class:`TCPStore` that rank 0 serves until every rank fetched the id (or ``timeout``,
-    default PYXCCL_TIMEOUT, passed).
+    :class:`TCPStore` that rank 0 serves, in the background, until every rank fetched the id (or
+    ``timeout``, default PYXCCL_TIMEOUT, passed). A wait that lasts WARNs (:mod:`.patience`).
     """
     if not isinstance(info, LaunchInfo):
         raise InvalidArgument(f"info must be a LaunchInfo, got {type(info).__name__}")
@@ -179,12 +180,17 @@ def _agent_store(info: LaunchInfo, host: str, port: int, wait: float) -> Any:
 
 
 def _via_agent_store(store: Any, info: LaunchInfo, key: str, wait: float) -> UniqueId:
+    where = f"{info.master_addr}:{info.master_port}"
     if info.rank == 0:
-        uid = get_unique_id(host=net.route_address(info.master_addr or "127.0.0.1"))
+        uid = get_unique_id(wait, host=net.route_address(info.master_addr or "127.0.0.1"),
+                            joining=f"launched ranks fetch it first from torchrun's agent store at {where}")
         store.set(key, uid.to_bytes())
         return uid
     try:
-        raw = store.get(key)
+        with Patience(lambda s: f"rank {info.rank}: after {s:.0f} s still waiting for rank 0 to publish the "
+                                f"unique id in torchrun's agent store at {where} (is rank 0 running?)",
+                      rank=info.rank, name="pyxccl-uid-patience"):
+            raw = store.get(key)
     except Exception as exc:  # torch raises its own DistStoreError / RuntimeError on timeout
         raise CollectiveTimeout(f"rank {info.rank}: no unique id under {key!r} in torchrun's "
                                 f"agent store {info.master_addr}:{info.master_port} after "
@@ -194,30 +200,74 @@ def _via_agent_store(store: Any, info: LaunchInfo, key: str, wait: float) -> Uni
 
 def _via_own_store(info: LaunchInfo, key: str, wait: float) -> UniqueId:
     assert info.master_addr is not None and info.master_port is not None
-    others = info.world_size - 1
     where = f"{info.master_addr}:{info.master_port}"
-    store = TCPStore(info.master_addr, info.master_port, is_server=info.rank == 0, timeout=wait)
-    try:
-        if info.rank == 0:
-            uid = get_unique_id(host=net.route_address(info.master_addr))
-            store.set(key, uid.to_bytes())
-            try:
-                store.get(key + "/all_fetched", wait)
-            except CollectiveTimeout:
-                done = store.add(key + "/fetched", 0)
-                raise CollectiveTimeout(f"rank 0 timed out after {wait:g}s waiting for the other "
-                                        f"{others} ranks to fetch the unique id from the store "
-                                        f"at {where}: {done} did") from None
-            return uid
+    if info.rank == 0:
+        return _serve_unique_id(info, key, wait, where)
+    what = f"the store rank 0 serves at MASTER_ADDR:MASTER_PORT={where}"
+    stage = ["connect to"]
+
+    def waiting(elapsed: float) -> str:
+        doing = ("still trying to connect to" if stage[0] == "connect to" else
+                 "connected but still waiting for rank 0 to publish the unique id in")
+        return (f"rank {info.rank}: after {elapsed:.0f} s {doing} {what} (is rank 0 running, with the same "
+                f"MASTER_ADDR/MASTER_PORT, and is {where} reachable from here?)")
+
+    with Patience(waiting, rank=info.rank, name="pyxccl-uid-patience"):
         try:
-            raw = store.get(key, wait)
-        except CollectiveTimeout:
-            raise CollectiveTimeout(f"rank {info.rank} timed out after {wait:g}s waiting for "
-                                    f"rank 0 to publish the unique id under {key!r} in the "
-                                    f"store at {where}") from None
-        uid = UniqueId.from_bytes(raw)
-        if store.add(key + "/fetched", 1) == others:
-            store.set(key + "/all_fetched", b"1")
-        return uid
-    finally:
+            store = TCPStore(info.master_addr, info.master_port, is_server=False, timeout=wait)
+        except CollectiveTimeout as exc:
+            raise CollectiveTimeout(f"rank {info.rank}: rank 0 never served the unique id: {exc}; is rank 0 "
+                                    f"running with MASTER_ADDR:MASTER_PORT={where}?") from None
+        stage[0] = "fetch from"
+        try:
+            try:
+                raw = store.get(key, wait)
+            except CollectiveTimeout:
+                raise CollectiveTimeout(f"rank {info.rank} timed out after {wait:g}s waiting for "
+                                        f"rank 0 to publish the unique id under {key!r} in the "
+                                        f"store at {where}") from None
+            uid = UniqueId.from_bytes(raw)
+            if store.add(key + "/fetched", 1) == info.world_size - 1:
+                store.set(key + "/all_fetched", b"1")
+            return uid
+        finally:
+            store.close()
+
+
+#: rank 0's stores still serving a unique id, by (MASTER_ADDR, MASTER_PORT): the next exchange
+#: on the same port waits for the last one to close
+_serving: dict[tuple[str, int], threading.Thread] = {}
+
+
+def _serve_unique_id(info: LaunchInfo, key: str, wait: float, where: str) -> UniqueId:
+    """Rank 0: publish the unique id and serve it in the background until every rank fetched it.
+
+    Rank 0 goes on at once to join the root, so the root knows it arrived and names only the
+    ranks that are truly missing (they never fetched the id, so they never joined either).
+    """
+    assert info.master_addr is not None and info.master_port is not None
+    slot = (info.master_addr, info.master_port)
+    previous = _serving.pop(slot, None)
+    if previous is not None:
+        previous.join(wait)
+    store = TCPStore(info.master_addr, info.master_port, is_server=True, timeout=wait)
+    try:
+        uid = get_unique_id(wait, host=net.route_address(info.master_addr),
+                            joining=f"launched ranks fetch it first from rank 0's store at "
+                                    f"MASTER_ADDR:MASTER_PORT={where}")
+        store.set(key, uid.to_bytes())
+    except BaseException:
         store.close()
+        raise
+
+    def serve() -> None:
+        try:
+            store.get(key + "/all_fetched", wait)
+        except PyxcclError:
+            pass  # the root names the ranks that never came
+        finally:
+            store.close()
+
+    thread = _serving[slot] = threading.Thread(target=serve, name="pyxccl-uid-store", daemon=True)
+    thread.start()
+    return uid

@@ -8,7 +8,7 @@ Wire format of a connection (big-endian): the listener sends a challenge and the
 answers HMAC-SHA256(secret, ``pyxccl-ring`` + nonce) followed by its rank (``!i``); then
 frames ``!IiqQ`` (magic, source rank, tag, length) + payload, length <= 1 GiB. A listener
 thread accepts; one reader thread per incoming connection files frames into mailboxes keyed
-by (source, tag), FIFO. Send connections are cached per peer, one lock each, and kept
+by (source, tag), FIFO; what a rank sent before it went is still delivered. Send connections are cached per peer, one lock each, and kept
 alive with TCP keep-alive probes (a peer host that vanished is noticed within ~10 s).
 
 Peer loss: the end of an incoming connection marks its rank lost, and a ``TAG_LOST``
@@ -23,10 +23,12 @@ import socket
 from typing import Callable
 import struct
 import threading
+import time
 
 from .. import config, log
 from ..errors import Aborted, CollectiveTimeout, InvalidArgument, PeerLostError, TransportError
 from . import net
+from .patience import Patience
 from .root import MAX_NRANKS, rendezvous
 from .uid import UniqueId
 
@@ -42,6 +44,7 @@ MAX_NOTICE = 4096
 _SMALL = 64 * 1024
 _HANDSHAKE_SECONDS = 10.0
 _RECONNECT_SECONDS = 3.0  # how long a known listener may refuse before its rank counts as lost
+_DRAIN_SECONDS = 1.0  # how long a wait on a lost rank still takes the frames its open connection brings
 
 
 class Bootstrap:
@@ -95,21 +98,33 @@ class Bootstrap:
         self._addrs[(self._rank + 1) % n] = nxt
         # ring allgather of listen addresses: step i forwards the address of rank (rank - i)
         cur = me
-        for i in range(n - 1):
-            self._send(self.next, TAG_ADDRS, cur, deadline)
-            cur = self._recv(self.prev, TAG_ADDRS, deadline)
-            src = (self._rank - i - 1) % n
-            try:
-                host, port, end = net.unpack_addr(cur)
-                if end != len(cur):
-                    raise ValueError("trailing bytes")
-            except ValueError as exc:
-                raise TransportError(f"rank {self._rank}: bad address of rank {src} from rank "
-                                     f"{self.prev}: {exc}") from None
-            if self._addrs[src] is None:
-                self._addrs[src] = (host, port)
+
+        def waiting(elapsed: float) -> str:
+            return (f"rank {self._rank}: after {elapsed:.0f} s still exchanging addresses over the bootstrap ring "
+                    f"(every rank joined the root): waiting for its predecessor rank {self.prev} to send, and "
+                    f"for its successor rank {self.next} at {net.fmt_addr(*nxt)} to take; giving up in "
+                    f"{deadline.remaining():.0f} s")
+
+        with Patience(waiting, rank=self._rank, name="pyxccl-ring-patience"):
+            for i in range(n - 1):
+                self._send(self.next, TAG_ADDRS, cur, deadline)
+                cur = self._recv(self.prev, TAG_ADDRS, deadline)
+                self._file_address(cur, i)
         log.info("bootstrap rank %d/%d up, listening on %s", self._rank, n,
                  net.fmt_addr(*self.address), rank=self._rank)
+
+    def _file_address(self, cur: bytes, i: int) -> None:
+        """Keep the address step ``i`` of the ring allgather brought (that of rank - i - 1)."""
+        src = (self._rank - i - 1) % self._nranks
+        try:
+            host, port, end = net.unpack_addr(cur)
+            if end != len(cur):
+                raise ValueError("trailing bytes")
+        except ValueError as exc:
+            raise TransportError(f"rank {self._rank}: bad address of rank {src} from rank "
+                                 f"{self.prev}: {exc}") from None
+        if self._addrs[src] is None:
+            self._addrs[src] = (host, port)
 
     # ------------------------------------------------------------ properties
     @property
@@ -187,6 +202,7 @@ class Bootstrap:
     def _mark_lost(self, src: int, why: str) -> None:
         with self._cond:
             self._live[src] = self._live.get(src, 1) - 1
+            self._cond.notify_all()  # a wait draining src's last frames (see _recv)
             if self._closed or self._live[src] > 0:
                 return
         self.mark_lost(src, f"its bootstrap connection ended: {why}", self._rank)
@@ -321,6 +337,7 @@ class Bootstrap:
 
     def _recv(self, peer: int, tag: int, deadline: net.Deadline, any_loss: bool = False) -> bytes:
         key = (peer, tag)
+        drain_end = None
         with self._cond:
             while True:
                 box = self._mail.get(key)
@@ -333,6 +350,11 @@ class Bootstrap:
                     raise Aborted(f"bootstrap rank {self._rank} was closed while waiting for "
                                   f"rank {peer} tag {tag}")
                 lost = peer if peer in self._lost else min(self._lost) if any_loss and self._lost else None
+                if lost == peer and self._live.get(peer, 0) > 0:  # it may have sent this before it went
+                    drain_end = drain_end or time.monotonic() + min(_DRAIN_SECONDS, deadline.remaining())
+                    if time.monotonic() < drain_end:
+                        self._cond.wait(drain_end - time.monotonic())
+                        continue
                 if lost is not None:
                     raise PeerLostError(f"rank {self._rank}: lost rank {lost} while waiting for rank "
                                         f"{peer}'s tag {tag}: {self._lost[lost]}", rank=lost)
@@ -370,10 +392,13 @@ class Bootstrap:
             return payload
         return self._recv(root, TAG_BCAST, dl)
 
-    def barrier(self) -> None:
-        """Return once every rank entered the barrier (dissemination: ceil(log2 n) rounds)."""
+    def barrier(self, timeout: float | None = None) -> None:
+        """Return once every rank entered the barrier (dissemination: ceil(log2 n) rounds).
+
+        ``timeout``: seconds (default this bootstrap's timeout) before CollectiveTimeout.
+        """
         n, me = self._nranks, self._rank
-        dl = net.Deadline(self.timeout)
+        dl = net.Deadline(self.timeout if timeout is None else timeout)
         k = 1
         while k < n:
             self._send((me + k) % n, TAG_BARRIER, b"", dl)

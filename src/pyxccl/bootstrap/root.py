@@ -12,7 +12,10 @@ Protocol, per rank connection (all integers big-endian):
    of rank+1 (its ring successor); then the root closes everything and its thread ends.
    Error frames are ``status`` (1 mismatch, 2 timeout) + ``!H`` length + UTF-8 message.
 
-The root gives up at its deadline: connected ranks get a timeout frame naming the missing ranks.
+While it waits the root WARNs (:mod:`.patience`: after 10 s, every 10 s for a minute, then every
+minute) naming the ranks that have not joined and where they must connect; at its deadline the
+connected ranks get a timeout frame naming the missing ranks (only those: the root knows who
+registered).
 """
 
 from __future__ import annotations
@@ -25,12 +28,16 @@ import threading
 from .. import log
 from ..errors import CollectiveTimeout, MismatchError, PeerLostError, TransportError
 from . import net
+from .patience import Patience
 
 ROOT_LABEL = b"pyxccl-root"
 HELLO = struct.Struct("!iiB")
 STATUS_OK, STATUS_MISMATCH, STATUS_TIMEOUT = 0, 1, 2
 MAX_NRANKS = 1 << 20
 _HANDSHAKE_SECONDS = 10.0
+_LOCAL_GRACE = 2.0  # seconds a rank waits past its deadline for the answer of a root of its process
+#: the roots this process serves, by secret: a rank waiting on one leaves the naming to it
+_LOCAL_ROOTS: "dict[bytes, _Root]" = {}
 
 
 def error_frame(status: int, message: str) -> bytes:
@@ -42,8 +49,9 @@ def error_frame(status: int, message: str) -> bytes:
 class _Root:
     """State of one root rendezvous."""
 
-    def __init__(self, secret: bytes, lsock: socket.socket, timeout: float) -> None:
+    def __init__(self, secret: bytes, lsock: socket.socket, timeout: float, joining: str = "") -> None:
         self.secret = secret
+        self.joining = joining
         self.timeout = timeout
         self.deadline = net.Deadline(timeout)
         self.lock = threading.Condition()
@@ -114,10 +122,30 @@ class _Root:
         """Whether every rank arrived (call with the lock held)."""
         return self.nranks is not None and len(self.peers) == self.nranks
 
+    def missing(self) -> str:
+        """The ranks not registered yet, for messages: ``[2, 5] of 8``."""
+        with self.lock:
+            nranks, joined = self.nranks, sorted(self.peers)
+        if nranks is None:
+            return "every rank (none has connected yet)"
+        missing = sorted(set(range(nranks)) - set(joined))
+        shown = ", ".join(map(str, missing[:16])) + (" ..." if len(missing) > 16 else "")
+        return f"ranks [{shown}] of {nranks}"
+
+    def waiting(self, elapsed: float) -> str:
+        """The WARN line of a wait that lasts (see :mod:`.patience`)."""
+        with self.lock:
+            joined = sorted(self.peers)
+        some = ", ".join(map(str, joined[:16])) + (" ..." if len(joined) > 16 else "")
+        also = f" ({self.joining})" if self.joining else ""
+        return (f"bootstrap root {self.where}: after {elapsed:.0f} s still waiting for {self.missing()} "
+                f"to join (joined: {some or 'none'}); each missing rank must be started and connect to "
+                f"{self.where} with this unique id{also}; giving up in {self.deadline.remaining():.0f} s")
+
     def run(self) -> None:
         """Wait until every rank arrived or the deadline passed, then answer everyone."""
         try:
-            with self.lock:
+            with Patience(self.waiting, name="pyxccl-root-patience"), self.lock:
                 self.lock.wait_for(self.complete, self.deadline.remaining())
         finally:
             self.listener.close()
@@ -125,7 +153,10 @@ class _Root:
                 self.over = True
                 peers = dict(self.peers)
                 nranks = self.nranks
-            self.finish(peers, nranks)
+            try:
+                self.finish(peers, nranks)
+            finally:
+                _LOCAL_ROOTS.pop(self.secret, None)
 
     def finish(self, peers: dict[int, tuple[socket.socket, bytes]], nranks: int | None) -> None:
         """Send every rank its successor's address, or a timeout frame; close."""
@@ -134,10 +165,10 @@ class _Root:
             assert nranks is not None
             log.info("bootstrap root %s: all %d ranks arrived", self.where, nranks)
         else:
-            missing = sorted(set(range(nranks or 0)) - set(peers))
-            shown = ", ".join(map(str, missing[:16])) + (" ..." if len(missing) > 16 else "")
+            also = f" ({self.joining})" if self.joining else ""
             msg = (f"bootstrap root {self.where} timed out after {self.timeout:g}s waiting for "
-                   f"ranks [{shown}] of {nranks}")
+                   f"{self.missing()}: they never connected to {self.where}{also}; start every rank "
+                   f"with the same unique id")
             log.warn("%s", msg)
         for rank, (conn, _) in peers.items():
             try:
@@ -153,10 +184,14 @@ class _Root:
             net.close_quietly(conn, socket.SHUT_WR)
 
 
-def start_root(secret: bytes, host: str, port: int, timeout: float) -> int:
-    """Listen on ``host:port`` and serve one rendezvous in a daemon thread; return the port."""
+def start_root(secret: bytes, host: str, port: int, timeout: float, joining: str = "") -> int:
+    """Listen on ``host:port`` and serve one rendezvous in a daemon thread; return the port.
+
+    ``joining`` tells, in its WARN lines, how the ranks get the unique id (e.g. the launcher's store).
+    """
     lsock = net.listen(host, port)
-    root = _Root(secret, lsock, timeout)
+    root = _Root(secret, lsock, timeout, joining)
+    _LOCAL_ROOTS[secret] = root
     threading.Thread(target=root.run, name="pyxccl-root-wait", daemon=True).start()
     return int(lsock.getsockname()[1])
 
@@ -165,19 +200,43 @@ def rendezvous(secret: bytes, root_host: str, root_port: int, rank: int, nranks:
                my_addr: bytes, deadline: net.Deadline) -> tuple[str, int]:
     """Rank side: tell the root who we are; return the ring successor's ``(host, port)``."""
     what = f"bootstrap root {net.fmt_addr(root_host, root_port)}"
-    sock = net.connect(root_host, root_port, deadline, what)
+    stage = ["connect to"]
+
+    def waiting(elapsed: float) -> str | None:
+        if secret in _LOCAL_ROOTS:
+            return None  # the root of this process names the missing ranks
+        if stage[0] == "connect to":
+            return (f"rank {rank}: after {elapsed:.0f} s still trying to connect to {what} (is the process that "
+                    f"created the unique id running, and is that address reachable from here?); giving up in "
+                    f"{deadline.remaining():.0f} s")
+        return (f"rank {rank}: after {elapsed:.0f} s still waiting for {what} to hear from all {nranks} ranks "
+                f"(this rank joined; the root's process, rank 0 under a launcher, names the missing ones); "
+                f"giving up in {deadline.remaining():.0f} s")
+
+    with Patience(waiting, rank=rank, name="pyxccl-join-patience"):
+        try:
+            sock = net.connect(root_host, root_port, deadline, what)
+        except CollectiveTimeout as exc:
+            raise CollectiveTimeout(f"rank {rank}: {exc}; is the process that created the unique id "
+                                    f"(rank 0 under a launcher) running?") from None
+        stage[0] = "hear from"
+        return _hello(sock, secret, rank, nranks, my_addr, deadline, what)
+
+
+def _hello(sock: socket.socket, secret: bytes, rank: int, nranks: int, my_addr: bytes,
+           deadline: net.Deadline, what: str) -> tuple[str, int]:
+    """Authenticate, say hello, read the root's answer (see the module docstring); closes ``sock``.
+
+    The root's timeout frame names the missing ranks; a wait of this rank that passes its own
+    deadline first names them too when the root runs in this process."""
+    seconds = deadline.seconds
     try:
         mac = net.auth_connect(sock, secret, ROOT_LABEL, deadline, what)
         sock.settimeout(max(0.001, deadline.remaining()))
         sock.sendall(mac + HELLO.pack(rank, nranks, len(my_addr)) + my_addr)
-        try:
-            status = net.recv_exact(sock, 1, deadline, what)[0]
-        except CollectiveTimeout:
-            raise CollectiveTimeout(f"rank {rank}: timed out after {deadline.seconds:g}s waiting "
-                                    f"for {what} to hear from all {nranks} ranks") from None
-        except PeerLostError as exc:
-            raise TransportError(f"rank {rank}: {exc} before answering (wrong unique id "
-                                 "secret, or the rendezvous is over?)") from None
+        if secret in _LOCAL_ROOTS:  # its answer names the missing ranks: let it come if it is a little late
+            deadline = net.Deadline(deadline.remaining() + _LOCAL_GRACE)
+        status = net.recv_exact(sock, 1, deadline, what)[0]
         if status == STATUS_OK:
             n = net.recv_exact(sock, 1, deadline, what)[0]
             raw = bytes(net.recv_exact(sock, n, deadline, what))
@@ -188,8 +247,17 @@ def rendezvous(secret: bytes, root_host: str, root_port: int, rank: int, nranks:
             return host, port
         (n,) = struct.unpack("!H", net.recv_exact(sock, 2, deadline, what))
         msg = bytes(net.recv_exact(sock, n, deadline, what)).decode("utf-8", "replace")
-        if status == STATUS_TIMEOUT:
-            raise CollectiveTimeout(f"rank {rank}: {msg}")
-        raise MismatchError(f"rank {rank}: {what} rejected this rank: {msg}")
+    except CollectiveTimeout:
+        root = _LOCAL_ROOTS.get(secret)
+        who = (f": it still waits for {root.missing()}" if root is not None else
+               " (the root's process, rank 0 under a launcher, names the missing ones)")
+        raise CollectiveTimeout(f"rank {rank}: timed out after {seconds:g}s waiting "
+                                f"for {what} to hear from all {nranks} ranks{who}") from None
+    except PeerLostError as exc:
+        raise TransportError(f"rank {rank}: {exc} before answering (wrong unique id "
+                             "secret, or the rendezvous is over?)") from None
     finally:
         net.close_quietly(sock)
+    if status == STATUS_TIMEOUT:
+        raise CollectiveTimeout(f"rank {rank}: {msg}")
+    raise MismatchError(f"rank {rank}: {what} rejected this rank: {msg}")

@@ -100,7 +100,7 @@ class UniqueId:
         return cls.from_bytes(raw)
 
 
-def get_unique_id(timeout: float | None = None, *, host: str | None = None) -> UniqueId:
+def get_unique_id(timeout: float | None = None, *, host: str | None = None, joining: str = "") -> UniqueId:
     """Create a unique id and start its root rendezvous in a daemon thread of this process.
 
     The root listens on, in order: the ``host:port`` of PYXCCL_COMM_ID; else an ephemeral
@@ -128,5 +128,5 @@ def get_unique_id(timeout: float | None = None, *, host: str | None = None) -> U
         host = bind_host = host or "127.0.0.1"
         port = 0
     secret = os.urandom(SECRET_BYTES)
-    port = start_root(secret, bind_host, port, cfg.timeout if timeout is None else timeout)
+    port = start_root(secret, bind_host, port, cfg.timeout if timeout is None else timeout, joining)
     return UniqueId(secret, host, port)

@@ -26,7 +26,8 @@ import numpy as np
 from .. import config, log, topo
 from ..bootstrap import Bootstrap, UniqueId
 from ..dtypes import DTYPES, MAX
-from ..errors import Aborted, InvalidArgument, PyxcclError
+from ..bootstrap.patience import Patience
+from ..errors import Aborted, CollectiveTimeout, InvalidArgument, PeerLostError, PyxcclError, TransportError
 from ..ir.program import Program
 from ..memory import as_buffer
 from ..reliability import flight
@@ -45,6 +46,10 @@ from .engine import Engine
 from .liveness import Liveness
 from .p2p import P2P, check_tag
 from .programs import Programs
+
+
+#: seconds destroy()'s closing handshake waits for the other ranks (at most the communicator's timeout)
+DESTROY_SECONDS = 10.0
 
 
 def _as_uid(uid: Any) -> UniqueId:
@@ -84,15 +89,38 @@ class Communicator:
         self._splits = 0
         self._shrinks = 0
         self._live = Liveness(rank)
+        self._bell_path = ""
         self._bootstrap = Bootstrap(uid, rank, nranks, timeout=self._timeout)
         try:
-            self._setup(uid, cfg)
-        except BaseException:
+            with Patience(self._waiting, rank=rank, name="pyxccl-init-patience"):
+                self._setup(uid, cfg)
+        except BaseException as exc:
+            err = self._init_error(exc)
             self._bootstrap.close()
             if self._live.health is not None:
                 self._live.health.stop()
+            if self._bell_path:
+                close_doorbell(self._bell_path)
+            if err is not None and err is not exc:
+                raise err from exc
             raise
         _LIVE.add(self)
+
+    def _waiting(self, elapsed: float) -> str:
+        """The WARN line of an init that lasts after the bootstrap is up (:mod:`pyxccl.bootstrap.patience`)."""
+        return (f"rank {self._rank}: init after {elapsed:.0f} s (bootstrap up, every rank joined) still waiting "
+                f"for the other ranks to exchange their peer info and finish their set-up (a rank stopped or "
+                f"busy before init?)")
+
+    def _init_error(self, exc: BaseException) -> PyxcclError | None:
+        """The error an init that failed on ``exc`` raises instead: a raw OSError (a peer's file gone
+        because its process left) becomes the PeerLostError naming it, or a TransportError."""
+        if isinstance(exc, PeerLostError):
+            return self._live.lost_error(exc, "init")
+        if not isinstance(exc, OSError) or isinstance(exc, PyxcclError):
+            return None
+        lost = self._live.wait_error("init")
+        return lost or TransportError(f"rank {self._rank}: init failed: {exc}")
 
     def _setup(self, uid: UniqueId, cfg: config.Config) -> None:
         rank, size, boot = self._rank, self._size, self._bootstrap
@@ -134,6 +162,13 @@ class Communicator:
                                        [p.doorbell for p in infos], peers.kinds, peers.slot_bytes, device_connections)
         self._repeats, self._paths = engine.repeats, engine.paths  # (tests look)
         flight.register(self._context)  # for SIGUSR1 dumps (PYXCCL_TRACE_DIR)
+        # the last step: no rank returns before every rank opened what it needs of the others (their
+        # doorbells and boards), so a rank that exits right after init() is a lost peer, never a missing file
+        try:
+            boot.barrier()
+        except CollectiveTimeout as exc:
+            raise CollectiveTimeout(f"rank {rank}: init timed out in its closing barrier, waiting for the other "
+                                    f"ranks to finish their set-up: {exc}") from None
         if rank == 0:
             log.info("init: %d ranks on %d host(s) %s, slot %d B x %d, channels %d, timeout %.0f s",
                      size, self._layout.nhosts, self._layout.hosts, peers.slot_bytes, peers.nslots,
@@ -433,9 +468,15 @@ class Communicator:
         self._release()
 
     def destroy(self) -> None:
-        """Finish queued work, then tear down collectively (falls back to abort after the timeout).
+        """Finish this rank's queued work, then tear down: collective, every rank calls it.
 
-        On a communicator that lost a peer the teardown is local (there is nobody to agree with).
+        The teardown ends with a closing handshake (a barrier over the bootstrap) so that no
+        rank frees memory a peer may still read. That handshake waits at most
+        :data:`DESTROY_SECONDS` (10 s, or the communicator's timeout when shorter): a peer that
+        is gone, or still calling, or has not reached ``destroy()`` by then cannot hold this rank
+        up; it releases locally with a WARN (that peer's next call raises PeerLostError). Queued
+        work of this rank is waited for up to the timeout, then aborted. On a communicator that
+        lost a peer the teardown is local (there is nobody to agree with).
         """
         live = self._live
         if not live.mark_closed():
@@ -452,10 +493,17 @@ class Communicator:
         if lost:
             log.info("destroy: rank(s) %s are lost; releasing locally", sorted(lost), rank=self._rank)
         elif not live.aborted:
+            seconds = min(self._timeout, DESTROY_SECONDS)
             try:  # every rank is done, so every byte in flight was delivered: safe to close
-                self._bootstrap.barrier()
+                self._bootstrap.barrier(timeout=seconds)
+            except CollectiveTimeout:
+                log.warn("destroy: not every rank reached destroy() within %g s (a peer still calling, "
+                         "stopped or gone?); releasing locally: their calls raise PeerLostError naming this rank",
+                         seconds, rank=self._rank)
+                self._bootstrap.notify_lost(self._rank, f"it left: its destroy() waited {seconds:g} s for the other "
+                                            f"ranks to reach destroy() and released the communicator", 0.5)
             except PyxcclError as exc:
-                log.warn("destroy: the closing barrier failed (%s); releasing anyway", exc, rank=self._rank)
+                log.warn("destroy: the closing barrier failed (%s); releasing locally", exc, rank=self._rank)
         self._release()
 
     def _release(self) -> None:
