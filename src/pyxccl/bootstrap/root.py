@@ -170,7 +170,9 @@ class _Root:
                    f"{self.missing()}: they never connected to {self.where}{also}; start every rank "
                    f"with the same unique id")
             log.warn("%s", msg)
-        for rank, (conn, _) in peers.items():
+        # rank 0 last: it usually runs in this process, which may exit as soon as rank 0 has its
+        # answer (a timeout raised), before this daemon thread answered the others
+        for rank, (conn, _) in sorted(peers.items(), key=lambda item: (item[0] == 0, item[0])):
             try:
                 conn.settimeout(5.0)
                 if complete:
