@@ -88,7 +88,7 @@ class Engine:
         self.make_device_connections = device_connections
         self.device_side: "tuple[Any, Connections] | None" = None  # (DeviceResources, Connections)
         self.oneshot = OneShot()  # the epoch of the one-shot all-reduces on the device
-        self._paths_said: set[tuple[str, str]] = set()
+        self._paths_said: set[tuple[str, str, str]] = set()
         self.windows: Any = None
         """registered buffers (:class:`~pyxccl.transport.cuda_ipc.windows.Windows`, made at the first)"""
         self._release_lock = threading.Lock()  # releasing device waits vs freeing the device side
@@ -205,9 +205,8 @@ class Engine:
         if call.device == HOST:
             return kernels(call.op, call.dtype, call.device)
         from ..cuda import get_device
-        if self.device_side is not None and self.device_side[0].device.name != call.device:
-            raise InvalidArgument(f"{call.describe()}: the buffers are on {call.device} but this communicator runs "
-                                  f"on {self.device_side[0].device.name} (one device per communicator, as NCCL's)")
+        if self.device_side is not None:
+            self.open_device(call.device, call.describe)  # the one device of this communicator
         return device_kernels(call.op, call.dtype, get_device(call.device))
 
     def execute(self, call: Call, program: Program, kern: Any, tuned: bool = False) -> None:
@@ -235,10 +234,10 @@ class Engine:
         """Enqueue ``call`` on its device (:func:`pyxccl.runtime.device.launch`): ordered on the
         caller's stream, the host not waiting for the device."""
         from ..runtime import device as devrt
-        res, connections = self.open_device(call.device, call.describe())
+        res, connections = self.open_device(call.device, call.describe)
         if "socket" in connections.kinds:  # peers on other hosts: the whole call through host memory
-            self.say_path(call, f"{program.name} through host memory"
-                                f"{', piece by piece' if staging.pipelines(call) else ''} (peers on other hosts)")
+            self.say_path(call, program.name, "through host memory, piece by piece" if staging.pipelines(call)
+                          else "through host memory (peers on other hosts)")
             self.execute_staged(call, program)
             return
         label = f"{call.describe()} #{self.seq} algorithm {program.name} on {call.device}"
@@ -250,11 +249,12 @@ class Engine:
                     self.oneshot, self.rank, self.size, call.input, call.output, call.count, call.dtype.itemsize,
                     call.op, kern, res, lambda needed: connections.get(needed, label, self.call_timeout),
                     call.stream) is not None:
-                self.say_path(call, "one-shot on the caller's stream")
+                self.say_path(call, "one-shot", "on the caller's stream")
                 return
             single = self.single_copy(call)
-            self.say_path(call, f"{program.name}, " + ("slots" if single is None else "single copy where the peers' "
-                                 + ("buffers are registered" if not single.unregistered else "buffers open by IPC")))
+            self.say_path(call, program.name, "slots" if single is None else
+                          "single copy where the peers' buffers are " + ("open by IPC" if single.unregistered
+                                                                         else "registered"))
             devrt.launch(program, self.rank, self.size, call.input, call.output, call.count, call.dtype.itemsize,
                          call.op, kern, res, lambda needed: connections.get(needed, label, self.call_timeout),
                          self.ctx.config.cuda_slot_bytes, call.stream, call.reduced, label, call.layout,
@@ -263,21 +263,25 @@ class Engine:
             if live.aborted or live.lost:  # it came while enqueueing: the waits enqueued since need releasing
                 self.watch_device()
 
-    def say_path(self, call: Call, path: str) -> None:
+    def say_path(self, call: Call, algorithm: str, how: str) -> None:
         """PYXCCL_DEBUG=INFO: the path a kind of device call takes, said the first time it does."""
-        key = (call.collective, path)
+        key = (call.collective, algorithm, how)
         if key not in self._paths_said:
             self._paths_said.add(key)
-            log.info("device %s of %d B per block: %s", call.collective, call.count * call.dtype.itemsize, path,
-                     rank=self.rank)
+            log.info("device %s of %d B per block: %s, %s", call.collective, call.count * call.dtype.itemsize,
+                     algorithm, how, rank=self.rank)
 
-    def open_device(self, name: str, what: str) -> "tuple[Any, Connections]":
-        """The device side (resources, connections) on device ``name``, made the first time."""
+    def open_device(self, name: str, what: "Callable[[], str]") -> "tuple[Any, Connections]":
+        """The device side (resources, connections) on device ``name``, made the first time;
+        ``what()`` names the call in errors (built only then)."""
+        side = self.device_side
+        if side is not None and side[0].device.name == name:
+            return side
         if self.device_side is None:
             from ..cuda import get_device
             from ..runtime import device as devrt
             if self.make_device_connections is None:
-                raise InvalidArgument(f"{what}: this communicator cannot run on devices")
+                raise InvalidArgument(f"{what()}: this communicator cannot run on devices")
             dev = get_device(name)
             self.device_side = (devrt.DeviceResources(dev), self.make_device_connections(dev))
             kinds = self.device_side[1].kinds
@@ -286,7 +290,7 @@ class Engine:
                      " ".join(f"{p}:{k}" for p, k in enumerate(kinds) if k != "self") or "none",
                      self.ctx.config.cuda_slot_bytes, rank=self.rank)
         elif self.device_side[0].device.name != name:
-            raise InvalidArgument(f"{what}: the buffers are on {name} but this communicator runs on "
+            raise InvalidArgument(f"{what()}: the buffers are on {name} but this communicator runs on "
                                   f"{self.device_side[0].device.name} (one device per communicator, as NCCL's)")
         return self.device_side
 

@@ -28,6 +28,7 @@ class Programs:
         self.size, self.hosts, self.ring, self.nslots, self.cfg = size, hosts, ring, nslots, cfg
         self._verified: dict[int, Program] = {}
         self._cache: dict[tuple, Program] = {}  # (collective, algorithm, nbytes, root) -> program
+        self._forced: frozenset[str] | None = None  # the collectives PYXCCL_ALGO names (parsed at first need)
 
     def get(self, call: Call, algorithm: "str | Program | None") -> Program:
         """The IR program for ``call``: a registered algorithm (by name or the default) or the user's own."""
@@ -67,7 +68,10 @@ class Programs:
 
     def forced(self, collective: str) -> bool:
         """Whether PYXCCL_ALGO names algorithms for ``collective`` (then the tuner's other paths stay out)."""
-        return bool(tuner.spec.parse(self.cfg.algo).get(collective)) if self.cfg.algo else False
+        if self._forced is None:
+            spec = tuner.spec.parse(self.cfg.algo) if self.cfg.algo else None
+            self._forced = frozenset(c for c in COLLECTIVES if spec is not None and spec.get(c))
+        return collective in self._forced
 
     def _own(self, call: Call, program: Program, root: int) -> Program:
         """Check a user's program (e.g. loaded from MSCCL XML) against the call; verify it once."""

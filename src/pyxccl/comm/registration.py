@@ -65,7 +65,7 @@ def register(engine: Any, buf: Buffer, what: str) -> Registration:
             problem = f"{what}: registering takes CUDA buffers; {buf!r} is in host memory"
         else:
             try:
-                engine.open_device(buf.device, what)
+                engine.open_device(buf.device, lambda: what)
                 if engine.windows is None:
                     engine.windows = Windows(engine.device_side[0].device, f"{engine.ctx.tag}-w{engine.rank}")
                 desc = engine.windows.export(buf.address, buf.nbytes, what)

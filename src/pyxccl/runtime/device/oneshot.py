@@ -18,6 +18,7 @@ is what ``release_waits()`` needs to let the waits pass if a peer is lost.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ...memory import DeviceArray
@@ -26,6 +27,7 @@ CHANNEL = 1 << 16
 """the channel number of the one-shot connectors (the programs' channels are small numbers)"""
 
 
+@functools.lru_cache(maxsize=64)
 def needed(rank: int, nranks: int) -> frozenset:
     """The connectors of a one-shot call: a send and a receive towards every peer."""
     return frozenset((p, CHANNEL, d) for p in range(nranks) if p != rank for d in ("send", "recv"))

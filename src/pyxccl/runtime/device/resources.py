@@ -93,31 +93,24 @@ class DeviceResources:
     def space(self, name: str, nbytes: int) -> int:
         """The address of scratch space ``name`` of at least ``nbytes`` (grown when too small: the
         device drains first, since earlier calls may still use the old space)."""
-        have = self._spaces.get(name)
-        if have is not None and have[1] >= nbytes:
-            return have[0]
-        if have is not None:
-            self.device.synchronize()
-            self.drop_graphs()
-            self.device.free_plain(have[0])
-        size = max(nbytes, 2 * have[1] if have else 0, 1 << 20)
-        address = self.device.alloc(size)
-        self._spaces[name] = (address, size)
-        return address
+        return self._grow(self._spaces, name, nbytes, self.device.alloc, self.device.free_plain)
 
     def host_space(self, name: str, nbytes: int) -> int:
         """The address of page-locked host memory ``name`` of at least ``nbytes`` (staging through the
         host; grown like :meth:`space`)."""
-        have = self._host_spaces.get(name)
+        return self._grow(self._host_spaces, name, nbytes, self.device.host_alloc, self.device.free_host)
+
+    def _grow(self, table: dict, name: str, nbytes: int, alloc: Any, free: Any) -> int:
+        have = table.get(name)
         if have is not None and have[1] >= nbytes:
             return have[0]
         if have is not None:
             self.device.synchronize()
-            self.device.free_host(have[0])
+            self.drop_graphs()  # captured calls hold the old address
+            free(have[0])
         size = max(nbytes, 2 * have[1] if have else 0, 1 << 20)
-        address = self.device.host_alloc(size)
-        self._host_spaces[name] = (address, size)
-        return address
+        table[name] = (alloc(size), size)
+        return table[name][0]
 
     def staging_stream(self) -> Any:
         """The stream of copies between device and host memory (staging)."""
